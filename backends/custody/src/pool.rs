@@ -1,0 +1,79 @@
+//! A bounded pool for blocking device calls, so that async tasks never block the runtime and a
+//! flood of requests cannot open more device sessions than the device allows.
+
+use std::{sync::Arc, time::Duration};
+
+use tokio::sync::Semaphore;
+
+use crate::{BackendKind, Error, ErrorKind, Operation, Result};
+
+#[derive(Clone, Debug)]
+pub struct BlockingPool {
+    permits: Arc<Semaphore>,
+    size: usize,
+    wait: Duration,
+}
+
+impl BlockingPool {
+    /// At most `size` calls run at once; a caller waits at most `wait` for its turn.
+    pub fn new(size: usize, wait: Duration) -> Self {
+        let size = size.max(1);
+        BlockingPool {
+            permits: Arc::new(Semaphore::new(size)),
+            size,
+            wait,
+        }
+    }
+
+    pub fn size(&self) -> usize {
+        self.size
+    }
+
+    /// Runs `f` on tokio's blocking threads once a slot is free.
+    pub async fn run<T, F>(&self, backend: BackendKind, op: Operation, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce() -> Result<T> + Send + 'static,
+    {
+        let permit = tokio::time::timeout(self.wait, self.permits.clone().acquire_owned())
+            .await
+            .map_err(|_| {
+                Error::new(backend, op, ErrorKind::Busy).detail(format!(
+                    "all {} device slots stayed busy for {:?}",
+                    self.size, self.wait
+                ))
+            })?
+            .map_err(|_| Error::new(backend, op, ErrorKind::Internal).detail("pool closed"))?;
+        let joined = tokio::task::spawn_blocking(move || {
+            let out = f();
+            drop(permit);
+            out
+        })
+        .await;
+        match joined {
+            Ok(out) => out,
+            Err(e) => Err(Error::new(backend, op, ErrorKind::Internal)
+                .detail(format!("the device call panicked or was cancelled: {e}"))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn panics_become_errors_and_the_pool_stays_usable() {
+        let pool = BlockingPool::new(1, Duration::from_secs(5));
+        let err = pool
+            .run::<(), _>(BackendKind::YubiHsm, Operation::Seal, || panic!("mock"))
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Internal);
+        let ok = pool
+            .run(BackendKind::YubiHsm, Operation::Seal, || Ok(5))
+            .await
+            .unwrap();
+        assert_eq!(ok, 5);
+    }
+}
