@@ -98,8 +98,10 @@ pub enum ErrorKind {
     Device,
     /// Authentication of sealed data failed: wrong key, wrong AAD, or a changed byte.
     Tampered,
-    /// A file or blob is truncated or malformed.
+    /// A file or blob is malformed (not what it claims to be).
     Corrupt,
+    /// A file or blob ends early.
+    Truncated,
     /// Reading or writing a file failed.
     Io,
     /// All sessions are busy and the wait timed out.
@@ -126,6 +128,7 @@ impl ErrorKind {
             ErrorKind::Device => "device error",
             ErrorKind::Tampered => "authentication of sealed data failed",
             ErrorKind::Corrupt => "corrupt data",
+            ErrorKind::Truncated => "truncated data",
             ErrorKind::Io => "I/O error",
             ErrorKind::Busy => "busy",
             ErrorKind::Internal => "internal error",
@@ -163,7 +166,7 @@ impl ErrorKind {
             ErrorKind::Tampered => {
                 "the data was changed or belongs to another key or context; restore it from backup"
             }
-            ErrorKind::Corrupt => "restore the file from backup",
+            ErrorKind::Corrupt | ErrorKind::Truncated => "restore the file from backup",
             ErrorKind::Io => "check the path, permissions and free space",
             ErrorKind::Busy => "lower the load or raise the session pool size",
             ErrorKind::Internal => "report this as a bug",

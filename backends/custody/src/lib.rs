@@ -16,7 +16,7 @@ pub use info::{BackendInfo, Capabilities, Health, KeyInfo};
 pub use label::{KeyKind, KeyLabel, Role};
 pub use pool::BlockingPool;
 pub use sealed::SealedBlob;
-pub use secret::{SecretBytes, SecretSource, SecretString};
+pub use secret::{check_private, SecretBytes, SecretSource, SecretString};
 pub use signature::{
     normalize_secp256k1, P256Signature, PublicKey, RecoverableSignature, SignatureError,
 };

@@ -188,7 +188,7 @@ fn read_private_file(path: &Path, what: &str) -> Result<Zeroizing<String>, Strin
 }
 
 /// Refuses a file that anyone but its owner may read or write.
-pub(crate) fn check_private(path: &Path) -> Result<(), String> {
+pub fn check_private(path: &Path) -> Result<(), String> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;

@@ -1,0 +1,1 @@
+//! (pkcs11 helper writes this)
