@@ -6,6 +6,10 @@ use sbtc_custody::{BackendKind, Custody, Error, ErrorKind, Operation};
 
 use crate::config::CustodyConfig;
 
+#[cfg_attr(
+    all(feature = "pkcs11", feature = "yubihsm", feature = "keystore"),
+    allow(dead_code)
+)]
 fn missing_feature(backend: BackendKind) -> Error {
     Error::new(backend, Operation::Open, ErrorKind::Config).detail(format!(
         "this build of sbtc-hsm-signer lacks the `{backend}` feature; rebuild with --features {backend}"
@@ -25,7 +29,10 @@ pub async fn open(config: &CustodyConfig) -> Result<Arc<dyn Custody>, Error> {
                 return Err(missing_section(BackendKind::Pkcs11));
             };
             #[cfg(feature = "pkcs11")]
-            return Ok(Arc::new(sbtc_custody_pkcs11::open(_section).await?));
+            // Opening loads the module and logs in: blocking calls.
+            return Ok(Arc::new(tokio::task::block_in_place(|| {
+                sbtc_custody_pkcs11::open(_section)
+            })?));
             #[cfg(not(feature = "pkcs11"))]
             Err(missing_feature(BackendKind::Pkcs11))
         }
@@ -34,7 +41,9 @@ pub async fn open(config: &CustodyConfig) -> Result<Arc<dyn Custody>, Error> {
                 return Err(missing_section(BackendKind::YubiHsm));
             };
             #[cfg(feature = "yubihsm")]
-            return Ok(Arc::new(sbtc_custody_yubihsm::open(_section).await?));
+            return Ok(Arc::new(tokio::task::block_in_place(|| {
+                sbtc_custody_yubihsm::open(_section)
+            })?));
             #[cfg(not(feature = "yubihsm"))]
             Err(missing_feature(BackendKind::YubiHsm))
         }

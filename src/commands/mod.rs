@@ -30,8 +30,9 @@ pub type CommandResult = Result<ExitCode, Box<dyn std::error::Error>>;
 
 impl Cli {
     pub async fn run(self) -> CommandResult {
+        let config = self.load_config()?;
         match self.command {
-            Command::Keys(cmd) => cmd.run(&self.load_config()?).await,
+            Command::Keys(cmd) => cmd.run(&config).await,
         }
     }
 
