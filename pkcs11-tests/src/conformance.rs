@@ -19,6 +19,8 @@ pub struct Fixture {
     open: Box<dyn Fn() -> OpenFuture + Send + Sync>,
     /// Keeps temp dirs, tokens or mock devices alive for the fixture's lifetime.
     _keep: Box<dyn std::any::Any + Send + Sync>,
+    /// Prepended to every key label: lets runs share a vendor token without colliding.
+    label_prefix: String,
 }
 
 impl Fixture {
@@ -30,16 +32,24 @@ impl Fixture {
         Fixture {
             open: Box::new(move || Box::pin(open())),
             _keep: Box::new(keep),
+            label_prefix: String::new(),
         }
+    }
+
+    /// Prefixes every key label the checks create (at most 20 characters).
+    pub fn with_label_prefix(mut self, prefix: &str) -> Self {
+        assert!(prefix.len() <= 20, "label prefix too long");
+        self.label_prefix = prefix.to_owned();
+        self
+    }
+
+    fn label(&self, stem: &str) -> KeyLabel {
+        KeyLabel::new(&format!("{}{stem}", self.label_prefix)).expect("test labels are valid")
     }
 
     pub async fn open(&self) -> Arc<dyn Custody> {
         (self.open)().await
     }
-}
-
-fn label(s: &str) -> KeyLabel {
-    KeyLabel::new(s).expect("test labels are valid")
 }
 
 fn digest(i: u32) -> [u8; 32] {
@@ -91,7 +101,7 @@ fn assert_p256_valid(sig: &sbtc_custody::P256Signature, d: &[u8; 32], pk: &p256:
 
 pub async fn secp256k1_signatures_verify_and_recover(fx: &Fixture) {
     let c = fx.open().await;
-    let l = label("conf-secp");
+    let l = fx.label("conf-secp");
     let info = c.generate(&l, KeyKind::Secp256k1).await.expect("generate secp256k1");
     assert_eq!(info.kind, KeyKind::Secp256k1);
     let pk = secp(info.public_key.expect("secp256k1 key has a public key"));
@@ -105,7 +115,7 @@ pub async fn secp256k1_signatures_verify_and_recover(fx: &Fixture) {
 
 pub async fn p256_signatures_verify(fx: &Fixture) {
     let c = fx.open().await;
-    let l = label("conf-p256");
+    let l = fx.label("conf-p256");
     let info = c.generate(&l, KeyKind::P256).await.expect("generate p256");
     let pk = p256_key(info.public_key.expect("p256 key has a public key"));
     for i in 0..8 {
@@ -116,7 +126,7 @@ pub async fn p256_signatures_verify(fx: &Fixture) {
 }
 
 pub async fn keys_survive_reopen(fx: &Fixture) {
-    let (id, tls, seal) = (label("conf-reopen-id"), label("conf-reopen-tls"), label("conf-reopen-seal"));
+    let (id, tls, seal) = (fx.label("conf-reopen-id"), fx.label("conf-reopen-tls"), fx.label("conf-reopen-seal"));
     let (pk_id, pk_tls, blob) = {
         let c = fx.open().await;
         let a = c.generate(&id, KeyKind::Secp256k1).await.expect("generate id");
@@ -139,7 +149,7 @@ pub async fn keys_survive_reopen(fx: &Fixture) {
 
 pub async fn seal_refuses_wrong_aad_and_changed_bytes(fx: &Fixture) {
     let c = fx.open().await;
-    let l = label("conf-seal");
+    let l = fx.label("conf-seal");
     let info = c.generate(&l, KeyKind::Seal).await.expect("generate seal");
     assert_eq!(info.public_key, None, "a sealing key has no public key");
     let plain = b"wsts private share: 32 bytes....";
@@ -175,7 +185,7 @@ pub async fn seal_refuses_wrong_aad_and_changed_bytes(fx: &Fixture) {
         );
     }
     // Sealed data is bound to its key: another sealing key cannot open it.
-    let other = label("conf-seal-other");
+    let other = fx.label("conf-seal-other");
     c.generate(&other, KeyKind::Seal).await.expect("second seal key");
     let err = c.unseal(&other, &blob, b"dkg round 7").await.expect_err("other key");
     assert_eq!(err.kind(), ErrorKind::Tampered, "{err}");
@@ -189,7 +199,7 @@ pub async fn seal_refuses_wrong_aad_and_changed_bytes(fx: &Fixture) {
 
 pub async fn unknown_label_is_key_not_found(fx: &Fixture) {
     let c = fx.open().await;
-    let l = label("conf-no-such-key");
+    let l = fx.label("conf-no-such-key");
     let d = digest(1);
     let errors = [
         c.public_key(&l).await.map(|_| ()).expect_err("public_key"),
@@ -200,14 +210,14 @@ pub async fn unknown_label_is_key_not_found(fx: &Fixture) {
     ];
     for err in errors {
         assert_eq!(err.kind(), ErrorKind::KeyNotFound, "{err}");
-        assert_eq!(err.key_label(), Some("conf-no-such-key"), "{err}");
-        assert!(err.to_string().contains("conf-no-such-key"), "{err}");
+        assert_eq!(err.key_label(), Some(l.as_str()), "{err}");
+        assert!(err.to_string().contains(l.as_str()), "{err}");
     }
 }
 
 pub async fn wrong_key_kind_is_refused(fx: &Fixture) {
     let c = fx.open().await;
-    let (k1, p2, s) = (label("conf-kind-k1"), label("conf-kind-p256"), label("conf-kind-seal"));
+    let (k1, p2, s) = (fx.label("conf-kind-k1"), fx.label("conf-kind-p256"), fx.label("conf-kind-seal"));
     c.generate(&k1, KeyKind::Secp256k1).await.expect("k1");
     c.generate(&p2, KeyKind::P256).await.expect("p256");
     c.generate(&s, KeyKind::Seal).await.expect("seal");
@@ -226,7 +236,7 @@ pub async fn wrong_key_kind_is_refused(fx: &Fixture) {
 
 pub async fn duplicate_label_is_refused(fx: &Fixture) {
     let c = fx.open().await;
-    let l = label("conf-dup");
+    let l = fx.label("conf-dup");
     let first = c.generate(&l, KeyKind::Secp256k1).await.expect("first");
     let err = c.generate(&l, KeyKind::P256).await.expect_err("second with same label");
     assert_eq!(err.kind(), ErrorKind::KeyExists, "{err}");
@@ -235,7 +245,7 @@ pub async fn duplicate_label_is_refused(fx: &Fixture) {
 
 pub async fn eight_concurrent_signers(fx: &Fixture) {
     let c = fx.open().await;
-    let l = label("conf-concurrent");
+    let l = fx.label("conf-concurrent");
     let pk = secp(c.generate(&l, KeyKind::Secp256k1).await.expect("generate").public_key.unwrap());
     let mut tasks = Vec::new();
     for t in 0..8u32 {
@@ -262,7 +272,7 @@ pub async fn eight_concurrent_signers(fx: &Fixture) {
 
 pub async fn list_and_destroy(fx: &Fixture) {
     let c = fx.open().await;
-    let (a, b, s) = (label("conf-list-a"), label("conf-list-b"), label("conf-list-s"));
+    let (a, b, s) = (fx.label("conf-list-a"), fx.label("conf-list-b"), fx.label("conf-list-s"));
     let ia = c.generate(&a, KeyKind::Secp256k1).await.expect("a");
     let ib = c.generate(&b, KeyKind::P256).await.expect("b");
     c.generate(&s, KeyKind::Seal).await.expect("s");

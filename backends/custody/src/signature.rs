@@ -127,6 +127,23 @@ impl RecoverableSignature {
         Ok(sig)
     }
 
+    /// Takes a signature from libsecp256k1 (or any source with a trusted recovery id), making it
+    /// low-S: negating s flips the parity of R's y coordinate, so bit 0 of the recovery id flips.
+    pub fn from_secp256k1(sig: &SecpRecoverable) -> Self {
+        let (id, rs) = sig.serialize_compact();
+        let mut plain = sig.to_standard();
+        plain.normalize_s();
+        let low = plain.serialize_compact();
+        let mut recovery_id = id.to_i32() as u8;
+        if low != rs {
+            recovery_id ^= 1;
+        }
+        RecoverableSignature {
+            rs: low,
+            recovery_id,
+        }
+    }
+
     pub fn compact(&self) -> &[u8; 64] {
         &self.rs
     }
@@ -263,6 +280,19 @@ mod tests {
         assert_eq!(out.recover(&digest).unwrap(), pk);
         assert!(out.verify(&digest, &pk));
         assert_eq!(out.to_vrs()[0], out.to_rsv()[64]);
+    }
+
+    #[test]
+    fn from_secp256k1_keeps_the_recovery_id_true() {
+        let sk = SecretKey::from_slice(&[9u8; 32]).unwrap();
+        let pk = sk.public_key(SECP256K1);
+        for i in 0..32u8 {
+            let digest = [i; 32];
+            let sig = SECP256K1.sign_ecdsa_recoverable(&Message::from_digest(digest), &sk);
+            let ours = RecoverableSignature::from_secp256k1(&sig);
+            assert_eq!(ours.recover(&digest).unwrap(), pk);
+            assert!(ours.verify(&digest, &pk));
+        }
     }
 
     #[test]

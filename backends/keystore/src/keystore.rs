@@ -12,7 +12,7 @@ use async_trait::async_trait;
 use p256::ecdsa::signature::hazmat::PrehashSigner;
 use rand::{rngs::OsRng, RngCore};
 use sbtc_custody::{
-    check_private, normalize_secp256k1, BackendInfo, BackendKind, BlockingPool, Capabilities,
+    check_private, BackendInfo, BackendKind, BlockingPool, Capabilities,
     Custody, Error, ErrorKind, Health, KeyInfo, KeyKind, KeyLabel, Operation, P256Signature,
     PublicKey, RecoverableSignature, Result, SealedBlob, SecretBytes, SecretSource, SecretString,
 };
@@ -712,18 +712,16 @@ impl Custody for Keystore {
         let op = Operation::SignSecp256k1;
         let (doc, index) = self.entry(op, label, KeyKind::Secp256k1).await?;
         let entry = &doc.entries[index];
-        let Some(PublicKey::Secp256k1(public)) = entry.public_key else {
-            return Err(internal(op, "a secp256k1 entry without its public key").label(label));
-        };
+        // The entry's AEAD binds the scalar to its label and kind, and open() checked every
+        // scalar against its public key, so no recovery round-trip is needed here.
         let secret = self.decrypt(op, &doc, entry)?;
         let mut sk = SecretKey::from_slice(secret.as_slice())
             .map_err(|_| internal(op, "the stored scalar is not a secp256k1 key").label(label))?;
         drop(secret);
         let sig = SECP256K1.sign_ecdsa_recoverable(&Message::from_digest(*digest), &sk);
         sk.non_secure_erase();
-        let (_, compact) = sig.serialize_compact();
-        normalize_secp256k1(&compact, digest, &public)
-            .map_err(|e| internal(op, format!("the signature does not check: {e}")).label(label))
+        // libsecp256k1 signs low-S with a true recovery id; `from_secp256k1` keeps both right.
+        Ok(RecoverableSignature::from_secp256k1(&sig))
     }
 
     async fn sign_p256_prehash(
