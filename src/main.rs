@@ -1,12 +1,9 @@
 //! sbtc-hsm-signer: an sBTC signer node whose long-term keys live in an HSM or an encrypted keystore.
 
-mod commands;
-mod config;
-mod custody;
-
 use std::process::ExitCode;
 
 use clap::Parser;
+use sbtc_hsm_signer::commands;
 
 fn main() -> ExitCode {
     let cli = commands::Cli::parse();
