@@ -66,27 +66,19 @@ pub async fn open(config: &CustodyConfig) -> Result<Arc<dyn Custody>, Error> {
 pub async fn init(config: &CustodyConfig) -> Result<String, Error> {
     match config.backend {
         BackendKind::Keystore => {
-            let Some(_section) = &config.keystore else {
+            let Some(section) = &config.keystore else {
                 return Err(missing_section(BackendKind::Keystore));
             };
-            #[cfg(feature = "keystore")]
-            {
-                sbtc_custody_keystore::Keystore::create(_section).await?;
-                return Ok(format!(
-                    "created keystore file {} (mode 0600)",
-                    _section.path.display()
-                ));
-            }
-            #[cfg(not(feature = "keystore"))]
-            Err(missing_feature(BackendKind::Keystore))
+            create_keystore(section).await
         }
         backend => {
             let custody = open(config).await?;
             let info = custody.info().await?;
             let health = custody.health().await?;
             if !health.ok {
-                return Err(Error::new(backend, Operation::Health, ErrorKind::Device)
-                    .detail(health.detail));
+                return Err(
+                    Error::new(backend, Operation::Health, ErrorKind::Device).detail(health.detail)
+                );
             }
             Ok(format!(
                 "{backend} ready: {} {} serial {} (version {}); keys are generated with `keys generate`",
@@ -94,4 +86,18 @@ pub async fn init(config: &CustodyConfig) -> Result<String, Error> {
             ))
         }
     }
+}
+
+#[cfg(feature = "keystore")]
+async fn create_keystore(section: &crate::config::KeystoreConfig) -> Result<String, Error> {
+    sbtc_custody_keystore::Keystore::create(section).await?;
+    Ok(format!(
+        "created keystore file {} (mode 0600)",
+        section.path.display()
+    ))
+}
+
+#[cfg(not(feature = "keystore"))]
+async fn create_keystore(_section: &crate::config::KeystoreConfig) -> Result<String, Error> {
+    Err(missing_feature(BackendKind::Keystore))
 }

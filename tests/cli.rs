@@ -73,15 +73,31 @@ fn softhsm_signer() -> Signer {
     let conf = dir.path().join("softhsm2.conf");
     std::fs::write(
         &conf,
-        format!("directories.tokendir = {}\nobjectstore.backend = file\n", tokens.display()),
+        format!(
+            "directories.tokendir = {}\nobjectstore.backend = file\n",
+            tokens.display()
+        ),
     )
     .unwrap();
     let init = Command::new("softhsm2-util")
         .env("SOFTHSM2_CONF", &conf)
-        .args(["--init-token", "--free", "--label", "cli-signer", "--pin", "98765432", "--so-pin", "12345678"])
+        .args([
+            "--init-token",
+            "--free",
+            "--label",
+            "cli-signer",
+            "--pin",
+            "98765432",
+            "--so-pin",
+            "12345678",
+        ])
         .output()
         .expect("softhsm2-util (apt install softhsm2)");
-    assert!(init.status.success(), "{}", String::from_utf8_lossy(&init.stderr));
+    assert!(
+        init.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
     let config = dir.path().join("signer.toml");
     let mut s = Signer {
         config: config.clone(),
@@ -104,9 +120,13 @@ fn softhsm_signer() -> Signer {
 fn generate_all_and_check(s: &Signer, backend: &str) {
     for role in ["identity", "tls", "seal"] {
         let out = s.ok(&["keys", "generate", "--role", role]);
-        assert!(out.contains(&format!("generated {role} key '{role}'")), "{out}");
+        assert!(
+            out.contains(&format!("generated {role} key '{role}'")),
+            "{out}"
+        );
     }
-    let report: serde_json::Value = serde_json::from_str(&s.ok(&["keys", "check", "--json"])).unwrap();
+    let report: serde_json::Value =
+        serde_json::from_str(&s.ok(&["keys", "check", "--json"])).unwrap();
     assert_eq!(report["ok"], true, "{report:#}");
     assert_eq!(report["info"]["backend"], backend, "{report:#}");
     assert_eq!(report["health"]["ok"], true, "{report:#}");
@@ -115,20 +135,34 @@ fn generate_all_and_check(s: &Signer, backend: &str) {
     for r in roles {
         assert_eq!(r["ok"], true, "{r:#}");
     }
-    let listed: serde_json::Value = serde_json::from_str(&s.ok(&["keys", "list", "--json"])).unwrap();
-    let labels: Vec<&str> = listed.as_array().unwrap().iter().map(|k| k["label"].as_str().unwrap()).collect();
+    let listed: serde_json::Value =
+        serde_json::from_str(&s.ok(&["keys", "list", "--json"])).unwrap();
+    let labels: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["label"].as_str().unwrap())
+        .collect();
     assert_eq!(labels, ["identity", "seal", "tls"]);
     // The identity key in `keys list` is the one `keys check` tested.
     let id_pk = &listed.as_array().unwrap()[0]["public_key"];
     assert_eq!(&roles[0]["public_key"], id_pk);
-    assert_eq!(id_pk.as_str().unwrap().len(), 66, "compressed secp256k1 key");
+    assert_eq!(
+        id_pk.as_str().unwrap().len(),
+        66,
+        "compressed secp256k1 key"
+    );
 
     // Generating over an existing key is refused, and the key is unchanged.
     let out = s.run(&["keys", "generate", "--role", "identity"]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("key exists") && err.contains("identity"), "{err}");
-    let again: serde_json::Value = serde_json::from_str(&s.ok(&["keys", "list", "--json"])).unwrap();
+    assert!(
+        err.contains("key exists") && err.contains("identity"),
+        "{err}"
+    );
+    let again: serde_json::Value =
+        serde_json::from_str(&s.ok(&["keys", "list", "--json"])).unwrap();
     assert_eq!(&again[0]["public_key"], id_pk);
 }
 
@@ -137,7 +171,10 @@ fn keystore_init_generate_check() {
     let s = keystore_signer("");
     let out = s.ok(&["keys", "init"]);
     assert!(out.contains("created keystore"), "{out}");
-    let mode = std::fs::metadata(s.dir.path().join("keystore")).unwrap().permissions().mode();
+    let mode = std::fs::metadata(s.dir.path().join("keystore"))
+        .unwrap()
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o777, 0o600);
     generate_all_and_check(&s, "keystore");
 
@@ -154,7 +191,10 @@ fn keystore_init_generate_check() {
 fn softhsm_init_generate_check() {
     let s = softhsm_signer();
     let out = s.ok(&["keys", "init"]);
-    assert!(out.contains("pkcs11 ready") && out.contains("SoftHSM"), "{out}");
+    assert!(
+        out.contains("pkcs11 ready") && out.contains("SoftHSM"),
+        "{out}"
+    );
     generate_all_and_check(&s, "pkcs11");
 }
 
@@ -163,13 +203,19 @@ fn check_fails_when_a_role_key_is_missing() {
     let s = softhsm_signer();
     s.ok(&["keys", "generate", "--role", "identity"]);
     let out = s.run(&["keys", "check", "--json"]);
-    assert!(!out.status.success(), "a missing tls/seal key must fail the check");
+    assert!(
+        !out.status.success(),
+        "a missing tls/seal key must fail the check"
+    );
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["ok"], false);
     assert_eq!(report["roles"][0]["ok"], true);
     assert_eq!(report["roles"][1]["ok"], false);
     let why = report["roles"][1]["self_test"].as_str().unwrap();
-    assert!(why.contains("key not found") && why.contains("keys generate"), "{why}");
+    assert!(
+        why.contains("key not found") && why.contains("keys generate"),
+        "{why}"
+    );
 }
 
 #[test]
@@ -183,12 +229,18 @@ fn bad_config_is_a_clear_error() {
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("pasphrase_env") && err.contains(config.to_str().unwrap()), "{err}");
+    assert!(
+        err.contains("pasphrase_env") && err.contains(config.to_str().unwrap()),
+        "{err}"
+    );
     let missing = Path::new("/nonexistent/signer.toml");
     let out = Command::new(env!("CARGO_BIN_EXE_sbtc-hsm-signer"))
         .args(["--config", missing.to_str().unwrap(), "keys", "list"])
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("cannot read config file /nonexistent/signer.toml"), "{err}");
+    assert!(
+        err.contains("cannot read config file /nonexistent/signer.toml"),
+        "{err}"
+    );
 }

@@ -71,7 +71,11 @@ fn p256_key(pk: PublicKey) -> p256::PublicKey {
 }
 
 /// Checks a recoverable signature with the secp256k1 crate alone, not with our helpers.
-fn assert_secp_valid(sig: &sbtc_custody::RecoverableSignature, d: &[u8; 32], pk: &secp256k1::PublicKey) {
+fn assert_secp_valid(
+    sig: &sbtc_custody::RecoverableSignature,
+    d: &[u8; 32],
+    pk: &secp256k1::PublicKey,
+) {
     let rsv = sig.to_rsv();
     let plain = ecdsa::Signature::from_compact(&rsv[..64]).expect("64-byte compact signature");
     let msg = Message::from_digest(*d);
@@ -102,7 +106,10 @@ fn assert_p256_valid(sig: &sbtc_custody::P256Signature, d: &[u8; 32], pk: &p256:
 pub async fn secp256k1_signatures_verify_and_recover(fx: &Fixture) {
     let c = fx.open().await;
     let l = fx.label("conf-secp");
-    let info = c.generate(&l, KeyKind::Secp256k1).await.expect("generate secp256k1");
+    let info = c
+        .generate(&l, KeyKind::Secp256k1)
+        .await
+        .expect("generate secp256k1");
     assert_eq!(info.kind, KeyKind::Secp256k1);
     let pk = secp(info.public_key.expect("secp256k1 key has a public key"));
     assert_eq!(secp(c.public_key(&l).await.expect("public_key")), pk);
@@ -126,12 +133,21 @@ pub async fn p256_signatures_verify(fx: &Fixture) {
 }
 
 pub async fn keys_survive_reopen(fx: &Fixture) {
-    let (id, tls, seal) = (fx.label("conf-reopen-id"), fx.label("conf-reopen-tls"), fx.label("conf-reopen-seal"));
+    let (id, tls, seal) = (
+        fx.label("conf-reopen-id"),
+        fx.label("conf-reopen-tls"),
+        fx.label("conf-reopen-seal"),
+    );
     let (pk_id, pk_tls, blob) = {
         let c = fx.open().await;
-        let a = c.generate(&id, KeyKind::Secp256k1).await.expect("generate id");
+        let a = c
+            .generate(&id, KeyKind::Secp256k1)
+            .await
+            .expect("generate id");
         let b = c.generate(&tls, KeyKind::P256).await.expect("generate tls");
-        c.generate(&seal, KeyKind::Seal).await.expect("generate seal");
+        c.generate(&seal, KeyKind::Seal)
+            .await
+            .expect("generate seal");
         let blob = c.seal(&seal, b"share bytes", b"aad").await.expect("seal");
         (a.public_key.unwrap(), b.public_key.unwrap(), blob)
     };
@@ -139,11 +155,20 @@ pub async fn keys_survive_reopen(fx: &Fixture) {
     assert_eq!(c.public_key(&id).await.expect("id after reopen"), pk_id);
     assert_eq!(c.public_key(&tls).await.expect("tls after reopen"), pk_tls);
     let d = digest(99);
-    let sig = c.sign_secp256k1_prehash(&id, &d).await.expect("sign after reopen");
+    let sig = c
+        .sign_secp256k1_prehash(&id, &d)
+        .await
+        .expect("sign after reopen");
     assert_secp_valid(&sig, &d, &secp(pk_id));
-    let sig = c.sign_p256_prehash(&tls, &d).await.expect("sign p256 after reopen");
+    let sig = c
+        .sign_p256_prehash(&tls, &d)
+        .await
+        .expect("sign p256 after reopen");
     assert_p256_valid(&sig, &d, &p256_key(pk_tls));
-    let plain = c.unseal(&seal, &blob, b"aad").await.expect("unseal after reopen");
+    let plain = c
+        .unseal(&seal, &blob, b"aad")
+        .await
+        .expect("unseal after reopen");
     assert_eq!(plain.expose(), b"share bytes");
 }
 
@@ -154,18 +179,34 @@ pub async fn seal_refuses_wrong_aad_and_changed_bytes(fx: &Fixture) {
     assert_eq!(info.public_key, None, "a sealing key has no public key");
     let plain = b"wsts private share: 32 bytes....";
     let blob = c.seal(&l, plain, b"dkg round 7").await.expect("seal");
-    assert!(!blob.as_bytes().windows(plain.len()).any(|w| w == plain), "ciphertext hides the plaintext");
+    assert!(
+        !blob.as_bytes().windows(plain.len()).any(|w| w == plain),
+        "ciphertext hides the plaintext"
+    );
     let again = c.seal(&l, plain, b"dkg round 7").await.expect("seal again");
     assert_ne!(blob, again, "a fresh IV every time");
-    assert_eq!(c.unseal(&l, &blob, b"dkg round 7").await.expect("unseal").expose(), plain);
+    assert_eq!(
+        c.unseal(&l, &blob, b"dkg round 7")
+            .await
+            .expect("unseal")
+            .expose(),
+        plain
+    );
 
-    let err = c.unseal(&l, &blob, b"dkg round 8").await.expect_err("wrong AAD");
+    let err = c
+        .unseal(&l, &blob, b"dkg round 8")
+        .await
+        .expect_err("wrong AAD");
     assert_eq!(err.kind(), ErrorKind::Tampered, "{err}");
     for i in 0..blob.len() {
         let mut bytes = blob.as_bytes().to_vec();
         bytes[i] ^= 0x01;
         let err = c
-            .unseal(&l, &sbtc_custody::SealedBlob::from_bytes(bytes), b"dkg round 7")
+            .unseal(
+                &l,
+                &sbtc_custody::SealedBlob::from_bytes(bytes),
+                b"dkg round 7",
+            )
             .await
             .expect_err("flipped bit");
         assert!(
@@ -176,24 +217,39 @@ pub async fn seal_refuses_wrong_aad_and_changed_bytes(fx: &Fixture) {
     for cut in [0, 1, blob.len() / 2, blob.len() - 1] {
         let bytes = blob.as_bytes()[..cut].to_vec();
         let err = c
-            .unseal(&l, &sbtc_custody::SealedBlob::from_bytes(bytes), b"dkg round 7")
+            .unseal(
+                &l,
+                &sbtc_custody::SealedBlob::from_bytes(bytes),
+                b"dkg round 7",
+            )
             .await
             .expect_err("truncated blob");
         assert!(
-            matches!(err.kind(), ErrorKind::Tampered | ErrorKind::Corrupt | ErrorKind::Truncated),
+            matches!(
+                err.kind(),
+                ErrorKind::Tampered | ErrorKind::Corrupt | ErrorKind::Truncated
+            ),
             "cut at {cut}: {err}"
         );
     }
     // Sealed data is bound to its key: another sealing key cannot open it.
     let other = fx.label("conf-seal-other");
-    c.generate(&other, KeyKind::Seal).await.expect("second seal key");
-    let err = c.unseal(&other, &blob, b"dkg round 7").await.expect_err("other key");
+    c.generate(&other, KeyKind::Seal)
+        .await
+        .expect("second seal key");
+    let err = c
+        .unseal(&other, &blob, b"dkg round 7")
+        .await
+        .expect_err("other key");
     assert_eq!(err.kind(), ErrorKind::Tampered, "{err}");
     // Empty and large plaintexts.
     for size in [0usize, 65_536] {
         let data = vec![0xA5u8; size];
         let b = c.seal(&l, &data, b"").await.expect("seal sized");
-        assert_eq!(c.unseal(&l, &b, b"").await.expect("unseal sized").expose(), &data[..]);
+        assert_eq!(
+            c.unseal(&l, &b, b"").await.expect("unseal sized").expose(),
+            &data[..]
+        );
     }
 }
 
@@ -203,8 +259,14 @@ pub async fn unknown_label_is_key_not_found(fx: &Fixture) {
     let d = digest(1);
     let errors = [
         c.public_key(&l).await.map(|_| ()).expect_err("public_key"),
-        c.sign_secp256k1_prehash(&l, &d).await.map(|_| ()).expect_err("sign"),
-        c.sign_p256_prehash(&l, &d).await.map(|_| ()).expect_err("sign p256"),
+        c.sign_secp256k1_prehash(&l, &d)
+            .await
+            .map(|_| ())
+            .expect_err("sign"),
+        c.sign_p256_prehash(&l, &d)
+            .await
+            .map(|_| ())
+            .expect_err("sign p256"),
         c.seal(&l, b"x", b"").await.map(|_| ()).expect_err("seal"),
         c.destroy(&l).await.expect_err("destroy"),
     ];
@@ -217,17 +279,36 @@ pub async fn unknown_label_is_key_not_found(fx: &Fixture) {
 
 pub async fn wrong_key_kind_is_refused(fx: &Fixture) {
     let c = fx.open().await;
-    let (k1, p2, s) = (fx.label("conf-kind-k1"), fx.label("conf-kind-p256"), fx.label("conf-kind-seal"));
+    let (k1, p2, s) = (
+        fx.label("conf-kind-k1"),
+        fx.label("conf-kind-p256"),
+        fx.label("conf-kind-seal"),
+    );
     c.generate(&k1, KeyKind::Secp256k1).await.expect("k1");
     c.generate(&p2, KeyKind::P256).await.expect("p256");
     c.generate(&s, KeyKind::Seal).await.expect("seal");
     let d = digest(2);
     let errors = [
-        c.sign_secp256k1_prehash(&p2, &d).await.map(|_| ()).expect_err("k1 sign with p256 key"),
-        c.sign_secp256k1_prehash(&s, &d).await.map(|_| ()).expect_err("k1 sign with seal key"),
-        c.sign_p256_prehash(&k1, &d).await.map(|_| ()).expect_err("p256 sign with k1 key"),
-        c.seal(&k1, b"x", b"").await.map(|_| ()).expect_err("seal with k1 key"),
-        c.public_key(&s).await.map(|_| ()).expect_err("public key of seal key"),
+        c.sign_secp256k1_prehash(&p2, &d)
+            .await
+            .map(|_| ())
+            .expect_err("k1 sign with p256 key"),
+        c.sign_secp256k1_prehash(&s, &d)
+            .await
+            .map(|_| ())
+            .expect_err("k1 sign with seal key"),
+        c.sign_p256_prehash(&k1, &d)
+            .await
+            .map(|_| ())
+            .expect_err("p256 sign with k1 key"),
+        c.seal(&k1, b"x", b"")
+            .await
+            .map(|_| ())
+            .expect_err("seal with k1 key"),
+        c.public_key(&s)
+            .await
+            .map(|_| ())
+            .expect_err("public key of seal key"),
     ];
     for err in errors {
         assert_eq!(err.kind(), ErrorKind::WrongKeyKind, "{err}");
@@ -238,15 +319,27 @@ pub async fn duplicate_label_is_refused(fx: &Fixture) {
     let c = fx.open().await;
     let l = fx.label("conf-dup");
     let first = c.generate(&l, KeyKind::Secp256k1).await.expect("first");
-    let err = c.generate(&l, KeyKind::P256).await.expect_err("second with same label");
+    let err = c
+        .generate(&l, KeyKind::P256)
+        .await
+        .expect_err("second with same label");
     assert_eq!(err.kind(), ErrorKind::KeyExists, "{err}");
-    assert_eq!(c.public_key(&l).await.expect("still there"), first.public_key.unwrap());
+    assert_eq!(
+        c.public_key(&l).await.expect("still there"),
+        first.public_key.unwrap()
+    );
 }
 
 pub async fn eight_concurrent_signers(fx: &Fixture) {
     let c = fx.open().await;
     let l = fx.label("conf-concurrent");
-    let pk = secp(c.generate(&l, KeyKind::Secp256k1).await.expect("generate").public_key.unwrap());
+    let pk = secp(
+        c.generate(&l, KeyKind::Secp256k1)
+            .await
+            .expect("generate")
+            .public_key
+            .unwrap(),
+    );
     let mut tasks = Vec::new();
     for t in 0..8u32 {
         let c = c.clone();
@@ -272,12 +365,20 @@ pub async fn eight_concurrent_signers(fx: &Fixture) {
 
 pub async fn list_and_destroy(fx: &Fixture) {
     let c = fx.open().await;
-    let (a, b, s) = (fx.label("conf-list-a"), fx.label("conf-list-b"), fx.label("conf-list-s"));
+    let (a, b, s) = (
+        fx.label("conf-list-a"),
+        fx.label("conf-list-b"),
+        fx.label("conf-list-s"),
+    );
     let ia = c.generate(&a, KeyKind::Secp256k1).await.expect("a");
     let ib = c.generate(&b, KeyKind::P256).await.expect("b");
     c.generate(&s, KeyKind::Seal).await.expect("s");
     let listed = c.list().await.expect("list");
-    for (l, kind, pk) in [(&a, KeyKind::Secp256k1, ia.public_key), (&b, KeyKind::P256, ib.public_key), (&s, KeyKind::Seal, None)] {
+    for (l, kind, pk) in [
+        (&a, KeyKind::Secp256k1, ia.public_key),
+        (&b, KeyKind::P256, ib.public_key),
+        (&s, KeyKind::Seal, None),
+    ] {
         let found: Vec<_> = listed.iter().filter(|k| &k.label == l).collect();
         assert_eq!(found.len(), 1, "{l} listed once in {listed:?}");
         assert_eq!(found[0].kind, kind);
@@ -286,7 +387,10 @@ pub async fn list_and_destroy(fx: &Fixture) {
     c.destroy(&a).await.expect("destroy");
     let err = c.public_key(&a).await.expect_err("destroyed key");
     assert_eq!(err.kind(), ErrorKind::KeyNotFound, "{err}");
-    let err = c.sign_secp256k1_prehash(&a, &digest(3)).await.expect_err("sign destroyed");
+    let err = c
+        .sign_secp256k1_prehash(&a, &digest(3))
+        .await
+        .expect_err("sign destroyed");
     assert_eq!(err.kind(), ErrorKind::KeyNotFound, "{err}");
     assert!(!c.list().await.expect("list").iter().any(|k| k.label == a));
     // Destroyed for good: a reopen does not bring it back, the others stay.
@@ -300,8 +404,14 @@ pub async fn info_and_health(fx: &Fixture) {
     let c = fx.open().await;
     let info = c.info().await.expect("info");
     assert_eq!(info.backend, c.backend());
-    assert!(info.capabilities.secp256k1 && info.capabilities.p256 && info.capabilities.seal, "{info:?}");
-    assert!(!info.model.is_empty() && !info.serial.is_empty(), "{info:?}");
+    assert!(
+        info.capabilities.secp256k1 && info.capabilities.p256 && info.capabilities.seal,
+        "{info:?}"
+    );
+    assert!(
+        !info.model.is_empty() && !info.serial.is_empty(),
+        "{info:?}"
+    );
     let h = c.health().await.expect("health");
     assert!(h.ok, "{h:?}");
 }

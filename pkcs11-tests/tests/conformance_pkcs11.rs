@@ -19,10 +19,11 @@ async fn fixture() -> Fixture {
         move || {
             let config = config.clone();
             async move {
-                let backend = tokio::task::spawn_blocking(move || sbtc_custody_pkcs11::open(&config))
-                    .await
-                    .expect("open task")
-                    .unwrap_or_else(|e| panic!("open token: {e}"));
+                let backend =
+                    tokio::task::spawn_blocking(move || sbtc_custody_pkcs11::open(&config))
+                        .await
+                        .expect("open task")
+                        .unwrap_or_else(|e| panic!("open token: {e}"));
                 Arc::new(backend) as Arc<dyn Custody>
             }
         },

@@ -266,11 +266,18 @@ mod tests {
 
     #[test]
     fn display_names_backend_operation_label_and_next_step() {
-        let e = Error::new(BackendKind::Pkcs11, Operation::SignSecp256k1, ErrorKind::KeyNotFound)
-            .label("identity")
-            .detail("no private key object with CKA_LABEL 'identity'");
+        let e = Error::new(
+            BackendKind::Pkcs11,
+            Operation::SignSecp256k1,
+            ErrorKind::KeyNotFound,
+        )
+        .label("identity")
+        .detail("no private key object with CKA_LABEL 'identity'");
         let s = e.to_string();
-        assert!(s.starts_with("pkcs11 sign_secp256k1 (key 'identity'): key not found"), "{s}");
+        assert!(
+            s.starts_with("pkcs11 sign_secp256k1 (key 'identity'): key not found"),
+            "{s}"
+        );
         assert!(s.contains("keys generate"), "{s}");
     }
 }

@@ -62,8 +62,12 @@ pub trait Custody: Send + Sync {
 
     /// Reverses [`Custody::seal`]. A wrong `aad`, a wrong key or any changed byte is
     /// [`ErrorKind::Tampered`]. The plaintext is zeroized when dropped.
-    async fn unseal(&self, label: &KeyLabel, sealed: &SealedBlob, aad: &[u8])
-        -> Result<SecretBytes>;
+    async fn unseal(
+        &self,
+        label: &KeyLabel,
+        sealed: &SealedBlob,
+        aad: &[u8],
+    ) -> Result<SecretBytes>;
 
     /// Destroys the key under `label` for good.
     async fn destroy(&self, label: &KeyLabel) -> Result<()>;

@@ -137,7 +137,9 @@ impl SecretSource {
                     return Err(fail(format!("the {what} variable {var} is not set")))
                 }
                 Err(std::env::VarError::NotUnicode(_)) => {
-                    return Err(fail(format!("the {what} variable {var} is not valid UTF-8")))
+                    return Err(fail(format!(
+                        "the {what} variable {var} is not valid UTF-8"
+                    )))
                 }
             },
             SecretSource::Credential(name) => {
@@ -178,7 +180,10 @@ fn read_file(path: &Path, what: &str) -> Result<Zeroizing<String>, String> {
     );
     match std::str::from_utf8(&bytes) {
         Ok(s) => Ok(Zeroizing::new(s.to_owned())),
-        Err(_) => Err(format!("the {what} file {} is not UTF-8 text", path.display())),
+        Err(_) => Err(format!(
+            "the {what} file {} is not UTF-8 text",
+            path.display()
+        )),
     }
 }
 
@@ -245,6 +250,10 @@ mod tests {
         let err = SecretSource::Env("SBTC_TEST_SURELY_UNSET_VAR".into())
             .load(BackendKind::Keystore, "passphrase")
             .unwrap_err();
-        assert!(err.to_string().contains("SBTC_TEST_SURELY_UNSET_VAR is not set"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("SBTC_TEST_SURELY_UNSET_VAR is not set"),
+            "{err}"
+        );
     }
 }

@@ -298,7 +298,9 @@ mod tests {
     #[test]
     fn signature_from_another_key_is_refused() {
         let sk = SecretKey::from_slice(&[7u8; 32]).unwrap();
-        let other = SecretKey::from_slice(&[8u8; 32]).unwrap().public_key(SECP256K1);
+        let other = SecretKey::from_slice(&[8u8; 32])
+            .unwrap()
+            .public_key(SECP256K1);
         let digest = [1u8; 32];
         let sig = SECP256K1.sign_ecdsa(&Message::from_digest(digest), &sk);
         assert_eq!(

@@ -12,9 +12,9 @@ use async_trait::async_trait;
 use p256::ecdsa::signature::hazmat::PrehashSigner;
 use rand::{rngs::OsRng, RngCore};
 use sbtc_custody::{
-    check_private, BackendInfo, BackendKind, BlockingPool, Capabilities,
-    Custody, Error, ErrorKind, Health, KeyInfo, KeyKind, KeyLabel, Operation, P256Signature,
-    PublicKey, RecoverableSignature, Result, SealedBlob, SecretBytes, SecretSource, SecretString,
+    check_private, BackendInfo, BackendKind, BlockingPool, Capabilities, Custody, Error, ErrorKind,
+    Health, KeyInfo, KeyKind, KeyLabel, Operation, P256Signature, PublicKey, RecoverableSignature,
+    Result, SealedBlob, SecretBytes, SecretSource, SecretString,
 };
 use secp256k1::{Message, SecretKey, SECP256K1};
 use zeroize::{Zeroize, Zeroizing};

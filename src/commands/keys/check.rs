@@ -44,7 +44,8 @@ impl Check {
         for role in Role::ALL {
             let label = config.keys.label(role);
             let started = Instant::now();
-            let (ok, public_key, self_test) = match self_test(custody.as_ref(), role, &label).await {
+            let (ok, public_key, self_test) = match self_test(custody.as_ref(), role, &label).await
+            {
                 Ok((pk, what)) => (true, pk, what),
                 Err(e) => (false, None, format!("FAILED: {e}")),
             };
@@ -79,13 +80,20 @@ impl Check {
 fn print_text(r: &Report) {
     let i = &r.info;
     println!("backend:      {}", i.backend);
-    println!("device:       {} {} serial {} version {}", i.manufacturer, i.model, i.serial, i.version);
+    println!(
+        "device:       {} {} serial {} version {}",
+        i.manufacturer, i.model, i.serial, i.version
+    );
     let c = &i.capabilities;
     println!(
         "capabilities: secp256k1={} p256={} seal={} ({}) key_backup={} concurrency={}",
         c.secp256k1, c.p256, c.seal, c.seal_method, c.key_backup, c.max_concurrency
     );
-    println!("health:       {} {}", if r.health.ok { "ok" } else { "FAILED" }, r.health.detail);
+    println!(
+        "health:       {} {}",
+        if r.health.ok { "ok" } else { "FAILED" },
+        r.health.detail
+    );
     for role in &r.roles {
         println!(
             "{:<9} '{}': {} ({:.1} ms){}",
@@ -93,10 +101,19 @@ fn print_text(r: &Report) {
             role.label,
             role.self_test,
             role.millis,
-            role.public_key.map(|p| format!(" public key {p}")).unwrap_or_default()
+            role.public_key
+                .map(|p| format!(" public key {p}"))
+                .unwrap_or_default()
         );
     }
-    println!("{}", if r.ok { "all checks passed" } else { "some checks FAILED" });
+    println!(
+        "{}",
+        if r.ok {
+            "all checks passed"
+        } else {
+            "some checks FAILED"
+        }
+    );
 }
 
 /// A random digest, so that a replayed or cached answer cannot pass.
@@ -125,7 +142,10 @@ async fn self_test(
             if !sig.verify(&digest, &pk) || sig.recover(&digest)? != pk {
                 return Err("the signature does not verify against the public key".into());
             }
-            Ok((Some(PublicKey::Secp256k1(pk)), "sign+verify+recover ok".into()))
+            Ok((
+                Some(PublicKey::Secp256k1(pk)),
+                "sign+verify+recover ok".into(),
+            ))
         }
         Role::Tls => {
             let PublicKey::P256(pk) = custody.public_key(label).await? else {
@@ -145,7 +165,11 @@ async fn self_test(
             if custody.unseal(label, &sealed, aad).await?.expose() != plain {
                 return Err("unsealed bytes differ from the sealed ones".into());
             }
-            if custody.unseal(label, &sealed, b"another context").await.is_ok() {
+            if custody
+                .unseal(label, &sealed, b"another context")
+                .await
+                .is_ok()
+            {
                 return Err("unseal accepted a wrong AAD".into());
             }
             Ok((None, "seal+unseal ok, wrong AAD refused".into()))

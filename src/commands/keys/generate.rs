@@ -25,7 +25,10 @@ impl Generate {
                 "generated {} key '{}' ({}) public key {}",
                 self.role, info.label, info.kind, pk
             ),
-            None => println!("generated {} key '{}' ({})", self.role, info.label, info.kind),
+            None => println!(
+                "generated {} key '{}' ({})",
+                self.role, info.label, info.kind
+            ),
         }
         Ok(ExitCode::SUCCESS)
     }

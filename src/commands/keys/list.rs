@@ -24,7 +24,10 @@ impl List {
             println!("no keys; create them with `sbtc-hsm-signer keys generate --role identity|tls|seal`");
         }
         for k in keys {
-            let pk = k.public_key.map(|p| p.to_hex()).unwrap_or_else(|| "-".into());
+            let pk = k
+                .public_key
+                .map(|p| p.to_hex())
+                .unwrap_or_else(|| "-".into());
             println!("{:<24} {:<10} {}", k.label, k.kind, pk);
         }
         Ok(ExitCode::SUCCESS)
