@@ -76,24 +76,7 @@ impl BlockingPool {
 mod tests {
     use super::*;
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn panics_become_errors_on_a_multi_thread_runtime() {
-        let pool = BlockingPool::new(1, Duration::from_secs(5));
-        let err = pool
-            .run::<(), _>(BackendKind::YubiHsm, Operation::Seal, || panic!("mock"))
-            .await
-            .unwrap_err();
-        assert_eq!(err.kind(), ErrorKind::Internal);
-        assert_eq!(
-            pool.run(BackendKind::YubiHsm, Operation::Seal, || Ok(5))
-                .await
-                .unwrap(),
-            5
-        );
-    }
-
-    #[tokio::test]
-    async fn panics_become_errors_and_the_pool_stays_usable() {
+    async fn panic_then_work() {
         let pool = BlockingPool::new(1, Duration::from_secs(5));
         let err = pool
             .run::<(), _>(BackendKind::YubiHsm, Operation::Seal, || panic!("mock"))
@@ -102,8 +85,17 @@ mod tests {
         assert_eq!(err.kind(), ErrorKind::Internal);
         let ok = pool
             .run(BackendKind::YubiHsm, Operation::Seal, || Ok(5))
-            .await
-            .unwrap();
-        assert_eq!(ok, 5);
+            .await;
+        assert_eq!(ok.unwrap(), 5, "the pool stays usable after a panic");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn panics_become_errors_on_a_multi_thread_runtime() {
+        panic_then_work().await;
+    }
+
+    #[tokio::test]
+    async fn panics_become_errors_on_a_current_thread_runtime() {
+        panic_then_work().await;
     }
 }
