@@ -11,7 +11,10 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("SBTC_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                // cryptoki logs an ERROR for every vendor mechanism it has no name for: noise.
+                .unwrap_or_else(|_| {
+                    tracing_subscriber::EnvFilter::new("warn,cryptoki::mechanism=off")
+                }),
         )
         .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()

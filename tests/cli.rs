@@ -18,6 +18,8 @@ impl Signer {
     fn run(&self, args: &[&str]) -> Output {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_sbtc-hsm-signer"));
         cmd.arg("--config").arg(&self.config).args(args);
+        // The default log filter is what operators get.
+        cmd.env_remove("SBTC_LOG");
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
@@ -46,7 +48,7 @@ impl Signer {
 fn keystore_signer(kdf: &str) -> Signer {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("signer.toml");
-    let mut s = Signer {
+    let s = Signer {
         config: config.clone(),
         dir,
         env: Vec::new(),
@@ -62,7 +64,6 @@ fn keystore_signer(kdf: &str) -> Signer {
         ),
     )
     .unwrap();
-    s.env.push(("SBTC_LOG".into(), "warn".into()));
     s
 }
 
@@ -99,7 +100,7 @@ fn softhsm_signer() -> Signer {
         String::from_utf8_lossy(&init.stderr)
     );
     let config = dir.path().join("signer.toml");
-    let mut s = Signer {
+    let s = Signer {
         config: config.clone(),
         dir,
         env: vec![("SOFTHSM2_CONF".into(), conf.display().to_string())],
@@ -113,7 +114,6 @@ fn softhsm_signer() -> Signer {
         ),
     )
     .unwrap();
-    s.env.push(("SBTC_LOG".into(), "warn".into()));
     s
 }
 
