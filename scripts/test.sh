@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The whole test suite on a fresh Debian machine: system packages, a private SoftHSM2 token dir,
-# then fmt, clippy and every test (the custody conformance suite on SoftHSM2 included).
+# The whole test suite on a fresh Debian machine: system packages, a private SoftHSM2 token dir, a
+# private PostgreSQL server (127.0.0.1 only, stopped at the end), then fmt, clippy and every test:
+# the custody conformance suite on SoftHSM2 and the storage suite on the real server included.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,10 +20,19 @@ fi
 
 # A private SoftHSM2 token dir for this run; tests that need their own tokens make their own too.
 WORK="$(mktemp -d -t sbtc-hsm-signer-test.XXXXXX)"
-trap 'rm -rf "$WORK"' EXIT
+# The postgres user must reach the data dir, so it lives outside the root-only $WORK.
+export SBTC_PG_DIR="/tmp/sbtc-hsm-signer-pg-$$"
+cleanup() {
+  scripts/pg.sh destroy >/dev/null 2>&1 || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
 mkdir -p "$WORK/tokens"
 printf 'directories.tokendir = %s/tokens\nobjectstore.backend = file\nlog.level = ERROR\n' "$WORK" > "$WORK/softhsm2.conf"
 export SOFTHSM2_CONF="$WORK/softhsm2.conf"
+
+echo "==> starting a private PostgreSQL server"
+eval "$(scripts/pg.sh start)"
 
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check

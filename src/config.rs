@@ -24,6 +24,10 @@ pub struct Config {
     pub custody: CustodyConfig,
     #[serde(default)]
     pub keys: KeyLabels,
+    /// `[peer]`: the peer links (see `peer::config`).
+    pub peer: Option<crate::peer::PeerConfig>,
+    /// `[storage]`: PostgreSQL or in-memory state (see `storage::config`).
+    pub storage: Option<crate::storage::StorageConfig>,
 }
 
 /// `[custody]`: which backend holds the keys, and each backend's own section.
@@ -122,6 +126,23 @@ mod tests {
             }
         }
         assert!(n >= 3, "one example per backend");
+    }
+
+    #[test]
+    fn storage_section_parses_and_rejects_typos() {
+        let base = "[custody]\nbackend = \"keystore\"\n[custody.keystore]\npath = \"/tmp/k\"\npassphrase_env = \"P\"\n";
+        let c = Config::parse(&format!(
+            "{base}[storage]\nurl = \"postgresql://signer@127.0.0.1:5432/signer\"\npassword_file = \"/etc/pw\"\n"
+        ))
+        .unwrap();
+        let storage = c.storage.unwrap();
+        assert_eq!(storage.url, "postgresql://signer@127.0.0.1:5432/signer");
+        assert!(Config::parse(base).unwrap().storage.is_none());
+        let err = Config::parse(&format!(
+            "{base}[storage]\nurl = \"memory\"\npasword = \"x\"\n"
+        ))
+        .unwrap_err();
+        assert!(err.contains("pasword"), "{err}");
     }
 
     #[test]

@@ -4,3 +4,6 @@
 pub mod commands;
 pub mod config;
 pub mod custody;
+pub mod peer;
+pub mod signing;
+pub mod storage;

@@ -1,6 +1,9 @@
 //! The command line: one subcommand per file.
 
+mod audit;
 mod keys;
+mod migrate;
+mod peer;
 
 use std::{path::PathBuf, process::ExitCode};
 
@@ -23,6 +26,14 @@ enum Command {
     /// Create, list and check the signer's long-term keys.
     #[command(subcommand)]
     Keys(keys::KeysCommand),
+    /// This signer's peer-link identity (`peer card`).
+    #[command(subcommand)]
+    Peer(peer::PeerCommand),
+    /// Apply the storage schema migrations embedded in this binary.
+    Migrate(migrate::Migrate),
+    /// Check the custody audit log.
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
 }
 
 /// What a command failed with, for the operator.
@@ -33,6 +44,9 @@ impl Cli {
         let config = self.load_config()?;
         match self.command {
             Command::Keys(cmd) => cmd.run(&config).await,
+            Command::Peer(cmd) => cmd.run(&config).await,
+            Command::Migrate(cmd) => cmd.run(&config).await,
+            Command::Audit(cmd) => cmd.run(&config).await,
         }
     }
 

@@ -1,0 +1,162 @@
+//! `[peer]`: where this signer listens, where its certificate is kept, its limits, and the
+//! bootstrap signer set.
+//!
+//! ```toml
+//! [peer]
+//! listen = "0.0.0.0:4122"
+//! public_endpoint = "signer-1.example.org:4122"   # what `peer card` tells other operators
+//! cert_path = "/var/lib/sbtc-hsm-signer/peer-cert.der"
+//! cert_validity_days = 30
+//! max_message_bytes = 1048576
+//! rate_per_peer = 2000        # messages per second from one peer, burst twice that
+//! queue_depth = 1024          # messages waiting for one peer before new ones are dropped
+//!
+//! [[peer.bootstrap]]
+//! identity = "02c6..."        # the peer's identity public key, from its `peer card`
+//! endpoint = "signer-2.example.org:4122"
+//! spki_pin = "9f3a..."        # optional: SHA-256 of its certificate's public key info
+//! ```
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use serde::Deserialize;
+
+use super::{limits::Limits, set::Member, PeerError, SignerSet};
+
+/// The `[peer]` section.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerConfig {
+    /// Address the peer listener binds.
+    pub listen: SocketAddr,
+    /// `host:port` other signers dial; defaults to `listen`.
+    pub public_endpoint: Option<String>,
+    /// The certificate (DER) made from the custody TLS key. Made when missing, expired, or made
+    /// for other keys; kept so that its fingerprint stays what `peer card` printed.
+    pub cert_path: PathBuf,
+    #[serde(default = "default_validity_days")]
+    pub cert_validity_days: u32,
+    pub max_message_bytes: Option<usize>,
+    pub rate_per_peer: Option<u32>,
+    pub queue_depth: Option<usize>,
+    /// The signer set until it is read from the chain.
+    #[serde(default)]
+    pub bootstrap: Vec<BootstrapMember>,
+}
+
+/// One `[[peer.bootstrap]]` entry.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BootstrapMember {
+    /// Compressed secp256k1 identity public key, hex.
+    pub identity: String,
+    pub endpoint: Option<String>,
+    /// SHA-256 of the peer certificate's SubjectPublicKeyInfo, hex.
+    pub spki_pin: Option<String>,
+}
+
+fn default_validity_days() -> u32 {
+    30
+}
+
+impl PeerConfig {
+    pub fn endpoint(&self) -> String {
+        self.public_endpoint
+            .clone()
+            .unwrap_or_else(|| self.listen.to_string())
+    }
+
+    pub fn validity(&self) -> Duration {
+        Duration::from_secs(u64::from(self.cert_validity_days.clamp(1, 3650)) * 86_400)
+    }
+
+    pub fn limits(&self) -> Limits {
+        let mut limits = Limits::default();
+        if let Some(n) = self.max_message_bytes {
+            limits.max_message_bytes = n.clamp(1024, 64 << 20);
+        }
+        if let Some(r) = self.rate_per_peer {
+            limits.rate_per_sec = r.max(1);
+            limits.burst = r.saturating_mul(2).max(1);
+        }
+        if let Some(q) = self.queue_depth {
+            limits.queue_depth = q.clamp(1, 1 << 20);
+        }
+        limits
+    }
+
+    /// The bootstrap signer set. Every entry must parse: a typo must not silently shrink the set.
+    pub fn bootstrap_set(&self) -> Result<SignerSet, PeerError> {
+        let mut set = SignerSet::default();
+        for (i, m) in self.bootstrap.iter().enumerate() {
+            let bytes = hex::decode(m.identity.trim()).map_err(|e| {
+                PeerError::Config(format!(
+                    "[[peer.bootstrap]] #{}: identity is not hex: {e}",
+                    i + 1
+                ))
+            })?;
+            let identity = secp256k1::PublicKey::from_slice(&bytes).map_err(|_| {
+                PeerError::Config(format!(
+                    "[[peer.bootstrap]] #{}: identity is not a secp256k1 public key; copy it from the peer's `peer card`",
+                    i + 1
+                ))
+            })?;
+            let spki_pin = match &m.spki_pin {
+                None => None,
+                Some(pin) => Some(
+                    hex::decode(pin.trim())
+                        .ok()
+                        .and_then(|b| <[u8; 32]>::try_from(b).ok())
+                        .ok_or_else(|| {
+                            PeerError::Config(format!(
+                                "[[peer.bootstrap]] #{}: spki_pin must be 64 hex characters (SHA-256)",
+                                i + 1
+                            ))
+                        })?,
+                ),
+            };
+            set.insert(
+                identity,
+                Member {
+                    endpoint: m.endpoint.clone(),
+                    spki_pin,
+                },
+            );
+        }
+        Ok(set)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<PeerConfig, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn bootstrap_entries_must_parse() {
+        let base = "listen = \"127.0.0.1:0\"\ncert_path = \"/tmp/c.der\"\n";
+        let key = "0279be667ef9dcbbac55a06295ce870b07029bfcdb2dce28d959f2815b16f81798";
+        let ok = parse(&format!(
+            "{base}[[bootstrap]]\nidentity = \"{key}\"\nendpoint = \"a:1\"\n"
+        ))
+        .unwrap();
+        assert_eq!(ok.bootstrap_set().unwrap().len(), 1);
+        let bad = parse(&format!("{base}[[bootstrap]]\nidentity = \"02ab\"\n")).unwrap();
+        assert!(bad.bootstrap_set().unwrap_err().to_string().contains("#1"));
+        let pin = parse(&format!(
+            "{base}[[bootstrap]]\nidentity = \"{key}\"\nspki_pin = \"abcd\"\n"
+        ))
+        .unwrap();
+        assert!(pin
+            .bootstrap_set()
+            .unwrap_err()
+            .to_string()
+            .contains("spki_pin"));
+        assert!(parse(&format!("{base}lisen = 1\n"))
+            .unwrap_err()
+            .contains("lisen"));
+    }
+}

@@ -1,0 +1,163 @@
+//! Signer messages: every envelope carries a version, the sender's chain tip and a round id.
+//! Round traffic relies on the authenticated link; proposals, acks and decisions are also signed
+//! with the sender's identity key through `Custody`, so they can be shown to third parties.
+
+use bytes::Bytes;
+use prost::Message as _;
+use sbtc_custody::{Custody, KeyLabel, RecoverableSignature};
+use sha2::{Digest, Sha256};
+
+pub use super::proto::{envelope::Body, ChainTip, Envelope, RoundMessage, Statement};
+
+/// The envelope version this release speaks.
+pub const VERSION: u32 = 1;
+const STATEMENT_DOMAIN: &[u8] = b"sbtc-hsm-signer/peer-statement/v1";
+
+/// The kinds of signed statements.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StatementKind {
+    Proposal = 1,
+    Ack = 2,
+    Decision = 3,
+}
+
+/// Why an envelope was dropped.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Invalid {
+    #[error("malformed envelope: {0}")]
+    Malformed(&'static str),
+    #[error("statement signature does not verify against the sender's identity key")]
+    BadSignature,
+}
+
+/// The digest a statement's signature covers: kind, version, tip, round and payload.
+pub fn statement_digest(
+    kind: StatementKind,
+    tip: &ChainTip,
+    round_id: &[u8],
+    payload: &[u8],
+) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(STATEMENT_DOMAIN);
+    h.update([kind as u8]);
+    h.update(VERSION.to_be_bytes());
+    h.update(tip.height.to_be_bytes());
+    h.update((tip.block_hash.len() as u64).to_be_bytes());
+    h.update(&tip.block_hash);
+    h.update((round_id.len() as u64).to_be_bytes());
+    h.update(round_id);
+    h.update((payload.len() as u64).to_be_bytes());
+    h.update(payload);
+    h.finalize().into()
+}
+
+/// A round message (not signed: the link authenticates it).
+pub fn round(tip: ChainTip, round_id: [u8; 32], payload: Bytes) -> Envelope {
+    Envelope {
+        version: VERSION,
+        chain_tip: Some(tip),
+        round_id: Bytes::copy_from_slice(&round_id),
+        body: Some(Body::Round(RoundMessage { payload })),
+    }
+}
+
+/// A proposal, ack or decision, signed with the identity key under `label` through `custody`.
+pub async fn signed(
+    custody: &dyn Custody,
+    label: &KeyLabel,
+    kind: StatementKind,
+    tip: ChainTip,
+    round_id: [u8; 32],
+    payload: Bytes,
+) -> Result<Envelope, sbtc_custody::Error> {
+    let digest = statement_digest(kind, &tip, &round_id, &payload);
+    let sig = custody.sign_secp256k1_prehash(label, &digest).await?;
+    let statement = Statement {
+        payload,
+        signature: Bytes::copy_from_slice(&sig.to_rsv()),
+    };
+    Ok(Envelope {
+        version: VERSION,
+        chain_tip: Some(tip),
+        round_id: Bytes::copy_from_slice(&round_id),
+        body: Some(match kind {
+            StatementKind::Proposal => Body::Proposal(statement),
+            StatementKind::Ack => Body::Ack(statement),
+            StatementKind::Decision => Body::Decision(statement),
+        }),
+    })
+}
+
+/// Decodes and checks an envelope from `sender` (signatures of statements included).
+pub fn decode(bytes: &[u8], sender: &secp256k1::PublicKey) -> Result<Envelope, Invalid> {
+    let env = Envelope::decode(bytes).map_err(|_| Invalid::Malformed("not an Envelope"))?;
+    if env.version != VERSION {
+        return Err(Invalid::Malformed("unsupported version"));
+    }
+    let Some(tip) = &env.chain_tip else {
+        return Err(Invalid::Malformed("no chain tip"));
+    };
+    if tip.block_hash.len() != 32 {
+        return Err(Invalid::Malformed("chain tip hash is not 32 bytes"));
+    }
+    if env.round_id.len() != 32 {
+        return Err(Invalid::Malformed("round id is not 32 bytes"));
+    }
+    let (kind, statement) = match &env.body {
+        None => return Err(Invalid::Malformed("no body")),
+        Some(Body::Round(_)) => return Ok(env),
+        Some(Body::Proposal(s)) => (StatementKind::Proposal, s),
+        Some(Body::Ack(s)) => (StatementKind::Ack, s),
+        Some(Body::Decision(s)) => (StatementKind::Decision, s),
+    };
+    let rsv: [u8; 65] = statement
+        .signature
+        .as_ref()
+        .try_into()
+        .map_err(|_| Invalid::BadSignature)?;
+    let sig = RecoverableSignature::from_rsv(&rsv).map_err(|_| Invalid::BadSignature)?;
+    let digest = statement_digest(kind, tip, &env.round_id, &statement.payload);
+    if !sig.verify(&digest, sender) {
+        return Err(Invalid::BadSignature);
+    }
+    Ok(env)
+}
+
+/// Encodes once; the bytes are shared by every link of a broadcast.
+pub fn encode(env: &Envelope) -> Bytes {
+    Bytes::from(env.encode_to_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tip() -> ChainTip {
+        ChainTip {
+            height: 7,
+            block_hash: Bytes::from_static(&[9u8; 32]),
+        }
+    }
+
+    #[test]
+    fn round_messages_decode_and_garbage_does_not() {
+        let key = secp256k1::SecretKey::from_slice(&[1u8; 32])
+            .unwrap()
+            .public_key(secp256k1::SECP256K1);
+        let env = round(tip(), [5u8; 32], Bytes::from_static(b"hi"));
+        assert_eq!(decode(&encode(&env), &key).unwrap(), env);
+        assert!(matches!(
+            decode(b"\xff\xff\xff", &key),
+            Err(Invalid::Malformed(_))
+        ));
+        let mut no_tip = env.clone();
+        no_tip.chain_tip = None;
+        assert!(decode(&encode(&no_tip), &key).is_err());
+        let mut v2 = env;
+        v2.version = 2;
+        assert_eq!(
+            decode(&encode(&v2), &key),
+            Err(Invalid::Malformed("unsupported version"))
+        );
+    }
+}

@@ -1,0 +1,452 @@
+//! The in-memory store: the devnet's and the unit tests' storage, with the same semantics as
+//! PostgreSQL (tests/storage.rs runs one suite against both). Nothing survives a restart.
+
+use std::{
+    collections::{btree_map, hash_map::Entry, BTreeMap, HashMap, HashSet},
+    sync::{Mutex, MutexGuard},
+    time::SystemTime,
+};
+
+use async_trait::async_trait;
+
+use super::{
+    audit::{self, AuditEntry, AuditRecord},
+    guard::{self, Check, GuardDecision, SpendDecision, SpendIntent},
+    model::*,
+    DbRead, DbWrite, Result,
+};
+
+#[derive(Default)]
+struct State {
+    bitcoin_blocks: HashMap<BitcoinBlockHash, BitcoinBlock>,
+    txids_by_block: HashMap<BitcoinBlockHash, Vec<BitcoinTxid>>,
+    tx_blocks: HashSet<(BitcoinTxid, BitcoinBlockHash)>,
+    stacks_blocks: HashMap<StacksBlockHash, StacksBlock>,
+    stacks_by_anchor: HashMap<BitcoinBlockHash, Vec<StacksBlockHash>>,
+    deposits: BTreeMap<OutPoint, DepositRequest>,
+    deposit_vouts: HashMap<BitcoinTxid, Vec<u32>>,
+    deposit_votes: BTreeMap<(OutPoint, PublicKeyBytes), DepositVote>,
+    withdrawals: BTreeMap<u64, WithdrawalRequest>,
+    withdrawals_by_block: HashMap<StacksBlockHash, Vec<u64>>,
+    withdrawal_votes: BTreeMap<(u64, PublicKeyBytes), WithdrawalVote>,
+    /// Shares and their insertion number (ties in `created_at` are broken by it).
+    dkg: HashMap<PublicKeyBytes, (StoredDkgShares, u64)>,
+    dkg_inserted: u64,
+    sweeps: HashMap<BitcoinTxid, SweepTransaction>,
+    swept_deposits: HashSet<OutPoint>,
+    swept_withdrawals: HashSet<u64>,
+    sighashes: HashMap<Sighash, SighashDecision>,
+    spends: BTreeMap<OutPoint, SpendDecision>,
+    stacks_txs: HashMap<StacksTxid, StacksTransaction>,
+    rotations: Vec<SignerSetRotation>,
+    audit: Vec<AuditEntry>,
+    audit_ids: HashMap<[u8; 16], usize>,
+}
+
+impl State {
+    /// `tip` and up to `window - 1` ancestors that the store knows.
+    fn window(&self, tip: &BitcoinBlockHash, window: u32) -> Vec<BitcoinBlockHash> {
+        let mut out = Vec::new();
+        let mut next = self.bitcoin_blocks.get(tip);
+        while let Some(b) = next {
+            if out.len() >= window as usize {
+                break;
+            }
+            out.push(b.hash);
+            next = self.bitcoin_blocks.get(&b.parent_hash);
+        }
+        out
+    }
+}
+
+/// State in a mutex; every method holds it for one short, await-free step, which makes each
+/// write atomic just like a PostgreSQL transaction.
+#[derive(Default)]
+pub struct MemoryStore {
+    state: Mutex<State>,
+}
+
+impl MemoryStore {
+    pub fn new() -> Self {
+        MemoryStore::default()
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave a half-applied write: every write
+        // checks first and mutates last.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[async_trait]
+impl DbRead for MemoryStore {
+    async fn get_bitcoin_block(&self, hash: &BitcoinBlockHash) -> Result<Option<BitcoinBlock>> {
+        Ok(self.state().bitcoin_blocks.get(hash).cloned())
+    }
+
+    async fn get_bitcoin_canonical_tip(&self) -> Result<Option<BitcoinBlock>> {
+        Ok(self
+            .state()
+            .bitcoin_blocks
+            .values()
+            .max_by(|a, b| a.height.cmp(&b.height).then(b.hash.cmp(&a.hash)))
+            .cloned())
+    }
+
+    async fn in_canonical_chain(
+        &self,
+        tip: &BitcoinBlockHash,
+        block: &BitcoinBlockHash,
+    ) -> Result<bool> {
+        let s = self.state();
+        let mut next = s.bitcoin_blocks.get(tip);
+        // Bounded by the number of blocks, so corrupt parent links cannot loop forever.
+        for _ in 0..s.bitcoin_blocks.len() {
+            let Some(b) = next else { break };
+            if &b.hash == block {
+                return Ok(true);
+            }
+            next = s.bitcoin_blocks.get(&b.parent_hash);
+        }
+        Ok(false)
+    }
+
+    async fn get_stacks_block(&self, hash: &StacksBlockHash) -> Result<Option<StacksBlock>> {
+        Ok(self.state().stacks_blocks.get(hash).cloned())
+    }
+
+    async fn get_deposit_request(&self, outpoint: &OutPoint) -> Result<Option<DepositRequest>> {
+        Ok(self.state().deposits.get(outpoint).cloned())
+    }
+
+    async fn get_pending_deposit_requests(
+        &self,
+        tip: &BitcoinBlockHash,
+        window: u32,
+    ) -> Result<Vec<DepositRequest>> {
+        let s = self.state();
+        let mut out = Vec::new();
+        for block in s.window(tip, window) {
+            for txid in s.txids_by_block.get(&block).into_iter().flatten() {
+                for vout in s.deposit_vouts.get(txid).into_iter().flatten() {
+                    let op = OutPoint {
+                        txid: *txid,
+                        vout: *vout,
+                    };
+                    if s.swept_deposits.contains(&op) {
+                        continue;
+                    }
+                    if let Some(d) = s.deposits.get(&op) {
+                        out.push(d.clone());
+                    }
+                }
+            }
+        }
+        out.sort_by_key(|d| d.outpoint);
+        out.dedup_by_key(|d| d.outpoint);
+        Ok(out)
+    }
+
+    async fn get_deposit_votes(&self, outpoint: &OutPoint) -> Result<Vec<DepositVote>> {
+        Ok(self
+            .state()
+            .deposit_votes
+            .range((*outpoint, PublicKeyBytes([0; 33]))..=(*outpoint, PublicKeyBytes([0xff; 33])))
+            .map(|(_, v)| v.clone())
+            .collect())
+    }
+
+    async fn get_withdrawal_request(&self, request_id: u64) -> Result<Option<WithdrawalRequest>> {
+        Ok(self.state().withdrawals.get(&request_id).cloned())
+    }
+
+    async fn get_pending_withdrawal_requests(
+        &self,
+        tip: &BitcoinBlockHash,
+        window: u32,
+    ) -> Result<Vec<WithdrawalRequest>> {
+        let s = self.state();
+        let mut out = Vec::new();
+        for block in s.window(tip, window) {
+            for stacks in s.stacks_by_anchor.get(&block).into_iter().flatten() {
+                for id in s.withdrawals_by_block.get(stacks).into_iter().flatten() {
+                    if s.swept_withdrawals.contains(id) {
+                        continue;
+                    }
+                    if let Some(w) = s.withdrawals.get(id) {
+                        out.push(w.clone());
+                    }
+                }
+            }
+        }
+        out.sort_by_key(|w| w.request_id);
+        out.dedup_by_key(|w| w.request_id);
+        Ok(out)
+    }
+
+    async fn get_withdrawal_votes(&self, request_id: u64) -> Result<Vec<WithdrawalVote>> {
+        Ok(self
+            .state()
+            .withdrawal_votes
+            .range((request_id, PublicKeyBytes([0; 33]))..=(request_id, PublicKeyBytes([0xff; 33])))
+            .map(|(_, v)| v.clone())
+            .collect())
+    }
+
+    async fn get_dkg_shares(
+        &self,
+        aggregate_key: &PublicKeyBytes,
+    ) -> Result<Option<StoredDkgShares>> {
+        Ok(self.state().dkg.get(aggregate_key).map(|(s, _)| s.clone()))
+    }
+
+    async fn get_latest_verified_dkg_shares(&self) -> Result<Option<StoredDkgShares>> {
+        Ok(self
+            .state()
+            .dkg
+            .values()
+            .filter(|(s, _)| s.shares.status == DkgSharesStatus::Verified)
+            .max_by(|(a, ai), (b, bi)| a.created_at.cmp(&b.created_at).then(ai.cmp(bi)))
+            .map(|(s, _)| s.clone()))
+    }
+
+    async fn get_sweep_transaction(&self, txid: &BitcoinTxid) -> Result<Option<SweepTransaction>> {
+        Ok(self.state().sweeps.get(txid).cloned())
+    }
+
+    async fn get_sighash_decision(&self, sighash: &Sighash) -> Result<Option<SighashDecision>> {
+        Ok(self.state().sighashes.get(sighash).cloned())
+    }
+
+    async fn get_spend_decision(&self, outpoint: &OutPoint) -> Result<Option<SpendDecision>> {
+        Ok(self.state().spends.get(outpoint).cloned())
+    }
+
+    async fn get_stacks_transaction(&self, txid: &StacksTxid) -> Result<Option<StacksTransaction>> {
+        Ok(self.state().stacks_txs.get(txid).cloned())
+    }
+
+    async fn get_signer_set_history(&self) -> Result<Vec<SignerSetRotation>> {
+        Ok(self.state().rotations.clone())
+    }
+
+    async fn get_audit_log(&self) -> Result<Vec<AuditEntry>> {
+        Ok(self.state().audit.clone())
+    }
+}
+
+#[async_trait]
+impl DbWrite for MemoryStore {
+    async fn write_bitcoin_block(&self, block: &BitcoinBlock) -> Result<()> {
+        self.state()
+            .bitcoin_blocks
+            .entry(block.hash)
+            .or_insert_with(|| block.clone());
+        Ok(())
+    }
+
+    async fn write_bitcoin_transaction(
+        &self,
+        txid: &BitcoinTxid,
+        block: &BitcoinBlockHash,
+    ) -> Result<()> {
+        let mut s = self.state();
+        if s.tx_blocks.insert((*txid, *block)) {
+            s.txids_by_block.entry(*block).or_default().push(*txid);
+        }
+        Ok(())
+    }
+
+    async fn write_stacks_block(&self, block: &StacksBlock) -> Result<()> {
+        let mut guard = self.state();
+        let s = &mut *guard;
+        if let Entry::Vacant(e) = s.stacks_blocks.entry(block.hash) {
+            e.insert(block.clone());
+            s.stacks_by_anchor
+                .entry(block.bitcoin_anchor)
+                .or_default()
+                .push(block.hash);
+        }
+        Ok(())
+    }
+
+    async fn write_deposit_request(
+        &self,
+        request: &DepositRequest,
+        confirmed_in: &BitcoinBlockHash,
+    ) -> Result<()> {
+        let mut guard = self.state();
+        let s = &mut *guard;
+        let op = request.outpoint;
+        if let btree_map::Entry::Vacant(e) = s.deposits.entry(op) {
+            e.insert(request.clone());
+            s.deposit_vouts.entry(op.txid).or_default().push(op.vout);
+        }
+        if s.tx_blocks.insert((op.txid, *confirmed_in)) {
+            s.txids_by_block
+                .entry(*confirmed_in)
+                .or_default()
+                .push(op.txid);
+        }
+        Ok(())
+    }
+
+    async fn write_deposit_vote(&self, vote: &DepositVote) -> Result<()> {
+        self.state()
+            .deposit_votes
+            .entry((vote.outpoint, vote.signer))
+            .or_insert_with(|| vote.clone());
+        Ok(())
+    }
+
+    async fn write_withdrawal_request(&self, request: &WithdrawalRequest) -> Result<()> {
+        let mut guard = self.state();
+        let s = &mut *guard;
+        if let btree_map::Entry::Vacant(e) = s.withdrawals.entry(request.request_id) {
+            e.insert(request.clone());
+            s.withdrawals_by_block
+                .entry(request.stacks_block_hash)
+                .or_default()
+                .push(request.request_id);
+        }
+        Ok(())
+    }
+
+    async fn write_withdrawal_vote(&self, vote: &WithdrawalVote) -> Result<()> {
+        self.state()
+            .withdrawal_votes
+            .entry((vote.request_id, vote.signer))
+            .or_insert_with(|| vote.clone());
+        Ok(())
+    }
+
+    async fn write_dkg_shares(&self, shares: &DkgShares) -> Result<()> {
+        let mut s = self.state();
+        if !s.dkg.contains_key(&shares.aggregate_key) {
+            s.dkg_inserted += 1;
+            let n = s.dkg_inserted;
+            let stored = StoredDkgShares {
+                shares: shares.clone(),
+                created_at: audit::truncate_to_micros(SystemTime::now()),
+            };
+            s.dkg.insert(shares.aggregate_key, (stored, n));
+        }
+        Ok(())
+    }
+
+    async fn set_dkg_shares_status(
+        &self,
+        aggregate_key: &PublicKeyBytes,
+        status: DkgSharesStatus,
+    ) -> Result<bool> {
+        Ok(match self.state().dkg.get_mut(aggregate_key) {
+            Some((stored, _)) => {
+                stored.shares.status = status;
+                true
+            }
+            None => false,
+        })
+    }
+
+    async fn write_sweep_transaction(&self, sweep: &SweepTransaction) -> Result<()> {
+        let mut guard = self.state();
+        let s = &mut *guard;
+        if let Entry::Vacant(e) = s.sweeps.entry(sweep.txid) {
+            e.insert(sweep.clone());
+            s.swept_deposits.extend(sweep.deposits.iter().copied());
+            s.swept_withdrawals
+                .extend(sweep.withdrawals.iter().map(|w| w.request_id));
+        }
+        Ok(())
+    }
+
+    async fn write_sighash_decision(&self, decision: &SighashDecision) -> Result<()> {
+        self.state()
+            .sighashes
+            .entry(decision.sighash)
+            .or_insert_with(|| decision.clone());
+        Ok(())
+    }
+
+    async fn write_stacks_transaction(&self, tx: &StacksTransaction) -> Result<()> {
+        self.state()
+            .stacks_txs
+            .entry(tx.txid)
+            .or_insert_with(|| tx.clone());
+        Ok(())
+    }
+
+    async fn write_signer_set_rotation(&self, rotation: &SignerSetRotation) -> Result<()> {
+        let mut s = self.state();
+        // Keyed by the Stacks transaction that rotated the keys, like the PostgreSQL table.
+        if !s
+            .rotations
+            .iter()
+            .any(|r| r.stacks_txid == rotation.stacks_txid)
+        {
+            s.rotations.push(rotation.clone());
+        }
+        Ok(())
+    }
+
+    async fn append_audit(&self, record: &AuditRecord) -> Result<AuditEntry> {
+        let mut s = self.state();
+        if let Some(&i) = s.audit_ids.get(&record.entry_id) {
+            return Ok(s.audit[i].clone());
+        }
+        let head = s.audit.last().map(|e| (e.seq, e.hash));
+        let entry = audit::next_entry(head, record);
+        let index = s.audit.len();
+        s.audit_ids.insert(record.entry_id, index);
+        s.audit.push(entry.clone());
+        Ok(entry)
+    }
+
+    async fn guard_spend(&self, intent: &SpendIntent) -> Result<GuardDecision> {
+        intent.validate()?;
+        let fingerprint = intent.fingerprint();
+        let spends = intent.sorted_spends();
+        let mut s = self.state();
+        let outcomes: Vec<(OutPoint, Check)> = spends
+            .iter()
+            .map(|op| {
+                let check = match s.spends.get(op) {
+                    None => Check::Free,
+                    Some(d) => guard::check(
+                        &intent.txid,
+                        &fingerprint,
+                        &d.txid,
+                        &d.fingerprint,
+                        d.approved_txids.contains(&intent.txid),
+                    ),
+                };
+                (*op, check)
+            })
+            .collect();
+        let decision = guard::combine(&outcomes);
+        if decision.is_approved() {
+            for (op, check) in &outcomes {
+                match check {
+                    Check::Free => {
+                        s.spends.insert(
+                            *op,
+                            SpendDecision {
+                                outpoint: *op,
+                                txid: intent.txid,
+                                fingerprint,
+                                approved_txids: vec![intent.txid],
+                            },
+                        );
+                    }
+                    Check::FeeBump(_) => {
+                        if let Some(d) = s.spends.get_mut(op) {
+                            d.approved_txids.push(intent.txid);
+                        }
+                    }
+                    Check::Same | Check::Conflict(_) => {}
+                }
+            }
+        }
+        Ok(decision)
+    }
+}

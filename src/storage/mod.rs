@@ -1,0 +1,184 @@
+//! Durable signer state: blocks, requests and votes, DKG shares (sealed), sweeps and the
+//! no-equivocation guard, Stacks transactions, signer-set history, and the custody audit log.
+//!
+//! Two implementations of the same traits: [`postgres::PgStore`] (production) and
+//! [`memory::MemoryStore`] (devnet and unit tests). One test suite (tests/storage.rs) runs against
+//! both, so they keep the same semantics. Writes are idempotent (a retried write is stored once).
+
+pub mod audit;
+pub mod audited;
+pub mod config;
+pub mod error;
+pub mod guard;
+pub mod memory;
+pub mod model;
+pub mod postgres;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+pub use audit::{AuditEntry, AuditRecord, AuditVerification, ChainBreak};
+pub use config::StorageConfig;
+pub use error::{Error, ErrorKind, Result};
+pub use guard::{Approval, GuardDecision, SpendDecision, SpendIntent};
+pub use model::*;
+
+/// Reads. Chain queries take the chain tip explicitly so a reorg is just a different tip.
+#[async_trait]
+pub trait DbRead: Send + Sync {
+    async fn get_bitcoin_block(&self, hash: &BitcoinBlockHash) -> Result<Option<BitcoinBlock>>;
+
+    /// The highest block; between blocks of equal height, the lowest hash (so both stores agree).
+    async fn get_bitcoin_canonical_tip(&self) -> Result<Option<BitcoinBlock>>;
+
+    /// Whether `block` is `tip` or one of its ancestors.
+    async fn in_canonical_chain(
+        &self,
+        tip: &BitcoinBlockHash,
+        block: &BitcoinBlockHash,
+    ) -> Result<bool>;
+
+    async fn get_stacks_block(&self, hash: &StacksBlockHash) -> Result<Option<StacksBlock>>;
+
+    async fn get_deposit_request(&self, outpoint: &OutPoint) -> Result<Option<DepositRequest>>;
+
+    /// Deposit requests confirmed in `tip` or its `window - 1` ancestors and not yet in any
+    /// recorded sweep, sorted by outpoint.
+    async fn get_pending_deposit_requests(
+        &self,
+        tip: &BitcoinBlockHash,
+        window: u32,
+    ) -> Result<Vec<DepositRequest>>;
+
+    /// Every signer's vote on a deposit, sorted by signer key.
+    async fn get_deposit_votes(&self, outpoint: &OutPoint) -> Result<Vec<DepositVote>>;
+
+    async fn get_withdrawal_request(&self, request_id: u64) -> Result<Option<WithdrawalRequest>>;
+
+    /// Withdrawal requests made in Stacks blocks anchored to `tip` or its `window - 1`
+    /// ancestors and not yet paid by any recorded sweep, sorted by request id.
+    async fn get_pending_withdrawal_requests(
+        &self,
+        tip: &BitcoinBlockHash,
+        window: u32,
+    ) -> Result<Vec<WithdrawalRequest>>;
+
+    async fn get_withdrawal_votes(&self, request_id: u64) -> Result<Vec<WithdrawalVote>>;
+
+    async fn get_dkg_shares(
+        &self,
+        aggregate_key: &PublicKeyBytes,
+    ) -> Result<Option<StoredDkgShares>>;
+
+    /// The newest verified shares: the current aggregate key.
+    async fn get_latest_verified_dkg_shares(&self) -> Result<Option<StoredDkgShares>>;
+
+    async fn get_sweep_transaction(&self, txid: &BitcoinTxid) -> Result<Option<SweepTransaction>>;
+
+    async fn get_sighash_decision(&self, sighash: &Sighash) -> Result<Option<SighashDecision>>;
+
+    /// What the guard recorded for an outpoint.
+    async fn get_spend_decision(&self, outpoint: &OutPoint) -> Result<Option<SpendDecision>>;
+
+    async fn get_stacks_transaction(&self, txid: &StacksTxid) -> Result<Option<StacksTransaction>>;
+
+    /// Every rotation, oldest first.
+    async fn get_signer_set_history(&self) -> Result<Vec<SignerSetRotation>>;
+
+    /// The whole audit log, in order.
+    async fn get_audit_log(&self) -> Result<Vec<AuditEntry>>;
+
+    /// Walks the audit log's hash chain.
+    async fn verify_audit_log(&self) -> Result<AuditVerification> {
+        Ok(audit::verify(&self.get_audit_log().await?))
+    }
+}
+
+/// Writes. Each is one transaction, and idempotent: writing a row whose key exists keeps the first
+/// version (except `set_dkg_shares_status`, which updates).
+#[async_trait]
+pub trait DbWrite: Send + Sync {
+    async fn write_bitcoin_block(&self, block: &BitcoinBlock) -> Result<()>;
+
+    /// Records that `txid` was confirmed in `block` (once per fork it appears in).
+    async fn write_bitcoin_transaction(
+        &self,
+        txid: &BitcoinTxid,
+        block: &BitcoinBlockHash,
+    ) -> Result<()>;
+
+    async fn write_stacks_block(&self, block: &StacksBlock) -> Result<()>;
+
+    /// Stores the request and that its transaction was confirmed in `confirmed_in`.
+    async fn write_deposit_request(
+        &self,
+        request: &DepositRequest,
+        confirmed_in: &BitcoinBlockHash,
+    ) -> Result<()>;
+
+    async fn write_deposit_vote(&self, vote: &DepositVote) -> Result<()>;
+
+    async fn write_withdrawal_request(&self, request: &WithdrawalRequest) -> Result<()>;
+
+    async fn write_withdrawal_vote(&self, vote: &WithdrawalVote) -> Result<()>;
+
+    async fn write_dkg_shares(&self, shares: &DkgShares) -> Result<()>;
+
+    /// Returns false if there are no shares under `aggregate_key`.
+    async fn set_dkg_shares_status(
+        &self,
+        aggregate_key: &PublicKeyBytes,
+        status: DkgSharesStatus,
+    ) -> Result<bool>;
+
+    async fn write_sweep_transaction(&self, sweep: &SweepTransaction) -> Result<()>;
+
+    /// The first decision for a sighash stands.
+    async fn write_sighash_decision(&self, decision: &SighashDecision) -> Result<()>;
+
+    async fn write_stacks_transaction(&self, tx: &StacksTransaction) -> Result<()>;
+
+    async fn write_signer_set_rotation(&self, rotation: &SignerSetRotation) -> Result<()>;
+
+    /// Appends to the audit log. Concurrent appends are serialized; an append retried with the
+    /// same `entry_id` returns the stored entry instead of adding another.
+    async fn append_audit(&self, record: &AuditRecord) -> Result<AuditEntry>;
+
+    /// The no-equivocation guard (see [`guard`]): atomically records the intent for every input,
+    /// or refuses it and records nothing. Call before any signature share leaves the node.
+    async fn guard_spend(&self, intent: &SpendIntent) -> Result<GuardDecision>;
+}
+
+/// A complete store.
+pub trait Storage: DbRead + DbWrite {}
+impl<T: DbRead + DbWrite> Storage for T {}
+
+/// Whether opening a PostgreSQL store applies pending migrations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnOpen {
+    /// Refuse a schema that is not current (the default for `run` without the flag).
+    CheckSchema,
+    /// Apply pending migrations first.
+    Migrate,
+}
+
+/// Opens the store the config names: in memory, or PostgreSQL (waiting for the server with
+/// backoff, then checking or migrating the schema).
+pub async fn open(config: &StorageConfig, on_open: OnOpen) -> Result<Arc<dyn Storage>> {
+    match config.target()? {
+        config::Target::Memory => Ok(Arc::new(memory::MemoryStore::new())),
+        config::Target::Postgres(pg) => {
+            let store = postgres::PgStore::connect(*pg).await?;
+            match on_open {
+                OnOpen::Migrate => {
+                    store.migrate().await?;
+                }
+                OnOpen::CheckSchema => {
+                    store.check_schema().await?;
+                }
+            }
+            Ok(Arc::new(store))
+        }
+    }
+}

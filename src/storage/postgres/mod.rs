@@ -1,0 +1,1196 @@
+//! The PostgreSQL store: tokio-postgres behind a deadpool pool, schema `sbtc_signer`.
+//!
+//! Every operation runs in [`PgStore::run`], which retries through connection loss (a server
+//! restart, a failover) with backoff until `operation_retry` runs out. That is safe because every
+//! write is idempotent: rows are keyed by what they describe and inserted with
+//! `ON CONFLICT DO NOTHING`, the audit log dedups on `entry_id`, and the guard answers a repeat of
+//! the same decision with `Repeat`. So an acknowledged write is never lost, and a write whose
+//! acknowledgement was lost is never stored twice.
+
+pub mod migrations;
+
+use std::{
+    future::Future,
+    sync::atomic::{AtomicU64, Ordering},
+    time::{Duration, Instant, SystemTime},
+};
+
+use async_trait::async_trait;
+use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
+use sbtc_custody::SealedBlob;
+use tokio_postgres::{error::SqlState, NoTls, Row};
+
+use super::{
+    audit::{self, AuditEntry, AuditRecord},
+    config::PgSettings,
+    guard::{self, Check, GuardDecision, SpendDecision, SpendIntent},
+    model::*,
+    DbRead, DbWrite, Error, ErrorKind, Result,
+};
+
+pub use migrations::{MigrationReport, MIGRATIONS};
+
+const AUDIT_LOCK: i64 = 0x5342_5443_4155_4454; // "SBTCAUDT"
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+/// Why one attempt failed: worth retrying (the connection), or not (everything else).
+pub(crate) enum Failure {
+    Transient(String),
+    Fatal(ErrorKind, String),
+}
+
+type Attempt<T> = std::result::Result<T, Failure>;
+
+/// A one-line description of a tokio-postgres error, with the server's message when there is one.
+pub(crate) fn describe(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} ({}: {})", db.message(), db.severity(), db.code().code()),
+        None => match std::error::Error::source(e) {
+            Some(source) => format!("{e}: {source}"),
+            None => e.to_string(),
+        },
+    }
+}
+
+fn is_transient(e: &tokio_postgres::Error) -> bool {
+    if e.is_closed() {
+        return true;
+    }
+    if let Some(code) = e.code() {
+        let c = code.code();
+        // 08: connection exceptions; 57P01-3: admin/crash shutdown, cannot connect now;
+        // 40001/40P01: serialization failure, deadlock (the transaction is safe to rerun).
+        return c.starts_with("08")
+            || code == &SqlState::ADMIN_SHUTDOWN
+            || code == &SqlState::CRASH_SHUTDOWN
+            || code == &SqlState::CANNOT_CONNECT_NOW
+            || code == &SqlState::T_R_SERIALIZATION_FAILURE
+            || code == &SqlState::T_R_DEADLOCK_DETECTED;
+    }
+    // No server error code: an I/O error, a refused or timed-out connection.
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if s.is::<std::io::Error>() {
+            return true;
+        }
+        source = s.source();
+    }
+    e.to_string().contains("timeout") || e.to_string().contains("connect")
+}
+
+impl From<tokio_postgres::Error> for Failure {
+    fn from(e: tokio_postgres::Error) -> Self {
+        if is_transient(&e) {
+            Failure::Transient(describe(&e))
+        } else {
+            Failure::Fatal(ErrorKind::Query, describe(&e))
+        }
+    }
+}
+
+fn pool_failure(e: deadpool_postgres::PoolError) -> Failure {
+    use deadpool_postgres::PoolError;
+    match e {
+        PoolError::Backend(e) => Failure::from(e),
+        PoolError::Timeout(_) => Failure::Transient("timed out waiting for a connection".into()),
+        other => Failure::Fatal(ErrorKind::Unavailable, other.to_string()),
+    }
+}
+
+fn range(what: &str) -> Failure {
+    Failure::Fatal(
+        ErrorKind::OutOfRange,
+        format!("{what} does not fit in BIGINT"),
+    )
+}
+
+fn i64_of(v: u64, what: &str) -> Attempt<i64> {
+    i64::try_from(v).map_err(|_| range(what))
+}
+
+fn corrupt(what: &str) -> Failure {
+    Failure::Fatal(
+        ErrorKind::Query,
+        format!("the database holds an invalid {what}; was the row edited by hand?"),
+    )
+}
+
+/// Typed column readers: a wrong length or a negative amount is a clear error, not a panic.
+trait RowExt {
+    fn bytes(&self, col: &str) -> Attempt<Vec<u8>>;
+    fn fixed<T>(&self, col: &str, f: fn(&[u8]) -> Option<T>) -> Attempt<T>;
+    fn u64(&self, col: &str) -> Attempt<u64>;
+    fn get_as<'a, T: tokio_postgres::types::FromSql<'a>>(&'a self, col: &str) -> Attempt<T>;
+}
+
+impl RowExt for Row {
+    fn bytes(&self, col: &str) -> Attempt<Vec<u8>> {
+        self.get_as(col)
+    }
+    fn fixed<T>(&self, col: &str, f: fn(&[u8]) -> Option<T>) -> Attempt<T> {
+        let b: &[u8] = self.get_as(col)?;
+        f(b).ok_or_else(|| corrupt(col))
+    }
+    fn u64(&self, col: &str) -> Attempt<u64> {
+        let v: i64 = self.get_as(col)?;
+        u64::try_from(v).map_err(|_| corrupt(col))
+    }
+    fn get_as<'a, T: tokio_postgres::types::FromSql<'a>>(&'a self, col: &str) -> Attempt<T> {
+        self.try_get(col)
+            .map_err(|e| Failure::Fatal(ErrorKind::Query, format!("column {col}: {e}")))
+    }
+}
+
+fn outpoint(row: &Row, txid_col: &str, vout_col: &str) -> Attempt<OutPoint> {
+    let vout = row.u64(vout_col)?;
+    Ok(OutPoint {
+        txid: row.fixed(txid_col, BitcoinTxid::from_slice)?,
+        vout: u32::try_from(vout).map_err(|_| corrupt(vout_col))?,
+    })
+}
+
+fn keys(row: &Row, col: &str) -> Attempt<Vec<PublicKeyBytes>> {
+    let raw: Vec<Vec<u8>> = row.get_as(col)?;
+    raw.iter()
+        .map(|k| PublicKeyBytes::from_slice(k).ok_or_else(|| corrupt(col)))
+        .collect()
+}
+
+fn u16_of(row: &Row, col: &str) -> Attempt<u16> {
+    let v: i32 = row.get_as(col)?;
+    u16::try_from(v).map_err(|_| corrupt(col))
+}
+
+/// Prepares (once per connection) and runs a statement.
+macro_rules! query {
+    ($c:expr, $sql:expr, $params:expr) => {{
+        let st = $c.prepare_cached($sql).await?;
+        $c.query(&st, $params).await?
+    }};
+}
+macro_rules! query_opt {
+    ($c:expr, $sql:expr, $params:expr) => {{
+        let st = $c.prepare_cached($sql).await?;
+        $c.query_opt(&st, $params).await?
+    }};
+}
+macro_rules! execute {
+    ($c:expr, $sql:expr, $params:expr) => {{
+        let st = $c.prepare_cached($sql).await?;
+        $c.execute(&st, $params).await?
+    }};
+}
+
+/// The PostgreSQL store. Cheap to share behind an `Arc`; the pool is internal.
+pub struct PgStore {
+    pool: Pool,
+    settings: PgSettings,
+    /// Attempts retried after a connection failure (for metrics and the restart test).
+    retries: AtomicU64,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStore")
+            .field("url", &self.settings.redacted_url)
+            .finish()
+    }
+}
+
+impl PgStore {
+    /// Builds the pool and waits for the server: while it is unreachable, logs why and retries
+    /// with backoff until `connect_retry` runs out, then fails with a clear error. Does not touch
+    /// the schema (see [`PgStore::migrate`] and [`PgStore::check_schema`]).
+    pub async fn connect(settings: PgSettings) -> Result<PgStore> {
+        let manager = Manager::from_config(
+            settings.pg.clone(),
+            NoTls,
+            ManagerConfig {
+                // Fast: a connection the server closed is detected and replaced on checkout.
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(settings.pool_size)
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(Duration::from_secs(30)))
+            .create_timeout(Some(Duration::from_secs(10)))
+            .build()
+            .map_err(|e| Error::new(ErrorKind::Config, "connect", e.to_string()))?;
+        let store = PgStore {
+            pool,
+            settings,
+            retries: AtomicU64::new(0),
+        };
+        let deadline = Instant::now() + store.settings.connect_retry;
+        let mut delay = Duration::from_millis(100);
+        loop {
+            match store.pool.get().await {
+                Ok(_) => return Ok(store),
+                Err(e) => {
+                    let detail = match pool_failure(e) {
+                        Failure::Transient(d) => d,
+                        Failure::Fatal(_, d) => {
+                            // Wrong password, unknown database or user: retrying will not help.
+                            return Err(Error::new(
+                                ErrorKind::Unavailable,
+                                "connect",
+                                format!(
+                                    "PostgreSQL at {} refused us: {d}",
+                                    store.settings.redacted_url
+                                ),
+                            ));
+                        }
+                    };
+                    if Instant::now() + delay > deadline {
+                        return Err(Error::new(
+                            ErrorKind::Unavailable,
+                            "connect",
+                            format!(
+                                "cannot reach PostgreSQL at {} after trying for {:?}: {detail}",
+                                store.settings.redacted_url, store.settings.connect_retry
+                            ),
+                        ));
+                    }
+                    tracing::warn!(
+                        url = %store.settings.redacted_url,
+                        error = %detail,
+                        retry_in = ?delay,
+                        "PostgreSQL is unreachable; is the server running? retrying"
+                    );
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+    }
+
+    /// How many operation attempts were retried after a connection failure since connect.
+    pub fn retry_count(&self) -> u64 {
+        self.retries.load(Ordering::Relaxed)
+    }
+
+    /// The url, without any password.
+    pub fn redacted_url(&self) -> &str {
+        &self.settings.redacted_url
+    }
+
+    /// Applies this binary's pending migrations.
+    pub async fn migrate(&self) -> Result<MigrationReport> {
+        self.migrate_with(MIGRATIONS).await
+    }
+
+    /// Applies `list` (tests use it to exercise a failing migration).
+    pub async fn migrate_with(&self, list: &[migrations::Migration]) -> Result<MigrationReport> {
+        let mut client = self.client("migrate").await?;
+        migrations::migrate(&mut client, list).await
+    }
+
+    /// Refuses a schema older or newer than this binary's.
+    pub async fn check_schema(&self) -> Result<i32> {
+        let client = self.client("schema check").await?;
+        migrations::check(&client).await
+    }
+
+    async fn client(&self, op: &'static str) -> Result<Object> {
+        self.run(op, |c| async move { Ok(c) }).await
+    }
+
+    /// Runs one attempt per pooled connection until it succeeds, fails for a reason other than
+    /// the connection, or `operation_retry` runs out.
+    async fn run<T, F, Fut>(&self, op: &'static str, mut attempt: F) -> Result<T>
+    where
+        F: FnMut(Object) -> Fut,
+        Fut: Future<Output = Attempt<T>>,
+    {
+        let deadline = Instant::now() + self.settings.operation_retry;
+        let mut delay = Duration::from_millis(50);
+        loop {
+            let outcome = match self.pool.get().await {
+                Ok(client) => attempt(client).await,
+                Err(e) => Err(pool_failure(e)),
+            };
+            match outcome {
+                Ok(v) => return Ok(v),
+                Err(Failure::Fatal(kind, detail)) => return Err(Error::new(kind, op, detail)),
+                Err(Failure::Transient(detail)) => {
+                    if Instant::now() + delay > deadline {
+                        return Err(Error::new(
+                            ErrorKind::Unavailable,
+                            op,
+                            format!(
+                                "PostgreSQL at {} stayed unreachable for {:?}: {detail}",
+                                self.settings.redacted_url, self.settings.operation_retry
+                            ),
+                        ));
+                    }
+                    self.retries.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(operation = op, error = %detail, retry_in = ?delay, "database operation failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+    }
+}
+
+const WINDOW_CTE: &str = "WITH RECURSIVE chain AS (
+        SELECT block_hash, parent_hash, 1::BIGINT AS depth
+          FROM sbtc_signer.bitcoin_blocks WHERE block_hash = $1
+        UNION ALL
+        SELECT b.block_hash, b.parent_hash, c.depth + 1
+          FROM sbtc_signer.bitcoin_blocks b JOIN chain c ON b.block_hash = c.parent_hash
+         WHERE c.depth < $2
+    )";
+
+fn bitcoin_block(r: &Row) -> Attempt<BitcoinBlock> {
+    Ok(BitcoinBlock {
+        hash: r.fixed("block_hash", BitcoinBlockHash::from_slice)?,
+        height: r.u64("block_height")?,
+        parent_hash: r.fixed("parent_hash", BitcoinBlockHash::from_slice)?,
+    })
+}
+
+fn deposit(r: &Row) -> Attempt<DepositRequest> {
+    Ok(DepositRequest {
+        outpoint: outpoint(r, "txid", "output_index")?,
+        amount: Amount(r.u64("amount")?),
+        max_fee: Amount(r.u64("max_fee")?),
+        recipient: r.get_as("recipient")?,
+        deposit_script: Script(r.bytes("deposit_script")?),
+        reclaim_script: Script(r.bytes("reclaim_script")?),
+        signers_public_key: r.fixed("signers_public_key", PublicKeyBytes::from_slice)?,
+    })
+}
+
+fn withdrawal(r: &Row) -> Attempt<WithdrawalRequest> {
+    Ok(WithdrawalRequest {
+        request_id: r.u64("request_id")?,
+        stacks_txid: r.fixed("txid", StacksTxid::from_slice)?,
+        stacks_block_hash: r.fixed("block_hash", StacksBlockHash::from_slice)?,
+        recipient: Script(r.bytes("recipient")?),
+        amount: Amount(r.u64("amount")?),
+        max_fee: Amount(r.u64("max_fee")?),
+        sender: r.get_as("sender_address")?,
+    })
+}
+
+fn dkg(r: &Row) -> Attempt<StoredDkgShares> {
+    let status: String = r.get_as("status")?;
+    Ok(StoredDkgShares {
+        shares: DkgShares {
+            aggregate_key: r.fixed("aggregate_key", PublicKeyBytes::from_slice)?,
+            sealed_private_shares: SealedBlob::from_bytes(r.bytes("encrypted_private_shares")?),
+            public_shares: r.bytes("public_shares")?,
+            signer_set: keys(r, "signer_set_public_keys")?,
+            threshold: u16_of(r, "signature_share_threshold")?,
+            status: DkgSharesStatus::parse(&status).ok_or_else(|| corrupt("dkg_shares_status"))?,
+            started_at_block_hash: r.fixed(
+                "started_at_bitcoin_block_hash",
+                BitcoinBlockHash::from_slice,
+            )?,
+            started_at_block_height: r.u64("started_at_bitcoin_block_height")?,
+        },
+        created_at: r.get_as::<SystemTime>("created_at")?,
+    })
+}
+
+const DKG_COLUMNS: &str = "aggregate_key, encrypted_private_shares, public_shares, \
+    signer_set_public_keys, signature_share_threshold, dkg_shares_status::TEXT AS status, \
+    started_at_bitcoin_block_hash, started_at_bitcoin_block_height, created_at";
+
+fn audit_entry(r: &Row) -> Attempt<AuditEntry> {
+    let fixed32 = |col: &str| r.fixed(col, |b| <[u8; 32]>::try_from(b).ok());
+    Ok(AuditEntry {
+        seq: r.u64("seq")?,
+        record: AuditRecord {
+            entry_id: r.fixed("entry_id", |b| <[u8; 16]>::try_from(b).ok())?,
+            at: r.get_as::<SystemTime>("at")?,
+            key_label: r.get_as("key_label")?,
+            operation: r.get_as("operation")?,
+            message: r.bytes("message")?,
+            reason: r.get_as("reason")?,
+        },
+        prev_hash: fixed32("prev_hash")?,
+        hash: fixed32("hash")?,
+    })
+}
+
+const AUDIT_COLUMNS: &str =
+    "seq, entry_id, at, key_label, operation, message, reason, prev_hash, hash";
+
+#[async_trait]
+impl DbRead for PgStore {
+    async fn get_bitcoin_block(&self, hash: &BitcoinBlockHash) -> Result<Option<BitcoinBlock>> {
+        self.run("get_bitcoin_block", |c| async move {
+            let row = query_opt!(
+                c,
+                "SELECT block_hash, block_height, parent_hash FROM sbtc_signer.bitcoin_blocks WHERE block_hash = $1",
+                &[&hash.as_bytes().as_slice()]
+            );
+            row.as_ref().map(bitcoin_block).transpose()
+        })
+        .await
+    }
+
+    async fn get_bitcoin_canonical_tip(&self) -> Result<Option<BitcoinBlock>> {
+        self.run("get_bitcoin_canonical_tip", |c| async move {
+            let row = query_opt!(
+                c,
+                "SELECT block_hash, block_height, parent_hash FROM sbtc_signer.bitcoin_blocks \
+                 ORDER BY block_height DESC, block_hash ASC LIMIT 1",
+                &[]
+            );
+            row.as_ref().map(bitcoin_block).transpose()
+        })
+        .await
+    }
+
+    async fn in_canonical_chain(
+        &self,
+        tip: &BitcoinBlockHash,
+        block: &BitcoinBlockHash,
+    ) -> Result<bool> {
+        self.run("in_canonical_chain", |c| async move {
+            let rows = query!(
+                c,
+                "WITH RECURSIVE chain AS (
+                    SELECT block_hash, parent_hash FROM sbtc_signer.bitcoin_blocks WHERE block_hash = $1
+                    UNION -- not ALL: a repeated row ends the walk, so a cycle cannot loop forever
+                    SELECT b.block_hash, b.parent_hash
+                      FROM sbtc_signer.bitcoin_blocks b JOIN chain c ON b.block_hash = c.parent_hash
+                     WHERE c.block_hash <> $2
+                 )
+                 SELECT 1 FROM chain WHERE block_hash = $2",
+                &[&tip.as_bytes().as_slice(), &block.as_bytes().as_slice()]
+            );
+            Ok(!rows.is_empty())
+        })
+        .await
+    }
+
+    async fn get_stacks_block(&self, hash: &StacksBlockHash) -> Result<Option<StacksBlock>> {
+        self.run("get_stacks_block", |c| async move {
+            let row = query_opt!(
+                c,
+                "SELECT block_hash, block_height, parent_hash, bitcoin_anchor FROM sbtc_signer.stacks_blocks WHERE block_hash = $1",
+                &[&hash.as_bytes().as_slice()]
+            );
+            row.map(|r| {
+                Ok(StacksBlock {
+                    hash: r.fixed("block_hash", StacksBlockHash::from_slice)?,
+                    height: r.u64("block_height")?,
+                    parent_hash: r.fixed("parent_hash", StacksBlockHash::from_slice)?,
+                    bitcoin_anchor: r.fixed("bitcoin_anchor", BitcoinBlockHash::from_slice)?,
+                })
+            })
+            .transpose()
+        })
+        .await
+    }
+
+    async fn get_deposit_request(&self, op: &OutPoint) -> Result<Option<DepositRequest>> {
+        self.run("get_deposit_request", |c| async move {
+            let row = query_opt!(
+                c,
+                "SELECT * FROM sbtc_signer.deposit_requests WHERE txid = $1 AND output_index = $2",
+                &[&op.txid.as_bytes().as_slice(), &i64::from(op.vout)]
+            );
+            row.as_ref().map(deposit).transpose()
+        })
+        .await
+    }
+
+    async fn get_pending_deposit_requests(
+        &self,
+        tip: &BitcoinBlockHash,
+        window: u32,
+    ) -> Result<Vec<DepositRequest>> {
+        if window == 0 {
+            return Ok(Vec::new());
+        }
+        let sql = format!(
+            "{WINDOW_CTE}
+             SELECT DISTINCT dr.* FROM chain
+               JOIN sbtc_signer.bitcoin_transactions bt ON bt.block_hash = chain.block_hash
+               JOIN sbtc_signer.deposit_requests dr ON dr.txid = bt.txid
+              WHERE NOT EXISTS (
+                    SELECT 1 FROM sbtc_signer.swept_deposits sd
+                     WHERE sd.deposit_txid = dr.txid AND sd.deposit_output_index = dr.output_index)
+              ORDER BY dr.txid, dr.output_index"
+        );
+        let sql = sql.as_str();
+        self.run("get_pending_deposit_requests", |c| async move {
+            let rows = query!(c, sql, &[&tip.as_bytes().as_slice(), &i64::from(window)]);
+            rows.iter().map(deposit).collect()
+        })
+        .await
+    }
+
+    async fn get_deposit_votes(&self, op: &OutPoint) -> Result<Vec<DepositVote>> {
+        self.run("get_deposit_votes", |c| async move {
+            let rows = query!(
+                c,
+                "SELECT * FROM sbtc_signer.deposit_signers WHERE txid = $1 AND output_index = $2 ORDER BY signer_pub_key",
+                &[&op.txid.as_bytes().as_slice(), &i64::from(op.vout)]
+            );
+            rows.iter()
+                .map(|r| {
+                    Ok(DepositVote {
+                        outpoint: outpoint(r, "txid", "output_index")?,
+                        signer: r.fixed("signer_pub_key", PublicKeyBytes::from_slice)?,
+                        can_accept: r.get_as("can_accept")?,
+                        can_sign: r.get_as("can_sign")?,
+                    })
+                })
+                .collect()
+        })
+        .await
+    }
+
+    async fn get_withdrawal_request(&self, request_id: u64) -> Result<Option<WithdrawalRequest>> {
+        self.run("get_withdrawal_request", |c| async move {
+            let id = i64_of(request_id, "request_id")?;
+            let row = query_opt!(
+                c,
+                "SELECT * FROM sbtc_signer.withdrawal_requests WHERE request_id = $1",
+                &[&id]
+            );
+            row.as_ref().map(withdrawal).transpose()
+        })
+        .await
+    }
+
+    async fn get_pending_withdrawal_requests(
+        &self,
+        tip: &BitcoinBlockHash,
+        window: u32,
+    ) -> Result<Vec<WithdrawalRequest>> {
+        if window == 0 {
+            return Ok(Vec::new());
+        }
+        let sql = format!(
+            "{WINDOW_CTE}
+             SELECT DISTINCT wr.* FROM chain
+               JOIN sbtc_signer.stacks_blocks sb ON sb.bitcoin_anchor = chain.block_hash
+               JOIN sbtc_signer.withdrawal_requests wr ON wr.block_hash = sb.block_hash
+              WHERE NOT EXISTS (
+                    SELECT 1 FROM sbtc_signer.swept_withdrawals sw WHERE sw.request_id = wr.request_id)
+              ORDER BY wr.request_id"
+        );
+        let sql = sql.as_str();
+        self.run("get_pending_withdrawal_requests", |c| async move {
+            let rows = query!(c, sql, &[&tip.as_bytes().as_slice(), &i64::from(window)]);
+            rows.iter().map(withdrawal).collect()
+        })
+        .await
+    }
+
+    async fn get_withdrawal_votes(&self, request_id: u64) -> Result<Vec<WithdrawalVote>> {
+        self.run("get_withdrawal_votes", |c| async move {
+            let id = i64_of(request_id, "request_id")?;
+            let rows = query!(
+                c,
+                "SELECT * FROM sbtc_signer.withdrawal_signers WHERE request_id = $1 ORDER BY signer_pub_key",
+                &[&id]
+            );
+            rows.iter()
+                .map(|r| {
+                    Ok(WithdrawalVote {
+                        request_id: r.u64("request_id")?,
+                        signer: r.fixed("signer_pub_key", PublicKeyBytes::from_slice)?,
+                        is_accepted: r.get_as("is_accepted")?,
+                    })
+                })
+                .collect()
+        })
+        .await
+    }
+
+    async fn get_dkg_shares(&self, key: &PublicKeyBytes) -> Result<Option<StoredDkgShares>> {
+        let sql =
+            format!("SELECT {DKG_COLUMNS} FROM sbtc_signer.dkg_shares WHERE aggregate_key = $1");
+        let sql = sql.as_str();
+        self.run("get_dkg_shares", |c| async move {
+            let row = query_opt!(c, sql, &[&key.as_bytes().as_slice()]);
+            row.as_ref().map(dkg).transpose()
+        })
+        .await
+    }
+
+    async fn get_latest_verified_dkg_shares(&self) -> Result<Option<StoredDkgShares>> {
+        let sql = format!(
+            "SELECT {DKG_COLUMNS} FROM sbtc_signer.dkg_shares WHERE dkg_shares_status = 'verified' \
+             ORDER BY created_at DESC LIMIT 1"
+        );
+        let sql = sql.as_str();
+        self.run("get_latest_verified_dkg_shares", |c| async move {
+            let row = query_opt!(c, sql, &[]);
+            row.as_ref().map(dkg).transpose()
+        })
+        .await
+    }
+
+    async fn get_sweep_transaction(&self, txid: &BitcoinTxid) -> Result<Option<SweepTransaction>> {
+        self.run("get_sweep_transaction", |c| async move {
+            let t = txid.as_bytes().as_slice();
+            let Some(row) = query_opt!(
+                c,
+                "SELECT * FROM sbtc_signer.sweep_transactions WHERE txid = $1",
+                &[&t]
+            ) else {
+                return Ok(None);
+            };
+            let deposits = query!(
+                c,
+                "SELECT deposit_txid, deposit_output_index FROM sbtc_signer.swept_deposits WHERE sweep_txid = $1 ORDER BY position",
+                &[&t]
+            );
+            let withdrawals = query!(
+                c,
+                "SELECT request_id, recipient, amount FROM sbtc_signer.swept_withdrawals WHERE sweep_txid = $1 ORDER BY position",
+                &[&t]
+            );
+            Ok(Some(SweepTransaction {
+                txid: row.fixed("txid", BitcoinTxid::from_slice)?,
+                signers_prevout: outpoint(&row, "signers_prevout_txid", "signers_prevout_output_index")?,
+                deposits: deposits
+                    .iter()
+                    .map(|r| outpoint(r, "deposit_txid", "deposit_output_index"))
+                    .collect::<Attempt<_>>()?,
+                withdrawals: withdrawals
+                    .iter()
+                    .map(|r| {
+                        Ok(WithdrawalPayment {
+                            request_id: r.u64("request_id")?,
+                            recipient: Script(r.bytes("recipient")?),
+                            amount: Amount(r.u64("amount")?),
+                        })
+                    })
+                    .collect::<Attempt<_>>()?,
+                fee: Amount(row.u64("fee")?),
+                chain_tip: row.fixed("chain_tip", BitcoinBlockHash::from_slice)?,
+            }))
+        })
+        .await
+    }
+
+    async fn get_sighash_decision(&self, sighash: &Sighash) -> Result<Option<SighashDecision>> {
+        self.run("get_sighash_decision", |c| async move {
+            let row = query_opt!(
+                c,
+                "SELECT * FROM sbtc_signer.sighash_decisions WHERE sighash = $1",
+                &[&sighash.as_bytes().as_slice()]
+            );
+            row.map(|r| {
+                Ok(SighashDecision {
+                    sighash: r.fixed("sighash", Sighash::from_slice)?,
+                    txid: r.fixed("txid", BitcoinTxid::from_slice)?,
+                    prevout: outpoint(&r, "prevout_txid", "prevout_output_index")?,
+                    will_sign: r.get_as("will_sign")?,
+                })
+            })
+            .transpose()
+        })
+        .await
+    }
+
+    async fn get_spend_decision(&self, op: &OutPoint) -> Result<Option<SpendDecision>> {
+        self.run("get_spend_decision", |c| async move {
+            let t = op.txid.as_bytes().as_slice();
+            let v = i64::from(op.vout);
+            let Some(row) = query_opt!(
+                c,
+                "SELECT txid, payment_fingerprint FROM sbtc_signer.spend_decisions \
+                 WHERE prevout_txid = $1 AND prevout_output_index = $2",
+                &[&t, &v]
+            ) else {
+                return Ok(None);
+            };
+            let approvals = query!(
+                c,
+                "SELECT txid FROM sbtc_signer.spend_approvals \
+                 WHERE prevout_txid = $1 AND prevout_output_index = $2 ORDER BY seq",
+                &[&t, &v]
+            );
+            Ok(Some(SpendDecision {
+                outpoint: *op,
+                txid: row.fixed("txid", BitcoinTxid::from_slice)?,
+                fingerprint: row.fixed("payment_fingerprint", PaymentFingerprint::from_slice)?,
+                approved_txids: approvals
+                    .iter()
+                    .map(|r| r.fixed("txid", BitcoinTxid::from_slice))
+                    .collect::<Attempt<_>>()?,
+            }))
+        })
+        .await
+    }
+
+    async fn get_stacks_transaction(&self, txid: &StacksTxid) -> Result<Option<StacksTransaction>> {
+        self.run("get_stacks_transaction", |c| async move {
+            let row = query_opt!(
+                c,
+                "SELECT * FROM sbtc_signer.stacks_transactions WHERE txid = $1",
+                &[&txid.as_bytes().as_slice()]
+            );
+            row.map(|r| {
+                Ok(StacksTransaction {
+                    txid: r.fixed("txid", StacksTxid::from_slice)?,
+                    kind: r.get_as("kind")?,
+                    nonce: r.u64("nonce")?,
+                    raw: r.bytes("raw")?,
+                    bitcoin_chain_tip: r
+                        .fixed("bitcoin_chain_tip", BitcoinBlockHash::from_slice)?,
+                })
+            })
+            .transpose()
+        })
+        .await
+    }
+
+    async fn get_signer_set_history(&self) -> Result<Vec<SignerSetRotation>> {
+        self.run("get_signer_set_history", |c| async move {
+            let rows = query!(
+                c,
+                "SELECT * FROM sbtc_signer.signer_set_rotations ORDER BY id",
+                &[]
+            );
+            rows.iter()
+                .map(|r| {
+                    Ok(SignerSetRotation {
+                        aggregate_key: r.fixed("aggregate_key", PublicKeyBytes::from_slice)?,
+                        signer_set: keys(r, "signer_set")?,
+                        threshold: u16_of(r, "signature_threshold")?,
+                        stacks_txid: r.fixed("stacks_txid", StacksTxid::from_slice)?,
+                        bitcoin_block_hash: r
+                            .fixed("bitcoin_block_hash", BitcoinBlockHash::from_slice)?,
+                    })
+                })
+                .collect()
+        })
+        .await
+    }
+
+    async fn get_audit_log(&self) -> Result<Vec<AuditEntry>> {
+        let sql = format!("SELECT {AUDIT_COLUMNS} FROM sbtc_signer.audit_log ORDER BY seq");
+        let sql = sql.as_str();
+        self.run("get_audit_log", |c| async move {
+            let rows = query!(c, sql, &[]);
+            rows.iter().map(audit_entry).collect()
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl DbWrite for PgStore {
+    async fn write_bitcoin_block(&self, block: &BitcoinBlock) -> Result<()> {
+        self.run("write_bitcoin_block", |c| async move {
+            let height = i64_of(block.height, "block height")?;
+            execute!(
+                c,
+                "INSERT INTO sbtc_signer.bitcoin_blocks (block_hash, block_height, parent_hash) \
+                 VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+                &[
+                    &block.hash.as_bytes().as_slice(),
+                    &height,
+                    &block.parent_hash.as_bytes().as_slice()
+                ]
+            );
+            Ok(())
+        })
+        .await
+    }
+
+    async fn write_bitcoin_transaction(
+        &self,
+        txid: &BitcoinTxid,
+        block: &BitcoinBlockHash,
+    ) -> Result<()> {
+        self.run("write_bitcoin_transaction", |c| async move {
+            execute!(
+                c,
+                "INSERT INTO sbtc_signer.bitcoin_transactions (txid, block_hash) VALUES ($1, $2) \
+                 ON CONFLICT DO NOTHING",
+                &[&txid.as_bytes().as_slice(), &block.as_bytes().as_slice()]
+            );
+            Ok(())
+        })
+        .await
+    }
+
+    async fn write_stacks_block(&self, block: &StacksBlock) -> Result<()> {
+        self.run("write_stacks_block", |c| async move {
+            let height = i64_of(block.height, "block height")?;
+            execute!(
+                c,
+                "INSERT INTO sbtc_signer.stacks_blocks (block_hash, block_height, parent_hash, bitcoin_anchor) \
+                 VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+                &[
+                    &block.hash.as_bytes().as_slice(),
+                    &height,
+                    &block.parent_hash.as_bytes().as_slice(),
+                    &block.bitcoin_anchor.as_bytes().as_slice()
+                ]
+            );
+            Ok(())
+        })
+        .await
+    }
+
+    async fn write_deposit_request(
+        &self,
+        request: &DepositRequest,
+        confirmed_in: &BitcoinBlockHash,
+    ) -> Result<()> {
+        self.run("write_deposit_request", |mut c| async move {
+            let amount = i64_of(request.amount.0, "amount")?;
+            let max_fee = i64_of(request.max_fee.0, "max_fee")?;
+            let txid = request.outpoint.txid.as_bytes().as_slice();
+            let tx = c.transaction().await?;
+            execute!(
+                tx,
+                "INSERT INTO sbtc_signer.deposit_requests (txid, output_index, amount, max_fee, \
+                 recipient, deposit_script, reclaim_script, signers_public_key) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
+                &[
+                    &txid,
+                    &i64::from(request.outpoint.vout),
+                    &amount,
+                    &max_fee,
+                    &request.recipient,
+                    &request.deposit_script.0,
+                    &request.reclaim_script.0,
+                    &request.signers_public_key.as_bytes().as_slice()
+                ]
+            );
+            execute!(
+                tx,
+                "INSERT INTO sbtc_signer.bitcoin_transactions (txid, block_hash) VALUES ($1, $2) \
+                 ON CONFLICT DO NOTHING",
+                &[&txid, &confirmed_in.as_bytes().as_slice()]
+            );
+            tx.commit().await?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn write_deposit_vote(&self, vote: &DepositVote) -> Result<()> {
+        self.run("write_deposit_vote", |c| async move {
+            execute!(
+                c,
+                "INSERT INTO sbtc_signer.deposit_signers (txid, output_index, signer_pub_key, can_accept, can_sign) \
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+                &[
+                    &vote.outpoint.txid.as_bytes().as_slice(),
+                    &i64::from(vote.outpoint.vout),
+                    &vote.signer.as_bytes().as_slice(),
+                    &vote.can_accept,
+                    &vote.can_sign
+                ]
+            );
+            Ok(())
+        })
+        .await
+    }
+
+    async fn write_withdrawal_request(&self, w: &WithdrawalRequest) -> Result<()> {
+        self.run("write_withdrawal_request", |c| async move {
+            let id = i64_of(w.request_id, "request_id")?;
+            let amount = i64_of(w.amount.0, "amount")?;
+            let max_fee = i64_of(w.max_fee.0, "max_fee")?;
+            execute!(
+                c,
+                "INSERT INTO sbtc_signer.withdrawal_requests (request_id, txid, block_hash, recipient, \
+                 amount, max_fee, sender_address) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
+                &[
+                    &id,
+                    &w.stacks_txid.as_bytes().as_slice(),
+                    &w.stacks_block_hash.as_bytes().as_slice(),
+                    &w.recipient.0,
+                    &amount,
+                    &max_fee,
+                    &w.sender
+                ]
+            );
+            Ok(())
+        })
+        .await
+    }
+
+    async fn write_withdrawal_vote(&self, vote: &WithdrawalVote) -> Result<()> {
+        self.run("write_withdrawal_vote", |c| async move {
+            let id = i64_of(vote.request_id, "request_id")?;
+            execute!(
+                c,
+                "INSERT INTO sbtc_signer.withdrawal_signers (request_id, signer_pub_key, is_accepted) \
+                 VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+                &[&id, &vote.signer.as_bytes().as_slice(), &vote.is_accepted]
+            );
+            Ok(())
+        })
+        .await
+    }
+
+    async fn write_dkg_shares(&self, s: &DkgShares) -> Result<()> {
+        self.run("write_dkg_shares", |c| async move {
+            let height = i64_of(s.started_at_block_height, "block height")?;
+            let signers: Vec<&[u8]> = s.signer_set.iter().map(|k| k.as_bytes().as_slice()).collect();
+            execute!(
+                c,
+                "INSERT INTO sbtc_signer.dkg_shares (aggregate_key, encrypted_private_shares, public_shares, \
+                 signer_set_public_keys, signature_share_threshold, dkg_shares_status, \
+                 started_at_bitcoin_block_hash, started_at_bitcoin_block_height) \
+                 VALUES ($1, $2, $3, $4, $5, $6::TEXT::sbtc_signer.dkg_shares_status, $7, $8) ON CONFLICT DO NOTHING",
+                &[
+                    &s.aggregate_key.as_bytes().as_slice(),
+                    &s.sealed_private_shares.as_bytes(),
+                    &s.public_shares,
+                    &signers,
+                    &i32::from(s.threshold),
+                    &s.status.as_str(),
+                    &s.started_at_block_hash.as_bytes().as_slice(),
+                    &height
+                ]
+            );
+            Ok(())
+        })
+        .await
+    }
+
+    async fn set_dkg_shares_status(
+        &self,
+        key: &PublicKeyBytes,
+        status: DkgSharesStatus,
+    ) -> Result<bool> {
+        self.run("set_dkg_shares_status", |c| async move {
+            let n = execute!(
+                c,
+                "UPDATE sbtc_signer.dkg_shares SET dkg_shares_status = $2::TEXT::sbtc_signer.dkg_shares_status \
+                 WHERE aggregate_key = $1",
+                &[&key.as_bytes().as_slice(), &status.as_str()]
+            );
+            Ok(n > 0)
+        })
+        .await
+    }
+
+    async fn write_sweep_transaction(&self, sweep: &SweepTransaction) -> Result<()> {
+        self.run("write_sweep_transaction", |mut c| async move {
+            let fee = i64_of(sweep.fee.0, "fee")?;
+            let txid = sweep.txid.as_bytes().as_slice();
+            let tx = c.transaction().await?;
+            let inserted = execute!(
+                tx,
+                "INSERT INTO sbtc_signer.sweep_transactions (txid, signers_prevout_txid, \
+                 signers_prevout_output_index, fee, chain_tip) VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+                &[
+                    &txid,
+                    &sweep.signers_prevout.txid.as_bytes().as_slice(),
+                    &i64::from(sweep.signers_prevout.vout),
+                    &fee,
+                    &sweep.chain_tip.as_bytes().as_slice()
+                ]
+            );
+            if inserted == 1 {
+                for (i, d) in sweep.deposits.iter().enumerate() {
+                    let pos = i32::try_from(i).map_err(|_| range("deposit position"))?;
+                    execute!(
+                        tx,
+                        "INSERT INTO sbtc_signer.swept_deposits (sweep_txid, position, deposit_txid, deposit_output_index) \
+                         VALUES ($1, $2, $3, $4)",
+                        &[&txid, &pos, &d.txid.as_bytes().as_slice(), &i64::from(d.vout)]
+                    );
+                }
+                for (i, w) in sweep.withdrawals.iter().enumerate() {
+                    let pos = i32::try_from(i).map_err(|_| range("withdrawal position"))?;
+                    let id = i64_of(w.request_id, "request_id")?;
+                    let amount = i64_of(w.amount.0, "amount")?;
+                    execute!(
+                        tx,
+                        "INSERT INTO sbtc_signer.swept_withdrawals (sweep_txid, position, request_id, recipient, amount) \
+                         VALUES ($1, $2, $3, $4, $5)",
+                        &[&txid, &pos, &id, &w.recipient.0, &amount]
+                    );
+                }
+            }
+            tx.commit().await?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn write_sighash_decision(&self, d: &SighashDecision) -> Result<()> {
+        self.run("write_sighash_decision", |c| async move {
+            execute!(
+                c,
+                "INSERT INTO sbtc_signer.sighash_decisions (sighash, txid, prevout_txid, prevout_output_index, will_sign) \
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+                &[
+                    &d.sighash.as_bytes().as_slice(),
+                    &d.txid.as_bytes().as_slice(),
+                    &d.prevout.txid.as_bytes().as_slice(),
+                    &i64::from(d.prevout.vout),
+                    &d.will_sign
+                ]
+            );
+            Ok(())
+        })
+        .await
+    }
+
+    async fn write_stacks_transaction(&self, t: &StacksTransaction) -> Result<()> {
+        self.run("write_stacks_transaction", |c| async move {
+            let nonce = i64_of(t.nonce, "nonce")?;
+            execute!(
+                c,
+                "INSERT INTO sbtc_signer.stacks_transactions (txid, kind, nonce, raw, bitcoin_chain_tip) \
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+                &[
+                    &t.txid.as_bytes().as_slice(),
+                    &t.kind,
+                    &nonce,
+                    &t.raw,
+                    &t.bitcoin_chain_tip.as_bytes().as_slice()
+                ]
+            );
+            Ok(())
+        })
+        .await
+    }
+
+    async fn write_signer_set_rotation(&self, r: &SignerSetRotation) -> Result<()> {
+        self.run("write_signer_set_rotation", |c| async move {
+            let signers: Vec<&[u8]> = r.signer_set.iter().map(|k| k.as_bytes().as_slice()).collect();
+            execute!(
+                c,
+                "INSERT INTO sbtc_signer.signer_set_rotations (stacks_txid, aggregate_key, signer_set, \
+                 signature_threshold, bitcoin_block_hash) VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+                &[
+                    &r.stacks_txid.as_bytes().as_slice(),
+                    &r.aggregate_key.as_bytes().as_slice(),
+                    &signers,
+                    &i32::from(r.threshold),
+                    &r.bitcoin_block_hash.as_bytes().as_slice()
+                ]
+            );
+            Ok(())
+        })
+        .await
+    }
+
+    async fn append_audit(&self, record: &AuditRecord) -> Result<AuditEntry> {
+        let select_by_id =
+            format!("SELECT {AUDIT_COLUMNS} FROM sbtc_signer.audit_log WHERE entry_id = $1");
+        let select_by_id = select_by_id.as_str();
+        self.run("append_audit", |mut c| async move {
+            let tx = c.transaction().await?;
+            // One appender at a time, so two appends never claim the same predecessor.
+            execute!(tx, "SELECT pg_advisory_xact_lock($1)", &[&AUDIT_LOCK]);
+            if let Some(row) = query_opt!(tx, select_by_id, &[&record.entry_id.as_slice()]) {
+                // A retry of an append whose commit we did not see: it is already there.
+                return audit_entry(&row);
+            }
+            let head = query_opt!(
+                tx,
+                "SELECT seq, hash FROM sbtc_signer.audit_log ORDER BY seq DESC LIMIT 1",
+                &[]
+            );
+            let head = match head {
+                Some(r) => Some((r.u64("seq")?, r.fixed("hash", |b| <[u8; 32]>::try_from(b).ok())?)),
+                None => None,
+            };
+            let e = audit::next_entry(head, record);
+            let seq = i64_of(e.seq, "audit seq")?;
+            execute!(
+                tx,
+                "INSERT INTO sbtc_signer.audit_log (seq, entry_id, at, key_label, operation, message, \
+                 reason, prev_hash, hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                &[
+                    &seq,
+                    &e.record.entry_id.as_slice(),
+                    &e.record.at,
+                    &e.record.key_label,
+                    &e.record.operation,
+                    &e.record.message,
+                    &e.record.reason,
+                    &e.prev_hash.as_slice(),
+                    &e.hash.as_slice()
+                ]
+            );
+            tx.commit().await?;
+            Ok(e)
+        })
+        .await
+    }
+
+    async fn guard_spend(&self, intent: &SpendIntent) -> Result<GuardDecision> {
+        intent.validate()?;
+        let fingerprint = intent.fingerprint();
+        let spends = intent.sorted_spends();
+        let spends = spends.as_slice();
+        self.run("guard_spend", |mut c| async move {
+            let txid = intent.txid.as_bytes().as_slice();
+            let fp = fingerprint.as_bytes().as_slice();
+            let tx = c.transaction().await?;
+            let mut outcomes = Vec::with_capacity(spends.len());
+            // Inputs in sorted order: concurrent decisions lock rows in the same order, so they
+            // cannot deadlock. ON CONFLICT waits for a concurrent insert of the same outpoint to
+            // commit, then the SELECT ... FOR UPDATE sees (and locks) the winner's row.
+            for op in spends {
+                let t = op.txid.as_bytes().as_slice();
+                let v = i64::from(op.vout);
+                let inserted = execute!(
+                    tx,
+                    "INSERT INTO sbtc_signer.spend_decisions (prevout_txid, prevout_output_index, txid, payment_fingerprint) \
+                     VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+                    &[&t, &v, &txid, &fp]
+                );
+                if inserted == 1 {
+                    outcomes.push((*op, Check::Free));
+                    continue;
+                }
+                let Some(row) = query_opt!(
+                    tx,
+                    "SELECT txid, payment_fingerprint FROM sbtc_signer.spend_decisions \
+                     WHERE prevout_txid = $1 AND prevout_output_index = $2 FOR UPDATE",
+                    &[&t, &v]
+                ) else {
+                    return Err(Failure::Transient("spend decision vanished; retrying".into()));
+                };
+                let approved = query_opt!(
+                    tx,
+                    "SELECT 1 FROM sbtc_signer.spend_approvals \
+                     WHERE prevout_txid = $1 AND prevout_output_index = $2 AND txid = $3",
+                    &[&t, &v, &txid]
+                )
+                .is_some();
+                let existing_txid = row.fixed("txid", BitcoinTxid::from_slice)?;
+                let existing_fp = row.fixed("payment_fingerprint", PaymentFingerprint::from_slice)?;
+                outcomes.push((
+                    *op,
+                    guard::check(&intent.txid, &fingerprint, &existing_txid, &existing_fp, approved),
+                ));
+            }
+            let decision = guard::combine(&outcomes);
+            if !decision.is_approved() {
+                tx.rollback().await?;
+                return Ok(decision);
+            }
+            for (op, check) in &outcomes {
+                if matches!(check, Check::Free | Check::FeeBump(_)) {
+                    execute!(
+                        tx,
+                        "INSERT INTO sbtc_signer.spend_approvals (prevout_txid, prevout_output_index, txid) \
+                         VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+                        &[&op.txid.as_bytes().as_slice(), &i64::from(op.vout), &txid]
+                    );
+                }
+            }
+            tx.commit().await?;
+            Ok(decision)
+        })
+        .await
+    }
+}

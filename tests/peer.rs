@@ -1,0 +1,724 @@
+//! Peer links over real sockets on 127.0.0.1: a five-node mesh (one node's keys in SoftHSM2),
+//! handshake refusals, hostile messages, restarts and removals.
+
+mod common;
+
+use std::{
+    net::SocketAddr,
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
+
+use bytes::Bytes;
+use common::*;
+use rustls::ClientConfig;
+use sbtc_hsm_signer::peer::{
+    cert::{self, CertRequest},
+    message::{self, Body, ChainTip, StatementKind},
+    tls::{self, CustodyTlsKey, PeerVerifier},
+    Inbound, Limits, Member, Metrics, SharedSet, SignerSet,
+};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+    sync::mpsc,
+};
+use tokio_rustls::TlsConnector;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn tip() -> ChainTip {
+    ChainTip {
+        height: 840_000,
+        block_hash: Bytes::from_static(&[0xab; 32]),
+    }
+}
+
+async fn recv_n(inbox: &mut mpsc::Receiver<Inbound>, n: usize) -> Vec<Inbound> {
+    let mut out = Vec::new();
+    while out.len() < n {
+        match tokio::time::timeout(WAIT, inbox.recv()).await {
+            Ok(Some(m)) => out.push(m),
+            Ok(None) => panic!("inbox closed"),
+            Err(_) => panic!("only {} of {n} messages arrived", out.len()),
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn five_node_mesh_with_a_softhsm_node_delivers_round_and_signed_messages() {
+    // SoftHSM2 first: the fixture must precede any other PKCS#11 use in this process.
+    let hsm = softhsm().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut custodies = vec![hsm];
+    for i in 1..5 {
+        custodies.push(keystore(dir.path(), &format!("n{i}")).await);
+    }
+    let nodes = mesh(&custodies, test_limits()).await;
+    wait_full_mesh(&nodes, WAIT).await;
+    let mut inboxes: Vec<_> = nodes.iter().map(|n| n.take_inbox().unwrap()).collect();
+
+    // Round traffic: each node broadcasts once; each receives one from every other node.
+    for (i, node) in nodes.iter().enumerate() {
+        let env = message::round(tip(), [i as u8; 32], Bytes::from(vec![i as u8; 100]));
+        assert_eq!(node.broadcast(&env).unwrap(), 4);
+    }
+    for (i, inbox) in inboxes.iter_mut().enumerate() {
+        let got = recv_n(inbox, 4).await;
+        let mut senders: Vec<_> = got.iter().map(|m| m.from).collect();
+        senders.sort_by_key(|k| k.serialize());
+        let mut expected: Vec<_> = nodes
+            .iter()
+            .filter(|n| n.identity() != nodes[i].identity())
+            .map(|n| n.identity())
+            .collect();
+        expected.sort_by_key(|k| k.serialize());
+        assert_eq!(senders, expected, "node {i} hears every other node once");
+        for m in &got {
+            let env = &m.envelope;
+            assert_eq!(env.version, message::VERSION);
+            assert_eq!(env.chain_tip.as_ref().unwrap().height, 840_000);
+            let Some(Body::Round(r)) = &env.body else {
+                panic!("round message")
+            };
+            assert_eq!(
+                env.round_id[0], r.payload[0],
+                "round id travels with the payload"
+            );
+        }
+    }
+
+    // A proposal signed in SoftHSM2 by node 0's identity key, verified on receipt.
+    let proposal = nodes[0]
+        .signed_statement(
+            StatementKind::Proposal,
+            tip(),
+            [7; 32],
+            Bytes::from_static(b"sweep"),
+        )
+        .await
+        .unwrap();
+    nodes[0].broadcast(&proposal).unwrap();
+    for inbox in inboxes.iter_mut().skip(1) {
+        let got = recv_n(inbox, 1).await;
+        assert_eq!(got[0].from, nodes[0].identity());
+        assert!(matches!(&got[0].envelope.body, Some(Body::Proposal(s)) if s.payload == "sweep"));
+    }
+
+    // Round trips work over every link of the HSM node.
+    for other in &nodes[1..] {
+        nodes[0].ping(&other.identity()).await.unwrap();
+    }
+
+    // HSM operations: exactly one TLS signature per handshake per side; none per message.
+    for (i, node) in nodes.iter().enumerate() {
+        let m = node.metrics();
+        assert!(
+            m.handshakes_accepted >= 4 && m.handshakes_dialed >= 4,
+            "node {i}: {m:?}"
+        );
+        assert_eq!(
+            m.tls_signatures,
+            m.handshakes_accepted + m.handshakes_dialed,
+            "node {i}: {m:?}"
+        );
+        assert_eq!(m.handshakes_refused, 0, "node {i}: {m:?}");
+    }
+    for n in nodes {
+        n.shutdown().await;
+    }
+}
+
+/// True if the server at `addr` admits a client with `config`: it answers the HTTP/2 preface.
+async fn admitted(config: Arc<ClientConfig>, addr: SocketAddr) -> bool {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let Ok(Ok(mut tls)) = tokio::time::timeout(
+        Duration::from_secs(10),
+        TlsConnector::from(config).connect(tls::peer_server_name().unwrap(), tcp),
+    )
+    .await
+    else {
+        return false;
+    };
+    let mut preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    preface.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
+    if tls.write_all(&preface).await.is_err() || tls.flush().await.is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 64];
+    matches!(
+        tokio::time::timeout(Duration::from_secs(10), tls.read(&mut buf)).await,
+        Ok(Ok(n)) if n > 0
+    )
+}
+
+/// A verifier for a hostile client that admits `server`.
+fn trusting(server: secp256k1::PublicKey) -> Arc<PeerVerifier> {
+    let set: SignerSet = [(server, Member::default())].into_iter().collect();
+    PeerVerifier::new(SharedSet::new(set), Arc::new(Metrics::default()))
+}
+
+fn client(
+    custody: &Arc<dyn sbtc_custody::Custody>,
+    cert: &cert::PeerCertificate,
+    server: secp256k1::PublicKey,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Arc<ClientConfig> {
+    let key =
+        CustodyTlsKey::new(custody.clone(), tls_label(), Arc::new(Metrics::default())).unwrap();
+    tls::client_config(&key, cert, trusting(server), versions).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn handshakes_are_refused_for_outsiders_forged_bindings_expiry_no_cert_and_tls12() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = keystore(dir.path(), "a").await;
+    let member = keystore(dir.path(), "member").await;
+    let outsider = keystore(dir.path(), "outsider").await;
+    let set: SignerSet = [
+        (identity(&a).await, Member::default()),
+        (identity(&member).await, Member::default()),
+    ]
+    .into_iter()
+    .collect();
+    let node = start(&a, loopback(), set, test_limits()).await;
+    let addr = node.local_addr();
+    let a_id = node.identity();
+    let tls13: &[&'static rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13];
+
+    // Control: the member with a good certificate is admitted (so the refusals below mean something).
+    let good = certificate(&member).await;
+    assert!(admitted(client(&member, &good, a_id, tls13), addr).await);
+
+    // A valid certificate and binding, but the identity key is not in the set.
+    let out_cert = certificate(&outsider).await;
+    assert!(!admitted(client(&outsider, &out_cert, a_id, tls13), addr).await);
+
+    // A binding that names the member's identity key but was signed by the outsider's key.
+    let forged = cert::generate_with(CertRequest {
+        tls: (&outsider, &tls_label()),
+        binder: (&outsider, &identity_label()),
+        identity: identity(&member).await,
+        not_before: SystemTime::now() - Duration::from_secs(60),
+        not_after: SystemTime::now() + Duration::from_secs(86_400),
+    })
+    .await
+    .unwrap();
+    assert!(
+        cert::parse(forged.der()).is_err(),
+        "our own parser refuses it too"
+    );
+    assert!(!admitted(client(&outsider, &forged, a_id, tls13), addr).await);
+
+    // An expired certificate of a member.
+    let now = SystemTime::now();
+    let expired = certificate_between(
+        &member,
+        now - Duration::from_secs(10 * 86_400),
+        now - Duration::from_secs(86_400),
+    )
+    .await;
+    assert!(!admitted(client(&member, &expired, a_id, tls13), addr).await);
+
+    // No client certificate at all.
+    let no_cert = ClientConfig::builder_with_provider(Arc::new(tls::provider()))
+        .with_protocol_versions(tls13)
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(trusting(a_id))
+        .with_no_client_auth();
+    assert!(!admitted(Arc::new(no_cert), addr).await);
+
+    // A TLS 1.2-only client, with the member's good certificate.
+    assert!(
+        !admitted(
+            client(&member, &good, a_id, &[&rustls::version::TLS12]),
+            addr
+        )
+        .await
+    );
+
+    eventually("refusals counted", WAIT, || {
+        let m = node.metrics();
+        m.refused("not_in_set") == 1
+            && m.refused("bad_binding") == 1
+            && m.refused("expired") == 1
+            && m.refused("no_certificate") == 1
+            && m.refused("incompatible_tls") == 1
+    })
+    .await;
+    let m = node.metrics();
+    assert_eq!(m.handshakes_accepted, 1, "{m:?}");
+    assert_eq!(m.handshakes_refused, 5, "{m:?}");
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_refuses_to_dial_into_an_impostor() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = keystore(dir.path(), "a").await;
+    let member = keystore(dir.path(), "member").await;
+    let impostor = keystore(dir.path(), "impostor").await;
+    let a_id = identity(&a).await;
+    // The impostor admits A, so only A's check can stop the link.
+    let impostor_set: SignerSet = [(a_id, Member::default())].into_iter().collect();
+    let imp = start(&impostor, loopback(), impostor_set, test_limits()).await;
+    // A believes `member` listens where the impostor does.
+    let set: SignerSet = [
+        (a_id, Member::default()),
+        (
+            identity(&member).await,
+            Member {
+                endpoint: Some(imp.local_addr().to_string()),
+                spki_pin: None,
+            },
+        ),
+    ]
+    .into_iter()
+    .collect();
+    let node = start(&a, loopback(), set, test_limits()).await;
+    eventually("outbound refusals", WAIT, || {
+        node.metrics().refused("not_in_set") >= 2
+    })
+    .await;
+    assert!(node.connected_peers().is_empty());
+    assert_eq!(node.metrics().handshakes_dialed, 0);
+    node.shutdown().await;
+    imp.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn malformed_and_oversized_messages_are_dropped_and_counted_and_the_link_stays_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = keystore(dir.path(), "a").await;
+    let b = keystore(dir.path(), "b").await;
+    let limits = Limits {
+        max_message_bytes: 4096,
+        ..test_limits()
+    };
+    let set: SignerSet = [
+        (identity(&a).await, Member::default()),
+        (identity(&b).await, Member::default()),
+    ]
+    .into_iter()
+    .collect();
+    let na = start(&a, loopback(), set.clone(), limits.clone()).await;
+    let nb = start(&b, loopback(), set, limits).await;
+    let mut inbox = na.take_inbox().unwrap();
+    let mut client = nb
+        .dial(na.identity(), &na.local_addr().to_string())
+        .await
+        .unwrap();
+    let good = |i: u8| message::encode(&message::round(tip(), [i; 32], Bytes::from_static(b"ok")));
+    let mut bad_sig = nb
+        .signed_statement(
+            StatementKind::Ack,
+            tip(),
+            [3; 32],
+            Bytes::from_static(b"ack"),
+        )
+        .await
+        .unwrap();
+    if let Some(Body::Ack(s)) = &mut bad_sig.body {
+        s.payload = Bytes::from_static(b"nak");
+    }
+    let frames = vec![
+        good(1),
+        Bytes::from_static(b"\x0a\xff\xff\xff\xff\x0f garbage"),
+        Bytes::from(vec![0u8; 4100]), // over our 4096 limit, under tonic's frame limit
+        message::encode(&bad_sig),
+        good(2),
+    ];
+    let frames: Vec<_> = frames
+        .into_iter()
+        .map(|envelope| sbtc_hsm_signer::peer::proto::Frame { envelope })
+        .collect();
+    let closed = client
+        .open(tokio_stream::iter(frames))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(closed.received, 5);
+    let got = recv_n(&mut inbox, 2).await;
+    assert_eq!(got[0].envelope.round_id[0], 1);
+    assert_eq!(got[1].envelope.round_id[0], 2);
+
+    // Far over the frame limit: tonic refuses the frame without buffering it; that stream ends.
+    let huge = sbtc_hsm_signer::peer::proto::Frame {
+        envelope: Bytes::from(vec![0u8; 64 * 1024]),
+    };
+    let mut unbounded = client.clone().max_encoding_message_size(1 << 20);
+    assert!(unbounded
+        .open(tokio_stream::iter(vec![huge]))
+        .await
+        .is_err());
+    // The same connection carries on.
+    let frames = vec![sbtc_hsm_signer::peer::proto::Frame { envelope: good(3) }];
+    client.open(tokio_stream::iter(frames)).await.unwrap();
+    let got = recv_n(&mut inbox, 1).await;
+    assert_eq!(got[0].envelope.round_id[0], 3);
+    client
+        .ping(sbtc_hsm_signer::peer::proto::Frame {
+            envelope: Bytes::from_static(b"x"),
+        })
+        .await
+        .unwrap();
+
+    let m = na.metrics();
+    assert_eq!(m.malformed, 1, "{m:?}");
+    assert_eq!(m.oversized, 2, "{m:?}");
+    assert_eq!(m.bad_signature, 1, "{m:?}");
+    assert_eq!(m.received, 3, "{m:?}");
+    assert_eq!(m.handshakes_accepted, 1, "one connection throughout: {m:?}");
+    na.shutdown().await;
+    nb.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_flooding_peer_is_rate_limited_and_a_dead_peer_has_a_bounded_queue() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = keystore(dir.path(), "a").await;
+    let b = keystore(dir.path(), "b").await;
+    let dead = keystore(dir.path(), "dead").await;
+    let limits = Limits {
+        rate_per_sec: 10,
+        burst: 10,
+        queue_depth: 8,
+        ..test_limits()
+    };
+    // A port with nobody listening.
+    let closed_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let set: SignerSet = [
+        (identity(&a).await, Member::default()),
+        (identity(&b).await, Member::default()),
+        (
+            identity(&dead).await,
+            Member {
+                endpoint: Some(closed_port.to_string()),
+                spki_pin: None,
+            },
+        ),
+    ]
+    .into_iter()
+    .collect();
+    let na = start(&a, loopback(), set.clone(), limits.clone()).await;
+    let nb = start(&b, loopback(), set, limits).await;
+    let _inbox = na.take_inbox().unwrap();
+    let mut client = nb
+        .dial(na.identity(), &na.local_addr().to_string())
+        .await
+        .unwrap();
+    let frames: Vec<_> = (0..200u8)
+        .map(|i| sbtc_hsm_signer::peer::proto::Frame {
+            envelope: message::encode(&message::round(tip(), [i; 32], Bytes::new())),
+        })
+        .collect();
+    client.open(tokio_stream::iter(frames)).await.unwrap();
+    let m = na.metrics();
+    assert_eq!(m.received + m.rate_limited, 200, "{m:?}");
+    assert!(
+        m.received <= 20,
+        "the bucket holds 10 and refills 10/s: {m:?}"
+    );
+
+    // A's only link goes to a dead peer: its queue holds 8, the rest is dropped and counted.
+    let env = message::round(tip(), [1; 32], Bytes::from_static(b"x"));
+    let queued: usize = (0..100).map(|_| na.broadcast(&env).unwrap()).sum();
+    assert!(queued <= 9, "queued {queued}");
+    assert!(na.metrics().queue_full >= 91, "{:?}", na.metrics());
+    na.shutdown().await;
+    nb.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_restarted_node_is_readmitted_and_a_removed_node_is_disconnected() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut custodies = Vec::new();
+    for i in 0..5 {
+        custodies.push(keystore(dir.path(), &format!("n{i}")).await);
+    }
+    let mut nodes = mesh(&custodies, test_limits()).await;
+    wait_full_mesh(&nodes, WAIT).await;
+    let set = (*nodes[0].signer_set()).clone();
+
+    // Restart node 4 from its keystore file, on the same port, with a fresh certificate.
+    let old = nodes.pop().unwrap();
+    let addr = old.local_addr();
+    old.shutdown().await;
+    let reopened = reopen_keystore(dir.path(), "n4").await;
+    let restarted = start(&reopened, addr, set.clone(), test_limits()).await;
+    nodes.push(restarted);
+    wait_full_mesh(&nodes, WAIT).await;
+    let mut inboxes: Vec<_> = nodes.iter().map(|n| n.take_inbox().unwrap()).collect();
+    let env = message::round(tip(), [4; 32], Bytes::from_static(b"back"));
+    assert_eq!(nodes[4].broadcast(&env).unwrap(), 4);
+    for inbox in inboxes.iter_mut().take(4) {
+        let got = recv_n(inbox, 1).await;
+        assert_eq!(got[0].from, nodes[4].identity());
+    }
+
+    // Remove node 3 from everyone else's set.
+    let removed = nodes[3].identity();
+    let mut smaller = set.clone();
+    smaller.remove(&removed);
+    for (i, n) in nodes.iter().enumerate() {
+        if i != 3 {
+            n.set_signer_set(smaller.clone());
+        }
+    }
+    eventually("node 3 disconnected", WAIT, || {
+        nodes
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != 3)
+            .all(|(_, n)| n.connections_with(&removed) == 0 && n.connected_peers().len() == 3)
+    })
+    .await;
+    assert!(nodes[0].metrics().removed_disconnects >= 1);
+    // Node 3 keeps dialling and is refused at the handshake; what it sends arrives nowhere.
+    eventually("node 3 refused", WAIT, || {
+        nodes[0].metrics().refused("not_in_set") >= 1
+    })
+    .await;
+    let env = message::round(tip(), [3; 32], Bytes::from_static(b"still here?"));
+    nodes[3].broadcast(&env).unwrap();
+    let marker = message::round(tip(), [9; 32], Bytes::from_static(b"marker"));
+    nodes[1].broadcast(&marker).unwrap();
+    let got = recv_n(&mut inboxes[0], 1).await;
+    assert_eq!(
+        got[0].envelope.round_id[0], 9,
+        "node 3's message never arrives"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(inboxes[0].try_recv().is_err());
+    for n in nodes {
+        n.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn handshakes_work_on_a_current_thread_runtime() {
+    let dir = tempfile::tempdir().unwrap();
+    let custodies = vec![
+        keystore(dir.path(), "a").await,
+        keystore(dir.path(), "b").await,
+    ];
+    let nodes = mesh(&custodies, test_limits()).await;
+    wait_full_mesh(&nodes, WAIT).await;
+    nodes[0].ping(&nodes[1].identity()).await.unwrap();
+    for n in nodes {
+        n.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn spki_pins_are_enforced_when_the_set_has_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = keystore(dir.path(), "a").await;
+    let member = keystore(dir.path(), "member").await;
+    let good = certificate(&member).await;
+    let a_id = identity(&a).await;
+    let set_with = |pin: [u8; 32]| -> SignerSet {
+        [
+            (a_id, Member::default()),
+            (
+                good.info().identity,
+                Member {
+                    endpoint: None,
+                    spki_pin: Some(pin),
+                },
+            ),
+        ]
+        .into_iter()
+        .collect()
+    };
+    let node = start(
+        &a,
+        loopback(),
+        set_with(good.info().spki_sha256()),
+        test_limits(),
+    )
+    .await;
+    let tls13: &[&'static rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13];
+    // This client would resume sessions if the server let it: a resumed session skips the
+    // certificate check, so the server must not.
+    let mut resuming = (*client(&member, &good, a_id, tls13)).clone();
+    resuming.resumption = rustls::client::Resumption::in_memory_sessions(32);
+    let config = Arc::new(resuming);
+    assert!(
+        admitted(config.clone(), node.local_addr()).await,
+        "matching pin"
+    );
+    // A renewed certificate for the same key keeps the pin.
+    let renewed = certificate(&member).await;
+    assert_ne!(renewed.fingerprint(), good.fingerprint());
+    assert!(admitted(client(&member, &renewed, a_id, tls13), node.local_addr()).await);
+    // The set changes at run time to a pin of another key: refused.
+    node.set_signer_set(set_with([0x5a; 32]));
+    assert!(!admitted(config, node.local_addr()).await, "wrong pin");
+    eventually("pin refusal counted", WAIT, || {
+        node.metrics().refused("pin_mismatch") == 1
+    })
+    .await;
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn nodes_started_from_config_mesh_with_the_bootstrap_set() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let pass = dir.path().join("passphrase");
+    std::fs::write(&pass, "peer test passphrase\n").unwrap();
+    std::fs::set_permissions(&pass, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let mut ids = Vec::new();
+    let mut ports = Vec::new();
+    for i in 0..3 {
+        let c = keystore(dir.path(), &format!("c{i}")).await;
+        ids.push(hex::encode(identity(&c).await.serialize()));
+        // A free port: bound, read, released (loopback, so nobody else takes it meanwhile).
+        ports.push(
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port(),
+        );
+    }
+    let bootstrap: String = (0..3)
+        .map(|i| {
+            format!(
+                "[[peer.bootstrap]]\nidentity = \"{}\"\nendpoint = \"127.0.0.1:{}\"\n",
+                ids[i], ports[i]
+            )
+        })
+        .collect();
+    let mut nodes = Vec::new();
+    for i in 0..3 {
+        let text = format!(
+            "[custody]\nbackend = \"keystore\"\n[custody.keystore]\npath = \"{}\"\npassphrase_file = \"{}\"\n\
+             [peer]\nlisten = \"127.0.0.1:{}\"\ncert_path = \"{}\"\n{bootstrap}",
+            dir.path().join(format!("c{i}.keystore")).display(),
+            pass.display(),
+            ports[i],
+            dir.path().join(format!("c{i}-cert.der")).display(),
+        );
+        let config = sbtc_hsm_signer::config::Config::parse(&text).unwrap();
+        let custody = sbtc_hsm_signer::custody::open(&config.custody)
+            .await
+            .unwrap();
+        let node = sbtc_hsm_signer::peer::PeerNode::from_config(&config, custody)
+            .await
+            .unwrap();
+        assert_eq!(hex::encode(node.identity().serialize()), ids[i]);
+        nodes.push(node);
+    }
+    wait_full_mesh(&nodes, WAIT).await;
+    let mut inbox = nodes[2].take_inbox().unwrap();
+    nodes[0]
+        .broadcast(&message::round(
+            tip(),
+            [1; 32],
+            Bytes::from_static(b"from config"),
+        ))
+        .unwrap();
+    assert_eq!(recv_n(&mut inbox, 1).await[0].from, nodes[0].identity());
+    for n in nodes {
+        n.shutdown().await;
+    }
+}
+
+/// Sends raw bytes as gRPC messages, whatever they are.
+#[derive(Clone, Copy)]
+struct RawCodec;
+struct RawEncoder;
+struct RawDecoder;
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Bytes;
+    type Decode = ();
+    type Encoder = RawEncoder;
+    type Decoder = RawDecoder;
+    fn encoder(&mut self) -> RawEncoder {
+        RawEncoder
+    }
+    fn decoder(&mut self) -> RawDecoder {
+        RawDecoder
+    }
+}
+
+impl tonic::codec::Encoder for RawEncoder {
+    type Item = Bytes;
+    type Error = tonic::Status;
+    fn encode(
+        &mut self,
+        item: Bytes,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        bytes::BufMut::put_slice(dst, &item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawDecoder {
+    type Item = ();
+    type Error = tonic::Status;
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<()>, tonic::Status> {
+        let n = bytes::Buf::remaining(src);
+        bytes::Buf::advance(src, n);
+        Ok(Some(()))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_frame_that_is_not_protobuf_is_dropped_and_counted_and_the_connection_stays() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = keystore(dir.path(), "a").await;
+    let b = keystore(dir.path(), "b").await;
+    let set: SignerSet = [
+        (identity(&a).await, Member::default()),
+        (identity(&b).await, Member::default()),
+    ]
+    .into_iter()
+    .collect();
+    let na = start(&a, loopback(), set.clone(), test_limits()).await;
+    let nb = start(&b, loopback(), set, test_limits()).await;
+    let mut inbox = na.take_inbox().unwrap();
+    let channel = nb
+        .dial_channel(na.identity(), &na.local_addr().to_string())
+        .await
+        .unwrap();
+    let mut raw = tonic::client::Grpc::new(channel.clone());
+    raw.ready().await.unwrap();
+    // Field 1, length-delimited, with a length far past the end: not a Frame.
+    let garbage = Bytes::from_static(&[0x0a, 0xff, 0xff, 0xff, 0xff, 0x0f, 1, 2, 3]);
+    let result = raw
+        .client_streaming(
+            tonic::Request::new(tokio_stream::iter(vec![garbage])),
+            tonic::codegen::http::uri::PathAndQuery::from_static("/sbtc.peer.v1.SignerPeer/Open"),
+            RawCodec,
+        )
+        .await;
+    assert!(result.is_err());
+    eventually("malformed counted", WAIT, || na.metrics().malformed == 1).await;
+    // The same connection still carries good frames.
+    let mut client =
+        sbtc_hsm_signer::peer::proto::signer_peer_client::SignerPeerClient::new(channel);
+    let good = message::encode(&message::round(tip(), [8; 32], Bytes::from_static(b"ok")));
+    client
+        .open(tokio_stream::iter(vec![
+            sbtc_hsm_signer::peer::proto::Frame { envelope: good },
+        ]))
+        .await
+        .unwrap();
+    assert_eq!(recv_n(&mut inbox, 1).await[0].envelope.round_id[0], 8);
+    assert_eq!(na.metrics().handshakes_accepted, 1);
+    na.shutdown().await;
+    nb.shutdown().await;
+}

@@ -1,0 +1,170 @@
+//! Shared by the storage tests: a fresh PostgreSQL database per test on the server named by
+//! SBTC_TEST_PG_URL (scripts/pg.sh starts one), dropped at the end, and sample rows.
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use sbtc_hsm_signer::storage::{
+    config::{PgSettings, Target},
+    postgres::PgStore,
+    *,
+};
+
+/// Whether a missing server is a failure (CI) or a skip (a developer's machine).
+pub fn pg_url_or_skip(test: &str) -> Option<String> {
+    match std::env::var("SBTC_TEST_PG_URL") {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ => {
+            if std::env::var("CI").as_deref() == Ok("true") {
+                panic!(
+                    "{test}: SBTC_TEST_PG_URL is not set but CI=true: the PostgreSQL tests must run. \
+                     Start a server with `eval \"$(scripts/pg.sh start)\"` (see README)"
+                );
+            }
+            eprintln!(
+                "SKIPPED {test}: SBTC_TEST_PG_URL is not set; run `eval \"$(scripts/pg.sh start)\"` \
+                 to run the PostgreSQL tests"
+            );
+            None
+        }
+    }
+}
+
+/// A database of its own, dropped (forcibly) when this goes out of scope.
+pub struct TestDb {
+    pub url: String,
+    pub name: String,
+    admin_url: String,
+}
+
+async fn admin(url: &str) -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("cannot connect to SBTC_TEST_PG_URL {url}: {e}"));
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    client
+}
+
+impl TestDb {
+    /// None: skip (no server configured outside CI).
+    pub async fn create(test: &str) -> Option<TestDb> {
+        let admin_url = pg_url_or_skip(test)?;
+        let name = format!("test_{}", hex::encode(rand::random::<[u8; 8]>()));
+        admin(&admin_url)
+            .await
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .unwrap_or_else(|e| panic!("CREATE DATABASE {name}: {e}"));
+        let (base, _) = admin_url
+            .rsplit_once('/')
+            .expect("SBTC_TEST_PG_URL looks like postgresql://user@host:port/db");
+        Some(TestDb {
+            url: format!("{base}/{name}"),
+            name,
+            admin_url,
+        })
+    }
+
+    pub fn settings(&self) -> PgSettings {
+        let mut config = StorageConfig::postgres(self.url.clone());
+        config.connect_retry_secs = Some(5);
+        config.operation_retry_secs = Some(60);
+        match config.target().expect("test url parses") {
+            Target::Postgres(s) => *s,
+            Target::Memory => unreachable!(),
+        }
+    }
+
+    /// A store on this database, migrated.
+    pub async fn store(&self) -> PgStore {
+        let store = PgStore::connect(self.settings()).await.expect("connect");
+        store.migrate().await.expect("migrate");
+        store
+    }
+
+    /// A plain client, for poking at the tables the way an attacker or an operator would.
+    pub async fn client(&self) -> tokio_postgres::Client {
+        admin(&self.url).await
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let admin_url = self.admin_url.clone();
+        let name = self.name.clone();
+        // Drop cannot await; a short-lived runtime on its own thread does the cleanup.
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async {
+                if let Ok(Ok((client, conn))) = tokio::time::timeout(
+                    Duration::from_secs(10),
+                    tokio_postgres::connect(&admin_url, tokio_postgres::NoTls),
+                )
+                .await
+                {
+                    tokio::spawn(async move {
+                        let _ = conn.await;
+                    });
+                    let _ = client
+                        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+pub fn h(n: u64) -> [u8; 32] {
+    let mut b = [0u8; 32];
+    b[..8].copy_from_slice(&n.to_be_bytes());
+    b
+}
+
+pub fn block(n: u64, height: u64, parent: u64) -> BitcoinBlock {
+    BitcoinBlock {
+        hash: BitcoinBlockHash(h(n)),
+        height,
+        parent_hash: BitcoinBlockHash(h(parent)),
+    }
+}
+
+pub fn key(n: u8) -> PublicKeyBytes {
+    let mut k = [n; 33];
+    k[0] = 0x02;
+    PublicKeyBytes(k)
+}
+
+pub fn outpoint(n: u64, vout: u32) -> OutPoint {
+    OutPoint {
+        txid: BitcoinTxid(h(n)),
+        vout,
+    }
+}
+
+pub fn deposit(n: u64, vout: u32) -> DepositRequest {
+    DepositRequest {
+        outpoint: outpoint(n, vout),
+        amount: Amount(100_000 + n),
+        max_fee: Amount(5_000),
+        recipient: format!("ST000000000000000000002AMW42H.contract-{n}"),
+        deposit_script: Script(vec![0x20, n as u8, 0xac]),
+        reclaim_script: Script(vec![0x51, vout as u8]),
+        signers_public_key: key(7),
+    }
+}
+
+pub fn payment(id: u64, amount: u64) -> WithdrawalPayment {
+    WithdrawalPayment {
+        request_id: id,
+        recipient: Script(vec![0x00, 0x14, id as u8]),
+        amount: Amount(amount),
+    }
+}
