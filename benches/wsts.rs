@@ -50,7 +50,9 @@ fn main() {
         bench_set(150, 105, &[100], &mut rows);
     }
     println!();
-    println!("| N / t | step | bare wall | ours wall | ours/bare | bare peak RSS | ours peak RSS |");
+    println!(
+        "| N / t | step | bare wall | ours wall | ours/bare | bare peak (start) RSS | ours peak (start) RSS |"
+    );
     println!("|---|---|---:|---:|---:|---:|---:|");
     for r in rows {
         println!("{r}");
@@ -77,7 +79,9 @@ fn bench_set(n: usize, t: u32, batches: &[usize], rows: &mut Vec<String>) {
             )
             .await
             .expect("keystore");
-            ks.generate(&identity, KeyKind::Secp256k1).await.expect("key");
+            ks.generate(&identity, KeyKind::Secp256k1)
+                .await
+                .expect("key");
             ks.generate(&seal, KeyKind::Seal).await.expect("key");
             custodies.push(Arc::new(ks));
         }
@@ -88,6 +92,7 @@ fn bench_set(n: usize, t: u32, batches: &[usize], rows: &mut Vec<String>) {
 
     // DKG.
     reset_peak();
+    let bare_dkg_start = rss_kib();
     let started = Instant::now();
     let bare = bare_dkg(n as u32, t);
     let bare_dkg_time = started.elapsed();
@@ -95,12 +100,22 @@ fn bench_set(n: usize, t: u32, batches: &[usize], rows: &mut Vec<String>) {
     eprintln!("bare DKG {bare_dkg_time:?}");
 
     reset_peak();
+    let ours_dkg_start = rss_kib();
     let started = Instant::now();
     let outcomes = ours_dkg(&cluster);
     let ours_dkg_time = started.elapsed();
     let ours_dkg_peak = peak_kib();
     eprintln!("ours DKG {ours_dkg_time:?}");
-    rows.push(row(n, t, "DKG", bare_dkg_time, ours_dkg_time, bare_dkg_peak, ours_dkg_peak, ""));
+    rows.push(row(
+        n,
+        t,
+        "DKG",
+        bare_dkg_time,
+        ours_dkg_time,
+        (bare_dkg_start, bare_dkg_peak),
+        (ours_dkg_start, ours_dkg_peak),
+        "",
+    ));
 
     for &m in batches {
         let requests = requests(m);
@@ -108,6 +123,7 @@ fn bench_set(n: usize, t: u32, batches: &[usize], rows: &mut Vec<String>) {
         // (quadratic in N); time a sample of messages and scale linearly to the batch.
         let sample = if n >= 100 { m.min(4) } else { m };
         reset_peak();
+        let bare_start = rss_kib();
         let started = Instant::now();
         bare_sign(&bare, &requests[..sample]);
         let bare_time = started.elapsed().mul_f64(m as f64 / sample as f64);
@@ -115,6 +131,7 @@ fn bench_set(n: usize, t: u32, batches: &[usize], rows: &mut Vec<String>) {
         eprintln!("bare sign {m}: {bare_time:?}");
 
         reset_peak();
+        let ours_start = rss_kib();
         let started = Instant::now();
         ours_sign(&cluster, &outcomes, &requests);
         let ours_time = started.elapsed();
@@ -131,8 +148,8 @@ fn bench_set(n: usize, t: u32, batches: &[usize], rows: &mut Vec<String>) {
             &format!("batch of {m}"),
             bare_time,
             ours_time,
-            bare_peak,
-            ours_peak,
+            (bare_start, bare_peak),
+            (ours_start, ours_peak),
             &note,
         ));
     }
@@ -145,17 +162,19 @@ fn row(
     step: &str,
     bare: Duration,
     ours: Duration,
-    bare_peak: u64,
-    ours_peak: u64,
+    bare_mem: (u64, u64),
+    ours_mem: (u64, u64),
     note: &str,
 ) -> String {
     let line = format!(
-        "| {n} / {t} | {step}{note} | {:.3} s | {:.3} s | {:.2} | {} MiB | {} MiB |",
+        "| {n} / {t} | {step}{note} | {:.3} s | {:.3} s | {:.2} | {} ({}) MiB | {} ({}) MiB |",
         bare.as_secs_f64(),
         ours.as_secs_f64(),
         ours.as_secs_f64() / bare.as_secs_f64(),
-        bare_peak / 1024,
-        ours_peak / 1024,
+        bare_mem.1 / 1024,
+        bare_mem.0 / 1024,
+        ours_mem.1 / 1024,
+        ours_mem.0 / 1024,
     );
     eprintln!("{line}");
     line
@@ -251,7 +270,12 @@ fn ours_sign(cluster: &LocalCluster, outcomes: &[DkgOutcome], requests: &[Sighas
         async move {
             if signer.me() == coordinator {
                 let got = coord
-                    .sign(&mut signer, &mut transport, &requests, Participation::Threshold)
+                    .sign(
+                        &mut signer,
+                        &mut transport,
+                        &requests,
+                        Participation::Threshold,
+                    )
                     .await
                     .expect("batch");
                 coord.finish(&mut transport).await;
@@ -333,7 +357,10 @@ fn bare_dkg(n: u32, t: u32) -> BareKeys {
     let mut key = None;
     for m in ends {
         let (_, result) = coord
-            .process_message(&Packet { msg: m, sig: vec![] })
+            .process_message(&Packet {
+                msg: m,
+                sig: vec![],
+            })
             .expect("coordinator");
         if let Some(OperationResult::Dkg(k)) = result {
             key = Some(k);
@@ -407,51 +434,53 @@ fn bare_sign(keys: &BareKeys, requests: &[SighashRequest]) {
                 })
             })
             .collect();
-        handles.into_iter().map(|h| h.join().expect("thread")).collect()
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("thread"))
+            .collect()
     });
     let public: Vec<Vec<PublicNonce>> = (0..requests.len())
         .map(|j| nonces.iter().map(|ns| PublicNonce::from(&ns[j])).collect())
         .collect();
     // Shares, one thread per signer.
     let shares: Vec<Vec<SignatureShare>> = thread::scope(|scope| {
-        let handles: Vec<_> = keys
-            .states
-            .iter()
-            .zip(&nonces)
-            .map(|(state, my_nonces)| {
-                let public = &public;
-                let party_ids = &party_ids;
-                let key_ids = &key_ids;
-                scope.spawn(move || {
-                    requests
-                        .iter()
-                        .enumerate()
-                        .map(|(j, r)| {
-                            let mut st = state.clone();
-                            st.parties[0].1.nonce = my_nonces[j].clone();
-                            let party = v2::Party::load(&st);
-                            let mut s = match r.kind {
-                                SpendKind::KeySpend { merkle_root } => party.sign_taproot(
-                                    &r.sighash,
-                                    party_ids,
-                                    key_ids,
-                                    &public[j],
-                                    merkle_root,
-                                ),
-                                SpendKind::ScriptPath => party.sign_schnorr(
-                                    &r.sighash,
-                                    party_ids,
-                                    key_ids,
-                                    &public[j],
-                                ),
-                            };
-                            s.remove(0)
-                        })
-                        .collect::<Vec<_>>()
+        let handles: Vec<_> =
+            keys.states
+                .iter()
+                .zip(&nonces)
+                .map(|(state, my_nonces)| {
+                    let public = &public;
+                    let party_ids = &party_ids;
+                    let key_ids = &key_ids;
+                    scope.spawn(move || {
+                        requests
+                            .iter()
+                            .enumerate()
+                            .map(|(j, r)| {
+                                let mut st = state.clone();
+                                st.parties[0].1.nonce = my_nonces[j].clone();
+                                let party = v2::Party::load(&st);
+                                let mut s = match r.kind {
+                                    SpendKind::KeySpend { merkle_root } => party.sign_taproot(
+                                        &r.sighash,
+                                        party_ids,
+                                        key_ids,
+                                        &public[j],
+                                        merkle_root,
+                                    ),
+                                    SpendKind::ScriptPath => party
+                                        .sign_schnorr(&r.sighash, party_ids, key_ids, &public[j]),
+                                };
+                                s.remove(0)
+                            })
+                            .collect::<Vec<_>>()
+                    })
                 })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().expect("thread")).collect()
+                .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("thread"))
+            .collect()
     });
     // Aggregation by the coordinator.
     let mut agg = keys.aggregator.clone();
@@ -475,11 +504,21 @@ fn reset_peak() {
 }
 
 fn peak_kib() -> u64 {
+    status_kib("VmHWM:")
+}
+
+/// Resident memory when a step starts: heap left over from earlier steps (glibc keeps freed
+/// memory) counts in the next step's peak, so the table shows both.
+fn rss_kib() -> u64 {
+    status_kib("VmRSS:")
+}
+
+fn status_kib(field: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
+                .find(|l| l.starts_with(field))
                 .and_then(|l| l.split_whitespace().nth(1))
                 .and_then(|v| v.parse().ok())
         })

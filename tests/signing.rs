@@ -1,7 +1,14 @@
 //! Threshold signing end to end, in one process: N=5 signers with threshold 4, each with its own
 //! encrypted keystore as custody, over the in-process transport.
 
-use std::{collections::HashSet, sync::Arc, time::Duration};
+use std::{
+    collections::HashSet,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
 
 use sbtc_custody::{Custody, ErrorKind, KeyKind, KeyLabel, SecretString};
 use sbtc_custody_keystore::{KdfParams, Keystore};
@@ -616,6 +623,403 @@ async fn sealed_shares_round_trip_through_custody_and_hide_the_plaintext() {
                 .unseal(other.custody.as_ref(), &other.seal_label)
                 .await
                 .is_err());
+        }
+    })
+    .await
+    .expect("test finished in time");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dkg_with_a_signer_down_times_out_naming_it() {
+    tokio::time::timeout(TEST_LIMIT, async {
+        let dir = TempDir::new().unwrap();
+        let custodies = keystores(&dir, N).await;
+        let cluster = LocalCluster::new(
+            custodies,
+            &identity(),
+            &seal(),
+            T,
+            Duration::from_millis(800),
+        )
+        .await
+        .unwrap();
+        let coordinator = cluster.set.coordinator_for(&[3u8; 32]);
+        let down = (coordinator + 1) % N as u32;
+        let (transports, _) = cluster.network();
+        let mut tasks = Vec::new();
+        for (signer, mut transport) in cluster.signers.iter().zip(transports) {
+            if signer.ctx.me == down {
+                continue; // never starts; its inbox is dropped
+            }
+            let ctx = signer.ctx.clone();
+            tasks.push(tokio::spawn(async move {
+                sbtc_hsm_signer::signing::run_dkg(&ctx, &mut transport, DkgId(5), coordinator).await
+            }));
+        }
+        for t in tasks {
+            match t.await.unwrap() {
+                Err(SigningError::Timeout { missing, .. }) => assert!(missing.contains(&down)),
+                other => panic!("expected a timeout naming signer {down}, got {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("test finished in time");
+}
+
+/// Counts the custody calls a signer makes.
+struct Counting {
+    inner: Arc<dyn Custody>,
+    signs: AtomicU64,
+    seals: AtomicU64,
+    unseals: AtomicU64,
+}
+
+#[async_trait::async_trait]
+impl Custody for Counting {
+    fn backend(&self) -> sbtc_custody::BackendKind {
+        self.inner.backend()
+    }
+    async fn info(&self) -> sbtc_custody::Result<sbtc_custody::BackendInfo> {
+        self.inner.info().await
+    }
+    async fn generate(
+        &self,
+        label: &KeyLabel,
+        kind: KeyKind,
+    ) -> sbtc_custody::Result<sbtc_custody::KeyInfo> {
+        self.inner.generate(label, kind).await
+    }
+    async fn public_key(&self, label: &KeyLabel) -> sbtc_custody::Result<sbtc_custody::PublicKey> {
+        self.inner.public_key(label).await
+    }
+    async fn list(&self) -> sbtc_custody::Result<Vec<sbtc_custody::KeyInfo>> {
+        self.inner.list().await
+    }
+    async fn sign_secp256k1_prehash(
+        &self,
+        label: &KeyLabel,
+        digest: &[u8; 32],
+    ) -> sbtc_custody::Result<sbtc_custody::RecoverableSignature> {
+        self.signs.fetch_add(1, Ordering::SeqCst);
+        self.inner.sign_secp256k1_prehash(label, digest).await
+    }
+    async fn sign_p256_prehash(
+        &self,
+        label: &KeyLabel,
+        digest: &[u8; 32],
+    ) -> sbtc_custody::Result<sbtc_custody::P256Signature> {
+        self.inner.sign_p256_prehash(label, digest).await
+    }
+    async fn seal(
+        &self,
+        label: &KeyLabel,
+        plaintext: &[u8],
+        aad: &[u8],
+    ) -> sbtc_custody::Result<sbtc_custody::SealedBlob> {
+        self.seals.fetch_add(1, Ordering::SeqCst);
+        self.inner.seal(label, plaintext, aad).await
+    }
+    async fn unseal(
+        &self,
+        label: &KeyLabel,
+        sealed: &sbtc_custody::SealedBlob,
+        aad: &[u8],
+    ) -> sbtc_custody::Result<sbtc_custody::SecretBytes> {
+        self.unseals.fetch_add(1, Ordering::SeqCst);
+        self.inner.unseal(label, sealed, aad).await
+    }
+    async fn destroy(&self, label: &KeyLabel) -> sbtc_custody::Result<()> {
+        self.inner.destroy(label).await
+    }
+    async fn health(&self) -> sbtc_custody::Result<sbtc_custody::Health> {
+        self.inner.health().await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn custody_calls_are_constant_per_dkg_and_per_batch_not_per_sighash() {
+    tokio::time::timeout(TEST_LIMIT, async {
+        let dir = TempDir::new().unwrap();
+        let counters: Vec<Arc<Counting>> = keystores(&dir, N)
+            .await
+            .into_iter()
+            .map(|inner| {
+                Arc::new(Counting {
+                    inner,
+                    signs: AtomicU64::new(0),
+                    seals: AtomicU64::new(0),
+                    unseals: AtomicU64::new(0),
+                })
+            })
+            .collect();
+        let custodies: Vec<Arc<dyn Custody>> = counters
+            .iter()
+            .map(|c| c.clone() as Arc<dyn Custody>)
+            .collect();
+        let cluster =
+            LocalCluster::new(custodies, &identity(), &seal(), T, Duration::from_secs(10))
+                .await
+                .unwrap();
+        let coordinator = cluster.set.coordinator_for(&[4u8; 32]);
+        let outcomes = cluster.run_dkg(DkgId(3), coordinator).await.unwrap();
+        for c in &counters {
+            assert_eq!(c.signs.load(Ordering::SeqCst), 1, "one endorsement per DKG");
+            assert_eq!(c.seals.load(Ordering::SeqCst), 1, "one seal per DKG");
+            assert_eq!(c.unseals.load(Ordering::SeqCst), 0);
+        }
+
+        let (transports, _) = cluster.network();
+        let signers = cluster.batch_signers(&outcomes, memory_ledgers(N), approve_all(N));
+        let (own, servers) = serve_all(signers, transports, coordinator, &[]);
+        let (mut own, mut transport) = own.unwrap();
+        let ctx = cluster.signers[coordinator as usize].ctx.clone();
+        let coord = BatchCoordinator::new(ctx, own.public().clone()).unwrap();
+        let requests = mixed_requests(50);
+        coord
+            .sign(
+                &mut own,
+                &mut transport,
+                &requests,
+                Participation::Threshold,
+            )
+            .await
+            .unwrap();
+        coord.finish(&mut transport).await;
+        for s in servers {
+            s.await.unwrap();
+        }
+        for c in &counters {
+            assert_eq!(
+                c.signs.load(Ordering::SeqCst),
+                1,
+                "no signature per sighash"
+            );
+            assert_eq!(c.unseals.load(Ordering::SeqCst), 1, "one unseal per batch");
+        }
+    })
+    .await
+    .expect("test finished in time");
+}
+
+/// Records every message a signer sends, as the peer links would put it on the wire.
+struct Recording {
+    inner: InProcessTransport,
+    wire: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Recording {
+    fn record(&self, msg: &RoundMessage) {
+        let json = serde_json::to_string(msg).expect("every round message serializes");
+        self.wire.lock().unwrap().push(json);
+    }
+}
+
+#[async_trait::async_trait]
+impl Transport for Recording {
+    fn me(&self) -> u32 {
+        self.inner.me()
+    }
+    async fn send(
+        &self,
+        to: u32,
+        msg: Arc<RoundMessage>,
+    ) -> Result<(), sbtc_hsm_signer::signing::TransportError> {
+        self.record(&msg);
+        self.inner.send(to, msg).await
+    }
+    async fn broadcast(&self, msg: Arc<RoundMessage>) -> Vec<u32> {
+        self.record(&msg);
+        self.inner.broadcast(msg).await
+    }
+    async fn recv(&mut self) -> Option<sbtc_hsm_signer::signing::Envelope> {
+        self.inner.recv().await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_messages_survive_the_wire_and_private_shares_travel_encrypted() {
+    tokio::time::timeout(TEST_LIMIT, async {
+        let dir = TempDir::new().unwrap();
+        let custodies = keystores(&dir, N).await;
+        let cluster =
+            LocalCluster::new(custodies, &identity(), &seal(), T, Duration::from_secs(10))
+                .await
+                .unwrap();
+        let coordinator = cluster.set.coordinator_for(&[5u8; 32]);
+        let wire = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (transports, _) = cluster.network();
+        let mut tasks = Vec::new();
+        for (signer, inner) in cluster.signers.iter().zip(transports) {
+            let ctx = signer.ctx.clone();
+            let mut transport = Recording {
+                inner,
+                wire: wire.clone(),
+            };
+            tasks.push(tokio::spawn(async move {
+                sbtc_hsm_signer::signing::run_dkg(&ctx, &mut transport, DkgId(4), coordinator).await
+            }));
+        }
+        let mut outcomes = Vec::new();
+        for t in tasks {
+            outcomes.push(t.await.unwrap().unwrap());
+        }
+
+        // A signing batch over the same recording links.
+        let (transports, _) = cluster.network();
+        let signers = cluster.batch_signers(&outcomes, memory_ledgers(N), approve_all(N));
+        let mut own = None;
+        let mut servers = Vec::new();
+        for (mut signer, inner) in signers.into_iter().zip(transports) {
+            let mut transport = Recording {
+                inner,
+                wire: wire.clone(),
+            };
+            if signer.me() == coordinator {
+                own = Some((signer, transport));
+            } else {
+                servers.push(tokio::spawn(async move {
+                    signer.serve(&mut transport).await;
+                }));
+            }
+        }
+        let (mut own, mut transport) = own.unwrap();
+        let ctx = cluster.signers[coordinator as usize].ctx.clone();
+        let coord = BatchCoordinator::new(ctx, own.public().clone()).unwrap();
+        coord
+            .sign(
+                &mut own,
+                &mut transport,
+                &mixed_requests(4),
+                Participation::Threshold,
+            )
+            .await
+            .unwrap();
+        coord.finish(&mut transport).await;
+        for s in servers {
+            s.await.unwrap();
+        }
+
+        let wire = wire.lock().unwrap().clone();
+        let mut kinds = HashSet::new();
+        let mut private_share_messages = 0;
+        for json in &wire {
+            let msg: RoundMessage = serde_json::from_str(json).expect("deserializes");
+            kinds.insert(msg.kind());
+            // Compared as JSON values: WSTS' share maps have no fixed order.
+            let again: serde_json::Value =
+                serde_json::from_str(&serde_json::to_string(&msg).unwrap()).unwrap();
+            let first: serde_json::Value = serde_json::from_str(json).unwrap();
+            assert_eq!(again, first, "round trip");
+            if let RoundMessage::Dkg(wsts::net::Message::DkgPrivateShares(shares)) = msg {
+                private_share_messages += 1;
+                for (_, to_keys) in &shares.shares {
+                    assert_eq!(to_keys.len(), N, "a share for every key");
+                    for ciphertext in to_keys.values() {
+                        // AES-GCM: 12-byte nonce, 32-byte share, 16-byte tag.
+                        assert_eq!(ciphertext.len(), 12 + 32 + 16);
+                    }
+                }
+            }
+        }
+        assert_eq!(private_share_messages, N);
+        for kind in [
+            "transport_key",
+            "dkg",
+            "nonce_request",
+            "nonce_response",
+            "share_request",
+            "share_response",
+            "done",
+        ] {
+            assert!(kinds.contains(kind), "no {kind} message was checked");
+        }
+
+        // No signer's final secret appears anywhere on the wire.
+        for (i, o) in outcomes.iter().enumerate() {
+            let ctx = &cluster.signers[i].ctx;
+            let shares = o
+                .sealed
+                .unseal(ctx.custody.as_ref(), &ctx.seal_label)
+                .await
+                .unwrap();
+            let plain = shares.expose_secret_bytes();
+            let secret_hex = hex::encode(&plain[plain.len() - 32..]);
+            assert!(wire.iter().all(|json| !json.contains(&secret_hex)));
+        }
+    })
+    .await
+    .expect("test finished in time");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signer_that_dies_after_sending_nonces_is_excluded_and_the_batch_retried() {
+    tokio::time::timeout(TEST_LIMIT, async {
+        let f = fixture().await;
+        let aggregate = f.outcomes[0].public.aggregate_public_key().unwrap();
+        let (transports, _) = f.cluster.network();
+        let signers = f
+            .cluster
+            .batch_signers(&f.outcomes, memory_ledgers(N), approve_all(N));
+        let dying = (f.coordinator + 3) % N as u32;
+        let mut own = None;
+        let mut servers = Vec::new();
+        for (mut signer, mut transport) in signers.into_iter().zip(transports) {
+            let me = signer.me();
+            if me == f.coordinator {
+                own = Some((signer, transport));
+            } else if me == dying {
+                // Answers the first nonce request, then hangs (link up, process gone).
+                servers.push(tokio::spawn(async move {
+                    while let Some(env) = transport.recv().await {
+                        if let RoundMessage::NonceRequest(_) = env.msg.as_ref() {
+                            if let Some(reply) = signer.handle(env.from, &env.msg).await {
+                                let _ = transport.send(env.from, Arc::new(reply)).await;
+                            }
+                            break;
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_secs(30)).await;
+                }));
+            } else {
+                servers.push(tokio::spawn(async move {
+                    signer.serve(&mut transport).await;
+                }));
+            }
+        }
+        let (mut own, mut transport) = own.unwrap();
+        let mut ctx = f.cluster.signers[f.coordinator as usize].ctx.clone();
+        ctx.phase_timeout = Duration::from_millis(700);
+        let coord = BatchCoordinator::new(ctx, own.public().clone()).unwrap();
+        let requests = mixed_requests(8);
+        let started = std::time::Instant::now();
+        let got = coord
+            .sign(
+                &mut own,
+                &mut transport,
+                &requests,
+                Participation::Threshold,
+            )
+            .await
+            .unwrap();
+        check_signatures(&aggregate, &requests, &got);
+        assert_eq!(got.rounds, 2);
+        assert_eq!(got.excluded.len(), 1);
+        assert_eq!(got.excluded[0].signer, dying);
+        assert!(
+            got.excluded[0].reason.contains("no shares"),
+            "{:?}",
+            got.excluded
+        );
+        // One share-phase timeout, then the retry; the retry does not wait for the excluded signer.
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+        coord.finish(&mut transport).await;
+        for s in servers {
+            s.abort();
         }
     })
     .await

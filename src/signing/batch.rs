@@ -371,6 +371,10 @@ impl BatchSigner {
         let mut shares = Vec::with_capacity(m);
         let mut party_ids = Vec::with_capacity(responses.len());
         let mut nonces = Vec::with_capacity(responses.len());
+        // Sighashes of a batch mostly share one participant set and a few spend kinds, so the
+        // Lagrange-weighted key and the tweaked keys are computed once, not per sighash.
+        let mut weighted: Option<(Vec<u32>, WeightedKey)> = None;
+        let mut tweaks = TweakCache::new(keys.aggregate_key());
         for (j, request) in req.sighashes.iter().enumerate() {
             let Some(nonce) = pending.nonces[j].as_ref() else {
                 shares.push(None);
@@ -384,18 +388,33 @@ impl BatchSigner {
                     nonces.push(pn.clone());
                 }
             }
+            let Some(my_pos) = party_ids.iter().position(|p| *p == self.ctx.me) else {
+                shares.push(None);
+                continue;
+            };
             if party_ids.len() < threshold {
                 shares.push(None);
                 continue;
             }
-            let tweak = tweak_for(&keys.aggregate_key(), request.kind);
+            let x = match &weighted {
+                Some((ids, w)) if *ids == party_ids => w.0,
+                _ => {
+                    let w = WeightedKey::new(&keys, &party_ids);
+                    let x = w.0;
+                    weighted = Some((party_ids.clone(), w));
+                    x
+                }
+            };
+            let (tweaked, cx_sign) = tweaks.get(request.kind);
             shares.push(Some(signature_share(
-                &keys,
                 nonce,
+                x,
+                tweaked,
+                cx_sign,
+                my_pos,
                 &request.sighash,
                 &party_ids,
                 &nonces,
-                tweak,
             )));
         }
         drop(keys);
@@ -431,55 +450,107 @@ fn tweak_for(aggregate_key: &Point, kind: SpendKind) -> Scalar {
     }
 }
 
-/// This signer's share for one message: WSTS v2's `Party::sign_with_tweak` (tweak always given),
-/// with the aggregate nonce computed by multi-exponentiation over nonces compressed once, instead
-/// of recompressing every nonce for every party.
-#[allow(non_snake_case)]
+/// One signer's share z = ±(d + rho * e) + sign * c * x, where x is the Lagrange-weighted key:
+/// WSTS v2's `Party::sign_with_tweak` with the nonce math of [`message_nonces`].
+#[allow(clippy::too_many_arguments)]
 fn signature_share(
-    keys: &KeyShares,
     nonce: &Nonce,
+    x: Scalar,
+    tweaked: Point,
+    cx_sign: Scalar,
+    my_pos: usize,
     msg: &[u8; 32],
     party_ids: &[u32],
     nonces: &[PublicNonce],
-    tweak: Scalar,
 ) -> Scalar {
-    let zero = Scalar::from(0u32);
-    let one = Scalar::from(1u32);
-    let group_key = keys.aggregate_key();
-    let mut cx_sign = one;
-    let tweaked = if tweak != zero {
-        let key = compute::tweaked_public_key_from_tweak(&group_key, tweak);
-        if key.has_even_y() ^ group_key.has_even_y() {
-            cx_sign = -cx_sign;
-        }
-        key
-    } else {
-        if !group_key.has_even_y() {
-            cx_sign = -cx_sign;
-        }
-        group_key
-    };
-    let R = aggregate_nonce(msg, party_ids, nonces);
-    let c = compute::challenge(&tweaked, &R, msg);
-    let rho = compute::binding(&compute::id(keys.signer()), nonces, msg);
-    let mut r = nonce.d + nonce.e * rho;
-    if !R.has_even_y() {
+    let (rhos, big_r) = message_nonces(msg, party_ids, nonces);
+    let c = compute::challenge(&tweaked, &big_r, msg);
+    let mut r = nonce.d + nonce.e * rhos[my_pos];
+    if !big_r.has_even_y() {
         r = -r;
     }
-    let key_ids: Vec<u32> = party_ids.iter().map(|p| p + 1).collect();
-    let mut cx = zero;
-    for (key_id, sk) in keys.private_keys() {
-        cx += c * sk * compute::lambda(*key_id, &key_ids);
-    }
-    r + cx_sign * cx
+    let z = r + cx_sign * (c * x);
+    wipe_scalar(&mut r);
+    z
 }
 
+/// Sum over this signer's keys of `private key * Lagrange coefficient` for one participant set.
+/// Wiped on drop.
+struct WeightedKey(Scalar);
+
+impl WeightedKey {
+    fn new(keys: &KeyShares, party_ids: &[u32]) -> Self {
+        let key_ids: Vec<u32> = party_ids.iter().map(|p| p + 1).collect();
+        let mut x = Scalar::from(0u32);
+        for (key_id, sk) in keys.private_keys() {
+            x += *sk * compute::lambda(*key_id, &key_ids);
+        }
+        WeightedKey(x)
+    }
+}
+
+impl Drop for WeightedKey {
+    fn drop(&mut self) {
+        wipe_scalar(&mut self.0);
+    }
+}
+
+/// The key each spend kind signs under, with WSTS' sign flip for the private key: BIP-340 uses
+/// even-y keys, so the shares are negated when exactly one of internal and tweaked key is odd
+/// (key spends), or when the untweaked key is odd (script paths). This is `v2::Party::
+/// sign_with_tweak`'s rule.
+struct TweakCache {
+    group_key: Point,
+    entries: Vec<(SpendKind, Point, Scalar)>,
+}
+
+impl TweakCache {
+    fn new(group_key: Point) -> Self {
+        TweakCache {
+            group_key,
+            entries: Vec::new(),
+        }
+    }
+
+    fn get(&mut self, kind: SpendKind) -> (Point, Scalar) {
+        if let Some((_, p, s)) = self.entries.iter().find(|(k, _, _)| *k == kind) {
+            return (*p, *s);
+        }
+        let one = Scalar::from(1u32);
+        let tweak = tweak_for(&self.group_key, kind);
+        let (key, flip) = if tweak != Scalar::from(0u32) {
+            let key = compute::tweaked_public_key_from_tweak(&self.group_key, tweak);
+            (key, key.has_even_y() ^ self.group_key.has_even_y())
+        } else {
+            (self.group_key, !self.group_key.has_even_y())
+        };
+        let sign = if flip { -one } else { one };
+        self.entries.push((kind, key, sign));
+        (key, sign)
+    }
+}
+
+/// The binding factors of every participant and the aggregate nonce R for one message, as WSTS
+/// defines them (`compute::binding`, `compute::intermediate`), computed with each nonce compressed
+/// once (WSTS recompresses all of them for every participant) and R = sum(D) + multiexp(rho, E).
 #[allow(non_snake_case)]
-fn aggregate_nonce(msg: &[u8], party_ids: &[u32], nonces: &[PublicNonce]) -> Point {
-    // `aggregate_nonce` only fails on an empty multi-exponentiation; fall back to the
-    // straightforward sum, which cannot fail.
-    compute::aggregate_nonce(msg, party_ids, nonces)
-        .unwrap_or_else(|_| compute::intermediate(msg, party_ids, nonces).1)
+fn message_nonces(msg: &[u8], party_ids: &[u32], nonces: &[PublicNonce]) -> (Vec<Scalar>, Point) {
+    let compressed: Vec<_> = nonces
+        .iter()
+        .map(|n| (n.D.compress(), n.E.compress()))
+        .collect();
+    let rhos: Vec<Scalar> = party_ids
+        .iter()
+        .map(|&i| compute::binding_compressed(&compute::id(i), &compressed, msg))
+        .collect();
+    let sum_d: Point = nonces.iter().map(|n| n.D).sum();
+    let es: Vec<Point> = nonces.iter().map(|n| n.E).collect();
+    let R = match Point::multimult(rhos.clone(), es) {
+        Ok(e) => sum_d + e,
+        // Only fails on an empty input; the plain sum cannot fail.
+        Err(_) => compute::intermediate(msg, party_ids, nonces).1,
+    };
+    (rhos, R)
 }
 
 /// The key a signature for `kind` must verify under.
@@ -807,7 +878,7 @@ impl BatchCoordinator {
     ) -> Option<secp256k1::schnorr::Signature> {
         let group_key = self.public.aggregate_key;
         let tweak = tweak_for(&group_key, request.kind);
-        let R = aggregate_nonce(&request.sighash, party_ids, nonces);
+        let (_, R) = message_nonces(&request.sighash, party_ids, nonces);
         let mut z: Scalar = shares.iter().map(|s| s.z_i).sum();
         if tweak != Scalar::from(0u32) {
             let tweaked = compute::tweaked_public_key_from_tweak(&group_key, tweak);
@@ -840,4 +911,58 @@ impl BatchCoordinator {
 enum Attempt {
     Signed(Vec<SignedSighash>),
     Exclude(Vec<(SignerIndex, String)>),
+}
+
+#[cfg(test)]
+mod tests {
+    use wsts::traits::Signer as _;
+
+    use super::*;
+
+    /// Our share arithmetic gives exactly WSTS v2's shares, for key spends and script paths.
+    #[test]
+    fn shares_equal_wsts_v2_party_shares() {
+        let (n, t) = (4u32, 3u32);
+        let mut rng = rand::rngs::OsRng;
+        let mut parties: Vec<wsts::v2::Party> = (0..n)
+            .map(|i| wsts::v2::Party::new(i, &[i + 1], n, n, t, &mut rng))
+            .collect();
+        wsts::traits::test_helpers::dkg(&mut parties, &mut rng).expect("dkg");
+        let party_ids: Vec<u32> = (0..n).collect();
+        let key_ids: Vec<u32> = (1..=n).collect();
+        for kind in [
+            SpendKind::KeySpend { merkle_root: None },
+            SpendKind::KeySpend {
+                merkle_root: Some([9u8; 32]),
+            },
+            SpendKind::ScriptPath,
+        ] {
+            let msg = [0x42u8; 32];
+            let nonces: Vec<PublicNonce> = parties
+                .iter_mut()
+                .flat_map(|p| p.gen_nonces(&mut rng))
+                .collect();
+            for (i, p) in parties.iter().enumerate() {
+                let expected = match kind {
+                    SpendKind::KeySpend { merkle_root } => {
+                        p.sign_taproot(&msg, &party_ids, &key_ids, &nonces, merkle_root)
+                    }
+                    SpendKind::ScriptPath => p.sign_schnorr(&msg, &party_ids, &key_ids, &nonces),
+                };
+                let state = p.save();
+                let keys = KeyShares::new(
+                    DkgId(1),
+                    i as u32,
+                    state.group_key,
+                    state.parties[0].1.private_keys.clone(),
+                );
+                let nonce = state.parties[0].1.nonce.clone();
+                let x = WeightedKey::new(&keys, &party_ids);
+                let (tweaked, sign) = TweakCache::new(state.group_key).get(kind);
+                let ours =
+                    signature_share(&nonce, x.0, tweaked, sign, i, &msg, &party_ids, &nonces);
+                assert_eq!(ours, expected[0].z_i, "party {i}, {kind:?}");
+            }
+        }
+    }
 }

@@ -147,3 +147,48 @@ impl NonceLedger for FileNonceLedger {
         Ok(guard.rounds.contains(round))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_recorded_round_survives_reopening_and_is_never_recorded_twice() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let path = dir.path().join("ledger");
+        let round = RoundId([7u8; 32]);
+        let ledger = FileNonceLedger::open(&path).unwrap();
+        ledger.record(&round).await.unwrap();
+        assert!(matches!(
+            ledger.record(&round).await,
+            Err(LedgerError::AlreadyUsed(_))
+        ));
+        drop(ledger);
+
+        // A torn, half-written line from a crash is skipped; the complete ones still count.
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap()
+            .write_all(b"\nabcd")
+            .unwrap();
+        let reopened = FileNonceLedger::open(&path).unwrap();
+        assert!(reopened.contains(&round).await.unwrap());
+        assert!(matches!(
+            reopened.record(&round).await,
+            Err(LedgerError::AlreadyUsed(_))
+        ));
+        let fresh = RoundId([8u8; 32]);
+        assert!(!reopened.contains(&fresh).await.unwrap());
+        reopened.record(&fresh).await.unwrap();
+        assert!(FileNonceLedger::open(&path)
+            .unwrap()
+            .contains(&fresh)
+            .await
+            .unwrap());
+
+        let memory = InMemoryNonceLedger::default();
+        memory.record(&round).await.unwrap();
+        assert!(memory.record(&round).await.is_err());
+    }
+}
