@@ -1,9 +1,11 @@
 //! The command line: one subcommand per file.
 
 mod audit;
+mod devnet;
 mod keys;
 mod migrate;
 mod peer;
+mod run;
 
 use std::{path::PathBuf, process::ExitCode};
 
@@ -34,6 +36,10 @@ enum Command {
     /// Check the custody audit log.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
+    /// Run the signer node: peer links, DKG over them, verification, an optional demo batch.
+    Run(run::Run),
+    /// Start a local devnet of signers (one `run` process each) and report the threshold key.
+    Devnet(devnet::Devnet),
 }
 
 /// What a command failed with, for the operator.
@@ -41,12 +47,18 @@ pub type CommandResult = Result<ExitCode, Box<dyn std::error::Error>>;
 
 impl Cli {
     pub async fn run(self) -> CommandResult {
+        // The devnet writes its own configs.
+        if let Command::Devnet(cmd) = self.command {
+            return cmd.run().await;
+        }
         let config = self.load_config()?;
         match self.command {
             Command::Keys(cmd) => cmd.run(&config).await,
             Command::Peer(cmd) => cmd.run(&config).await,
             Command::Migrate(cmd) => cmd.run(&config).await,
             Command::Audit(cmd) => cmd.run(&config).await,
+            Command::Run(cmd) => cmd.run(&config).await,
+            Command::Devnet(_) => Err("unreachable: devnet is handled above".into()),
         }
     }
 

@@ -1,0 +1,192 @@
+//! The signing rounds over real mTLS peer links in one process: `PeerTransport` stamps the wire
+//! envelope with the chain tip and round id, the receiver learns the sender from the handshake,
+//! garbage payloads are dropped, and a whole DKG plus a batch runs over it.
+
+mod common;
+
+use std::{sync::Arc, time::Duration};
+
+use bytes::Bytes;
+use sbtc_custody::{Custody, KeyKind, KeyLabel};
+use sbtc_hsm_signer::{
+    node::PeerTransport,
+    peer::{message, PeerNode},
+    signing::{
+        run_dkg, signing_key, ApproveAll, BatchCoordinator, BatchNonceRequest, BatchSigner, DkgId,
+        InMemoryNonceLedger, Participation, RoundId, RoundMessage, SighashRequest, SignerContext,
+        SignerSet, SpendKind, Transport,
+    },
+};
+
+const TIP: [u8; 32] = [7u8; 32];
+const HEIGHT: u64 = 812;
+
+fn seal() -> KeyLabel {
+    KeyLabel::new("seal").unwrap()
+}
+
+async fn cluster(dir: &std::path::Path, n: usize) -> (Vec<Arc<dyn Custody>>, Vec<Arc<PeerNode>>) {
+    let mut custodies = Vec::new();
+    for i in 0..n {
+        let c = common::keystore(dir, &format!("s{i}")).await;
+        c.generate(&seal(), KeyKind::Seal).await.unwrap();
+        custodies.push(c);
+    }
+    let nodes = common::mesh(&custodies, common::test_limits()).await;
+    common::wait_full_mesh(&nodes, Duration::from_secs(20)).await;
+    (custodies, nodes.into_iter().map(Arc::new).collect())
+}
+
+fn signing_set(nodes: &[Arc<PeerNode>], threshold: u32) -> Arc<SignerSet> {
+    Arc::new(SignerSet::new(nodes.iter().map(|n| n.identity()).collect(), threshold).unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envelopes_carry_tip_and_round_and_the_sender_comes_from_the_link() {
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let dir = tempfile::tempdir().unwrap();
+        let (_custodies, nodes) = cluster(dir.path(), 2).await;
+        let set = signing_set(&nodes, 2);
+        let a = PeerTransport::new(nodes[0].clone(), set.clone(), TIP, HEIGHT).unwrap();
+        // The receiver reads the raw wire envelopes.
+        let mut raw = nodes[1].take_inbox().unwrap();
+        let round = RoundId([3u8; 32]);
+        let to = set.index_of(&nodes[1].identity()).unwrap();
+        a.send(
+            to,
+            Arc::new(RoundMessage::NonceRequest(BatchNonceRequest {
+                dkg_id: DkgId(1),
+                round,
+                sighashes: vec![SighashRequest {
+                    sighash: [1u8; 32],
+                    kind: SpendKind::ScriptPath,
+                }],
+            })),
+        )
+        .await
+        .unwrap();
+        let inbound = raw.recv().await.unwrap();
+        assert_eq!(inbound.from, nodes[0].identity());
+        let tip = inbound.envelope.chain_tip.unwrap();
+        assert_eq!(tip.height, HEIGHT);
+        assert_eq!(tip.block_hash.as_ref(), &TIP);
+        assert_eq!(inbound.envelope.round_id.as_ref(), &round.0);
+        // A signer cannot send to itself through the links.
+        assert!(a.send(a.me(), Arc::new(RoundMessage::Done)).await.is_err());
+    })
+    .await
+    .expect("test finished in time");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_payloads_are_dropped_and_the_next_message_gets_through() {
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let dir = tempfile::tempdir().unwrap();
+        let (_custodies, nodes) = cluster(dir.path(), 2).await;
+        let set = signing_set(&nodes, 2);
+        let a = PeerTransport::new(nodes[0].clone(), set.clone(), TIP, HEIGHT).unwrap();
+        let mut b = PeerTransport::new(nodes[1].clone(), set.clone(), TIP, HEIGHT).unwrap();
+        let garbage = message::round(
+            message::ChainTip {
+                height: HEIGHT,
+                block_hash: Bytes::copy_from_slice(&TIP),
+            },
+            [0u8; 32],
+            Bytes::from_static(b"{not a round message"),
+        );
+        nodes[0].broadcast(&garbage).unwrap();
+        a.broadcast(Arc::new(RoundMessage::Done)).await;
+        let env = tokio::time::timeout(Duration::from_secs(10), b.recv())
+            .await
+            .expect("the valid message arrives")
+            .unwrap();
+        assert!(matches!(env.msg.as_ref(), RoundMessage::Done));
+        assert_eq!(env.from, a.me());
+    })
+    .await
+    .expect("test finished in time");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dkg_and_a_batch_run_over_the_peer_links() {
+    tokio::time::timeout(Duration::from_secs(120), async {
+        let dir = tempfile::tempdir().unwrap();
+        let (custodies, nodes) = cluster(dir.path(), 3).await;
+        let set = signing_set(&nodes, 2);
+        let coordinator = set.coordinator_for(&TIP);
+        let mut tasks = Vec::new();
+        for (custody, node) in custodies.iter().zip(&nodes) {
+            let mut transport = PeerTransport::new(node.clone(), set.clone(), TIP, HEIGHT).unwrap();
+            let ctx = SignerContext {
+                set: set.clone(),
+                me: transport.me(),
+                custody: custody.clone(),
+                identity_label: common::identity_label(),
+                seal_label: seal(),
+                phase_timeout: Duration::from_secs(30),
+            };
+            tasks.push(tokio::spawn(async move {
+                let outcome = run_dkg(&ctx, &mut transport, DkgId(1), coordinator)
+                    .await
+                    .unwrap();
+                let public = Arc::new(outcome.public);
+                let mut signer = BatchSigner::new(
+                    ctx.clone(),
+                    public.clone(),
+                    outcome.sealed,
+                    Arc::new(InMemoryNonceLedger::default()),
+                    Arc::new(ApproveAll),
+                );
+                if ctx.me != coordinator {
+                    signer.serve(&mut transport).await;
+                    return (public.aggregate_public_key().unwrap(), Vec::new());
+                }
+                let coord = BatchCoordinator::new(ctx.clone(), public.clone()).unwrap();
+                let requests: Vec<SighashRequest> = (0..4u8)
+                    .map(|i| SighashRequest {
+                        sighash: [i + 10; 32],
+                        kind: if i % 2 == 0 {
+                            SpendKind::KeySpend { merkle_root: None }
+                        } else {
+                            SpendKind::ScriptPath
+                        },
+                    })
+                    .collect();
+                let signed = coord
+                    .sign(
+                        &mut signer,
+                        &mut transport,
+                        &requests,
+                        Participation::Threshold,
+                    )
+                    .await
+                    .unwrap();
+                coord.finish(&mut transport).await;
+                (public.aggregate_public_key().unwrap(), signed.signatures)
+            }));
+        }
+        let mut keys = Vec::new();
+        let mut signatures = Vec::new();
+        for t in tasks {
+            let (key, sigs) = t.await.unwrap();
+            keys.push(key);
+            signatures.extend(sigs);
+        }
+        assert!(
+            keys.windows(2).all(|w| w[0] == w[1]),
+            "signers disagree on the key"
+        );
+        assert_eq!(signatures.len(), 4);
+        let secp = secp256k1::Secp256k1::verification_only();
+        for s in &signatures {
+            secp.verify_schnorr(
+                &s.signature,
+                &secp256k1::Message::from_digest(s.request.sighash),
+                &signing_key(&keys[0], s.request.kind),
+            )
+            .unwrap();
+        }
+    })
+    .await
+    .expect("test finished in time");
+}
