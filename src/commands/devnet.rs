@@ -42,7 +42,8 @@ pub struct Devnet {
     /// new directory under the system temp dir.
     #[arg(long)]
     work_dir: Option<PathBuf>,
-    /// How long to wait for the signers to finish, in seconds.
+    /// How long to wait for the signers to finish, in seconds. Each signer also gets this long to
+    /// link up with its peers and for each round phase (150 signers on 2 cores need ~900).
     #[arg(long, default_value_t = 180)]
     timeout: u64,
     /// Where the signers' keys live: an encrypted keystore file each, or a SoftHSM2 token each
@@ -337,6 +338,8 @@ impl Devnet {
                 .arg("run")
                 .args(["--threshold", &t.to_string()])
                 .args(["--demo-batch", &self.batch.to_string()])
+                .args(["--connect-timeout", &self.timeout.to_string()])
+                .args(["--phase-timeout", &self.timeout.to_string()])
                 .arg("--result-file")
                 .arg(&s.result)
                 .arg("--exit-when-done")

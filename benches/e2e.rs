@@ -1,0 +1,785 @@
+//! Threshold signing end to end over real mTLS links, divided by the floor measured in the same run.
+//!
+//! - floor: `LocalCluster`, the whole signer set in one process over in-process tokio channels, the
+//!   same round code (`run_dkg`, `BatchCoordinator`/`BatchSigner`), custody in a software keystore;
+//! - e2e: the same signers (the same keystores, keys and signer set) over N real `PeerNode`s on
+//!   127.0.0.1 (mutual TLS 1.3, tonic gRPC, JSON round messages in peer envelopes) through
+//!   `PeerTransport`.
+//!
+//! Both sides run each signer on its own OS thread with its own current-thread runtime (a signer
+//! process each, in miniature), on the same 2 cores; the peer nodes' link tasks share one 2-worker
+//! runtime. Floor and e2e alternate step by step, each step repeated (`E2E_ROUNDS`, default 3), and
+//! the table shows medians. Peak RSS is VmHWM, reset before each step.
+//!
+//! `cargo bench --bench e2e` runs N=15, t=11 (DKG, batches of 1, 100 and 1,000 sighashes).
+//! `cargo bench --bench e2e -- 150` runs N=150, t=105 instead: 150 `sbtc-hsm-signer run` processes
+//! set up as `devnet` sets them up (one process holding a 150-node mesh needs 44,700 descriptors,
+//! over this machine's hard limit of 20,000), DKG plus one batch of 100, with wall time and the
+//! children's memory read from /proc while they run. `-- all` runs both.
+
+use std::{
+    collections::HashMap,
+    os::unix::fs::PermissionsExt as _,
+    path::Path,
+    process::{Command, Stdio},
+    sync::Arc,
+    thread,
+    time::{Duration, Instant},
+};
+
+use sbtc_custody::{Custody, KeyKind, KeyLabel, PublicKey, Role, SecretString};
+use sbtc_custody_keystore::{KdfParams, Keystore};
+use sbtc_hsm_signer::{
+    config::Config,
+    custody,
+    node::{demo, demo::RunResult, PeerTransport},
+    peer::{self, cert, Limits, Member, NodeParams, PeerNode},
+    signing::{
+        run_dkg, ApproveAll, BatchCoordinator, BatchNonceResponse, BatchShareRequest, BatchSigner,
+        DkgId, DkgOutcome, InMemoryNonceLedger, LocalCluster, Participation, RoundId, RoundMessage,
+        SighashRequest, SignerContext, SpendKind, Transport,
+    },
+};
+
+use wsts::{
+    common::PublicNonce,
+    curve::{point::Point, scalar::Scalar},
+};
+
+const N: usize = 15;
+const T: u32 = 11;
+const BATCHES: [usize; 3] = [1, 100, 1000];
+const TIP: [u8; 32] = [2u8; 32];
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let large = args.iter().any(|a| a == "150" || a == "all");
+    let small = !args.iter().any(|a| a == "150");
+    if small {
+        small_set();
+    }
+    if large {
+        large_set();
+    }
+}
+
+fn label(s: &str) -> KeyLabel {
+    KeyLabel::new(s).expect("label")
+}
+
+/// One measured step: wall time and peak RSS (KiB) with the RSS at its start.
+#[derive(Clone, Copy)]
+struct Sample {
+    wall: Duration,
+    peak_kib: u64,
+    start_kib: u64,
+}
+
+fn measure<R>(f: impl FnOnce() -> R) -> (R, Sample) {
+    reset_peak();
+    let start_kib = rss_kib();
+    let started = Instant::now();
+    let r = f();
+    let wall = started.elapsed();
+    (
+        r,
+        Sample {
+            wall,
+            peak_kib: peak_kib(),
+            start_kib,
+        },
+    )
+}
+
+fn median(samples: &[Sample]) -> Sample {
+    let mut s = samples.to_vec();
+    s.sort_by_key(|x| x.wall);
+    s[s.len() / 2]
+}
+
+fn small_set() {
+    let rounds: usize = std::env::var("E2E_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3)
+        .clamp(1, 20);
+    eprintln!("== N={N} t={T}, {rounds} rounds");
+    let dir = tempfile::TempDir::new().expect("temp dir");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let identity = label("identity");
+    let tls = label("tls");
+    let seal = label("seal");
+
+    // The same keystores (cheap KDF) serve both sides.
+    let custodies: Vec<Arc<dyn Custody>> = rt.block_on(async {
+        let mut out: Vec<Arc<dyn Custody>> = Vec::new();
+        for i in 0..N {
+            let ks = Keystore::create_with_passphrase(
+                dir.path().join(format!("s{i}.keystore")),
+                &SecretString::new(format!("bench {i}")),
+                KdfParams::insecure_for_tests(),
+            )
+            .await
+            .expect("keystore");
+            ks.generate(&identity, KeyKind::Secp256k1)
+                .await
+                .expect("key");
+            ks.generate(&tls, KeyKind::P256).await.expect("key");
+            ks.generate(&seal, KeyKind::Seal).await.expect("key");
+            out.push(Arc::new(ks));
+        }
+        out
+    });
+    let cluster = rt
+        .block_on(LocalCluster::new(
+            custodies.clone(),
+            &identity,
+            &seal,
+            T,
+            Duration::from_secs(120),
+        ))
+        .expect("cluster");
+
+    // The mesh, with the message size limit raised as the devnet does (a share request carries
+    // every chosen signer's nonces for every sighash).
+    let max_batch = BATCHES.iter().copied().max().unwrap_or(1);
+    let limits = Limits {
+        max_message_bytes: (max_batch * N * 400 + (1 << 20)).min(64 << 20),
+        backoff_min: Duration::from_millis(50),
+        backoff_max: Duration::from_millis(500),
+        ..Limits::default()
+    };
+    let mesh_started = Instant::now();
+    let nodes: Vec<Arc<PeerNode>> = rt.block_on(async {
+        let mut nodes = Vec::new();
+        for c in &custodies {
+            let certificate = cert::generate(c, &tls, &identity, Duration::from_secs(86_400))
+                .await
+                .expect("certificate");
+            let node = PeerNode::start(NodeParams {
+                custody: c.clone(),
+                identity_label: identity.clone(),
+                tls_label: tls.clone(),
+                certificate,
+                listen: "127.0.0.1:0".parse().expect("address"),
+                set: peer::SignerSet::default(),
+                limits: limits.clone(),
+            })
+            .await
+            .expect("node");
+            nodes.push(node);
+        }
+        let set: peer::SignerSet = nodes
+            .iter()
+            .map(|n| {
+                (
+                    n.identity(),
+                    Member {
+                        endpoint: Some(n.local_addr().to_string()),
+                        spki_pin: None,
+                    },
+                )
+            })
+            .collect();
+        for n in &nodes {
+            n.set_signer_set(set.clone());
+        }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !nodes.iter().all(|n| n.connected_peers().len() == N - 1) {
+            assert!(Instant::now() < deadline, "the mesh did not form in 60 s");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        nodes.into_iter().map(Arc::new).collect()
+    });
+    let mesh_time = mesh_started.elapsed();
+    eprintln!("mesh of {N} formed in {mesh_time:?}");
+
+    // One transport per signer for the whole run (it owns the node's inbox), by signer index.
+    let mut transports: Vec<Option<PeerTransport>> = (0..N).map(|_| None).collect();
+    for node in &nodes {
+        let t = PeerTransport::new(node.clone(), cluster.set.clone(), TIP, 812).expect("transport");
+        let me = t.me() as usize;
+        transports[me] = Some(t);
+    }
+    let mut transports: Vec<PeerTransport> = transports
+        .into_iter()
+        .map(|t| t.expect("every signer has a node"))
+        .collect();
+
+    let mut floor: HashMap<String, Vec<Sample>> = HashMap::new();
+    let mut e2e: HashMap<String, Vec<Sample>> = HashMap::new();
+    let mut floor_outcomes = Vec::new();
+    let mut e2e_outcomes = Vec::new();
+    for round in 0..rounds {
+        let dkg_id = DkgId(round as u64 + 1);
+        let (o, s) = measure(|| floor_dkg(&cluster, dkg_id));
+        eprintln!("round {round}: floor DKG {:?}", s.wall);
+        floor.entry("DKG".into()).or_default().push(s);
+        floor_outcomes = o;
+        let ((o, t), s) = measure(|| e2e_dkg(&cluster, transports, dkg_id));
+        eprintln!("round {round}: e2e   DKG {:?}", s.wall);
+        e2e.entry("DKG".into()).or_default().push(s);
+        e2e_outcomes = o;
+        transports = t;
+    }
+    for &m in &BATCHES {
+        let requests = requests(m);
+        let step = format!("batch of {m}");
+        for round in 0..rounds {
+            let ((), s) = measure(|| floor_sign(&cluster, &floor_outcomes, &requests));
+            eprintln!("round {round}: floor {step} {:?}", s.wall);
+            floor.entry(step.clone()).or_default().push(s);
+            let (t, s) = measure(|| e2e_sign(&cluster, &e2e_outcomes, transports, &requests));
+            eprintln!("round {round}: e2e   {step} {:?}", s.wall);
+            e2e.entry(step.clone()).or_default().push(s);
+            transports = t;
+        }
+    }
+
+    let dropped: u64 = nodes
+        .iter()
+        .map(|n| {
+            let m = n.metrics();
+            m.malformed + m.oversized + m.rate_limited + m.inbox_full + m.queue_full
+        })
+        .sum();
+    println!();
+    println!("N={N}, t={T}: mesh of {N} real mTLS nodes formed in {mesh_time:.2?}; median of {rounds} alternating rounds; links dropped {dropped} messages");
+    println!("| step | floor (in-process) | e2e (mTLS) | e2e/floor | floor peak (start) RSS | e2e peak (start) RSS | all e2e/floor |");
+    println!("|---|---:|---:|---:|---:|---:|---|");
+    let steps =
+        std::iter::once("DKG".to_string()).chain(BATCHES.iter().map(|m| format!("batch of {m}")));
+    for step in steps {
+        let (Some(f), Some(e)) = (floor.get(&step), e2e.get(&step)) else {
+            continue;
+        };
+        let (fm, em) = (median(f), median(e));
+        let each: Vec<String> = f
+            .iter()
+            .zip(e)
+            .map(|(f, e)| format!("{:.2}", e.wall.as_secs_f64() / f.wall.as_secs_f64()))
+            .collect();
+        println!(
+            "| {step} | {:.3} s | {:.3} s | {:.2}x | {} ({}) MiB | {} ({}) MiB | {} |",
+            fm.wall.as_secs_f64(),
+            em.wall.as_secs_f64(),
+            em.wall.as_secs_f64() / fm.wall.as_secs_f64(),
+            fm.peak_kib / 1024,
+            fm.start_kib / 1024,
+            em.peak_kib / 1024,
+            em.start_kib / 1024,
+            each.join(", "),
+        );
+    }
+    // The coordinator waits for every signer's nonces, so all N are in the request.
+    wire_cost(N, N, max_batch);
+    drop(transports);
+    rt.block_on(async {
+        for n in nodes {
+            if let Ok(n) = Arc::try_unwrap(n) {
+                n.shutdown().await;
+            }
+        }
+    });
+}
+
+/// What the links add per share request: the JSON encoding once at the coordinator, and the
+/// decoding (with every nonce point decompressed) at each of the other N-1 signers.
+fn wire_cost(n: usize, t: usize, m: usize) {
+    let mut rng = rand::rngs::OsRng;
+    let point = |rng: &mut rand::rngs::OsRng| Point::from(Scalar::random(rng));
+    let share_request = BatchShareRequest {
+        dkg_id: DkgId(1),
+        round: RoundId([1u8; 32]),
+        sighashes: requests(m),
+        nonce_responses: (0..t as u32)
+            .map(|signer| BatchNonceResponse {
+                round: RoundId([1u8; 32]),
+                signer,
+                nonces: (0..m)
+                    .map(|_| {
+                        Some(PublicNonce {
+                            D: point(&mut rng),
+                            E: point(&mut rng),
+                        })
+                    })
+                    .collect(),
+            })
+            .collect(),
+    };
+    let request = RoundMessage::ShareRequest(share_request.clone());
+    let started = Instant::now();
+    let bytes = serde_json::to_vec(&request).expect("encode");
+    let encode = started.elapsed();
+    let started = Instant::now();
+    let decoded: RoundMessage = serde_json::from_slice(&bytes).expect("decode");
+    let decode = started.elapsed();
+    assert!(
+        matches!(&decoded, RoundMessage::ShareRequest(r) if *r == share_request),
+        "round trip"
+    );
+    println!(
+        "share request for {m} sighashes with the nonces of {t} signers: {:.1} MB of JSON, encoded once in {:.0} ms, decoded in {:.0} ms by each of the other {} signers ({:.2} s of CPU in all)",
+        bytes.len() as f64 / 1e6,
+        encode.as_secs_f64() * 1e3,
+        decode.as_secs_f64() * 1e3,
+        n - 1,
+        decode.as_secs_f64() * (n - 1) as f64,
+    );
+}
+
+fn requests(m: usize) -> Vec<SighashRequest> {
+    (0..m)
+        .map(|i| {
+            let mut sighash = [0x5au8; 32];
+            sighash[..8].copy_from_slice(&(i as u64).to_be_bytes());
+            SighashRequest {
+                sighash,
+                kind: if i % 2 == 0 {
+                    SpendKind::KeySpend { merkle_root: None }
+                } else {
+                    SpendKind::ScriptPath
+                },
+            }
+        })
+        .collect()
+}
+
+/// Runs `f` for every signer on its own OS thread with its own single-threaded runtime.
+fn on_threads<T, F, Fut>(inputs: Vec<T>, f: F) -> Vec<Fut::Output>
+where
+    T: Send + 'static,
+    F: Fn(T) -> Fut + Send + Sync + Clone + 'static,
+    Fut: std::future::Future,
+    Fut::Output: Send + 'static,
+{
+    let handles: Vec<_> = inputs
+        .into_iter()
+        .map(|input| {
+            let f = f.clone();
+            thread::Builder::new()
+                .stack_size(8 << 20)
+                .spawn(move || {
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .expect("runtime");
+                    rt.block_on(f(input))
+                })
+                .expect("thread")
+        })
+        .collect();
+    handles
+        .into_iter()
+        .map(|h| h.join().expect("signer thread"))
+        .collect()
+}
+
+fn contexts(cluster: &LocalCluster) -> Vec<SignerContext> {
+    cluster.signers.iter().map(|s| s.ctx.clone()).collect()
+}
+
+async fn dkg_on<X: Transport>(
+    ctx: SignerContext,
+    mut transport: X,
+    id: DkgId,
+    coordinator: u32,
+) -> (DkgOutcome, X) {
+    let outcome = run_dkg(&ctx, &mut transport, id, coordinator)
+        .await
+        .expect("DKG");
+    (outcome, transport)
+}
+
+fn floor_dkg(cluster: &LocalCluster, id: DkgId) -> Vec<DkgOutcome> {
+    let coordinator = cluster.set.coordinator_for(&TIP);
+    let (transports, _) = cluster.network();
+    let inputs: Vec<_> = contexts(cluster).into_iter().zip(transports).collect();
+    on_threads(inputs, move |(ctx, t)| dkg_on(ctx, t, id, coordinator))
+        .into_iter()
+        .map(|(o, _)| o)
+        .collect()
+}
+
+fn e2e_dkg(
+    cluster: &LocalCluster,
+    transports: Vec<PeerTransport>,
+    id: DkgId,
+) -> (Vec<DkgOutcome>, Vec<PeerTransport>) {
+    let coordinator = cluster.set.coordinator_for(&TIP);
+    let inputs: Vec<_> = contexts(cluster).into_iter().zip(transports).collect();
+    on_threads(inputs, move |(ctx, t)| dkg_on(ctx, t, id, coordinator))
+        .into_iter()
+        .unzip()
+}
+
+/// One batch with every signer on its own thread; returns the transports and the signatures made.
+fn sign_on<X: Transport + Send + 'static>(
+    cluster: &LocalCluster,
+    outcomes: &[DkgOutcome],
+    transports: Vec<X>,
+    requests: &[SighashRequest],
+) -> Vec<X> {
+    let coordinator = cluster.set.coordinator_for(&TIP);
+    let n = cluster.signers.len();
+    let m = requests.len();
+    let signers = cluster.batch_signers(
+        outcomes,
+        (0..n)
+            .map(|_| Arc::new(InMemoryNonceLedger::default()) as _)
+            .collect(),
+        (0..n).map(|_| Arc::new(ApproveAll) as _).collect(),
+    );
+    let coord = Arc::new(
+        BatchCoordinator::new(
+            cluster.signers[coordinator as usize].ctx.clone(),
+            Arc::new(outcomes[coordinator as usize].public.clone()),
+        )
+        .expect("coordinator"),
+    );
+    let requests = Arc::new(requests.to_vec());
+    let inputs: Vec<(BatchSigner, X)> = signers.into_iter().zip(transports).collect();
+    let results = on_threads(inputs, move |(mut signer, mut transport)| {
+        let coord = coord.clone();
+        let requests = requests.clone();
+        async move {
+            if signer.me() == coordinator {
+                let got = coord
+                    .sign(
+                        &mut signer,
+                        &mut transport,
+                        &requests,
+                        Participation::Threshold,
+                    )
+                    .await
+                    .expect("batch");
+                coord.finish(&mut transport).await;
+                (transport, got.signatures.len())
+            } else {
+                signer.serve(&mut transport).await;
+                (transport, 0)
+            }
+        }
+    });
+    let signed: usize = results.iter().map(|(_, s)| s).sum();
+    assert_eq!(signed, m, "every sighash signed");
+    results.into_iter().map(|(t, _)| t).collect()
+}
+
+fn floor_sign(cluster: &LocalCluster, outcomes: &[DkgOutcome], requests: &[SighashRequest]) {
+    let (transports, _) = cluster.network();
+    sign_on(cluster, outcomes, transports, requests);
+}
+
+fn e2e_sign(
+    cluster: &LocalCluster,
+    outcomes: &[DkgOutcome],
+    transports: Vec<PeerTransport>,
+    requests: &[SighashRequest],
+) -> Vec<PeerTransport> {
+    sign_on(cluster, outcomes, transports, requests)
+}
+
+/// N=150: 150 `sbtc-hsm-signer run` processes over real mTLS on 127.0.0.1, set up as
+/// `sbtc-hsm-signer devnet` does (keystore with a cheap KDF per signer, config with every signer in
+/// the bootstrap set, in-memory storage, the devnet's demo batch and checks), but with the `run`
+/// timeouts raised: the devnet leaves `run --connect-timeout` at 60 s, and 150 processes starting
+/// at once on 2 cores need longer than that to complete all 22,350 handshakes.
+fn large_set() {
+    let (n, t, batch) = (150usize, 105u32, 100usize);
+    let connect_timeout = 900u64;
+    let phase_timeout = 300u64;
+    let overall = Duration::from_secs(1500);
+    eprintln!("== N={n} t={t}: {n} `run` processes, batch of {batch}");
+    let work = tempfile::TempDir::new().expect("temp dir");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let setup = Instant::now();
+    let ports: Vec<u16> = {
+        let listeners: Vec<std::net::TcpListener> = (0..n)
+            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("port"))
+            .collect();
+        listeners
+            .iter()
+            .map(|l| l.local_addr().expect("port").port())
+            .collect()
+    };
+    let max_message_bytes = (batch * n * 400 + (1 << 20)).min(64 << 20);
+    let mut identities = Vec::with_capacity(n);
+    for i in 0..n {
+        let dir = work.path().join(format!("signer-{i}"));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let passphrase = dir.join("passphrase");
+        std::fs::write(&passphrase, format!("bench passphrase {i}")).expect("write");
+        // The keystore refuses a passphrase file others may read.
+        std::fs::set_permissions(&passphrase, std::fs::Permissions::from_mode(0o600))
+            .expect("chmod");
+        let custody = custody_section(&dir);
+        let config = Config::parse(&config_text(&custody, &dir, 0, &[], 1 << 20)).expect("config");
+        let identity = rt.block_on(async {
+            custody::init(&config.custody).await.expect("keystore");
+            let c = custody::open(&config.custody).await.expect("keystore");
+            let mut identity = None;
+            for role in Role::ALL {
+                let info = c
+                    .generate(&config.keys.label(role), role.kind())
+                    .await
+                    .expect("key");
+                if let (Role::Identity, Some(PublicKey::Secp256k1(k))) = (role, info.public_key) {
+                    identity = Some(hex::encode(k.serialize()));
+                }
+            }
+            identity.expect("identity key")
+        });
+        identities.push((custody, identity));
+    }
+    let bootstrap: Vec<(String, u16)> = identities
+        .iter()
+        .zip(&ports)
+        .map(|((_, id), p)| (id.clone(), *p))
+        .collect();
+    for (i, (custody, _)) in identities.iter().enumerate() {
+        let dir = work.path().join(format!("signer-{i}"));
+        std::fs::write(
+            dir.join("signer.toml"),
+            config_text(custody, &dir, ports[i], &bootstrap, max_message_bytes),
+        )
+        .expect("config");
+    }
+    eprintln!("keys and configs for {n} signers in {:?}", setup.elapsed());
+
+    let started = Instant::now();
+    let mut children = Children(Vec::with_capacity(n));
+    for i in 0..n {
+        let dir = work.path().join(format!("signer-{i}"));
+        let log = std::fs::File::create(dir.join("signer.log")).expect("log");
+        let child = Command::new(env!("CARGO_BIN_EXE_sbtc-hsm-signer"))
+            .arg("--config")
+            .arg(dir.join("signer.toml"))
+            .arg("run")
+            .args(["--threshold", &t.to_string()])
+            .args(["--demo-batch", &batch.to_string()])
+            .arg("--result-file")
+            .arg(dir.join("result.json"))
+            .arg("--exit-when-done")
+            .args(["--connect-timeout", &connect_timeout.to_string()])
+            .args(["--phase-timeout", &phase_timeout.to_string()])
+            .env("SBTC_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("signer process");
+        children.0.push(child);
+    }
+    // Each signer's VmHWM, last read (it only grows), and the largest sum of VmRSS seen at once.
+    let mut hwm: HashMap<u32, u64> = HashMap::new();
+    let mut peak_sum_rss = 0u64;
+    let mut peak_sum_at = Duration::ZERO;
+    let deadline = started + overall;
+    let mut failed = None;
+    loop {
+        let mut running = 0;
+        let mut sum = 0;
+        for (i, child) in children.0.iter_mut().enumerate() {
+            let pid = child.id();
+            if let Some((rss, peak)) = memory_of(pid) {
+                sum += rss;
+                let e = hwm.entry(pid).or_default();
+                *e = (*e).max(peak);
+            }
+            match child.try_wait() {
+                Ok(None) => running += 1,
+                Ok(Some(s)) if s.success() => {}
+                Ok(Some(s)) => {
+                    failed.get_or_insert(format!("signer {i} exited with {s}"));
+                }
+                Err(e) => {
+                    failed.get_or_insert(format!("cannot wait for signer {i}: {e}"));
+                }
+            }
+        }
+        if sum > peak_sum_rss {
+            peak_sum_rss = sum;
+            peak_sum_at = started.elapsed();
+        }
+        if running == 0 || failed.is_some() {
+            break;
+        }
+        if Instant::now() >= deadline {
+            failed = Some(format!("{running} signers still running after {overall:?}"));
+            break;
+        }
+        thread::sleep(Duration::from_millis(250));
+    }
+    let wall = started.elapsed();
+    children.stop_all();
+
+    println!();
+    println!(
+        "N={n}, t={t}, batch of {batch}: {n} signer processes {} after {:.1} s wall (process start to last exit: mesh, DKG, verification, batch)",
+        failed.as_deref().unwrap_or("all exited cleanly"),
+        wall.as_secs_f64()
+    );
+    if let Some(why) = &failed {
+        let logs = work.keep();
+        eprintln!("{why}; logs kept in {}", logs.display());
+        return;
+    }
+    match check_results(work.path(), n, batch) {
+        Ok(line) => println!("  {line}"),
+        Err(e) => println!("  results: FAILED: {e}"),
+    }
+    let sum_hwm: u64 = hwm.values().sum();
+    let max_hwm = hwm.values().copied().max().unwrap_or(0);
+    println!(
+        "  memory: sum of the {} signers' peak RSS (VmHWM) {} MiB (largest {} MiB, mean {} MiB); largest sum of RSS at one instant {} MiB (at {:.0} s)",
+        hwm.len(),
+        sum_hwm / 1024,
+        max_hwm / 1024,
+        sum_hwm / 1024 / (hwm.len().max(1) as u64),
+        peak_sum_rss / 1024,
+        peak_sum_at.as_secs_f64(),
+    );
+}
+
+/// The running signer processes; dropping this stops every one still running.
+struct Children(Vec<std::process::Child>);
+
+impl Children {
+    fn stop_all(&mut self) {
+        for child in &mut self.0 {
+            if matches!(child.try_wait(), Ok(None)) {
+                let _ = child.kill();
+            }
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        self.stop_all();
+    }
+}
+
+fn custody_section(dir: &Path) -> String {
+    format!(
+        "[custody]\nbackend = \"keystore\"\n[custody.keystore]\npath = {}\npassphrase_file = {}\n[custody.keystore.kdf]\ninsecure_test_kdf = true\nmemory_kib = 1024\niterations = 1\nparallelism = 1\n",
+        toml_path(&dir.join("keystore.json")),
+        toml_path(&dir.join("passphrase")),
+    )
+}
+
+fn toml_path(p: &Path) -> String {
+    toml::Value::String(p.to_string_lossy().into_owned()).to_string()
+}
+
+fn config_text(
+    custody: &str,
+    dir: &Path,
+    port: u16,
+    bootstrap: &[(String, u16)],
+    max_message_bytes: usize,
+) -> String {
+    let mut t = String::from(custody);
+    t.push_str("[storage]\nurl = \"memory\"\n");
+    t.push_str(&format!(
+        "[peer]\nlisten = \"127.0.0.1:{port}\"\ncert_path = {}\nmax_message_bytes = {max_message_bytes}\n",
+        toml_path(&dir.join("peer-cert.der"))
+    ));
+    for (identity, port) in bootstrap {
+        t.push_str(&format!(
+            "[[peer.bootstrap]]\nidentity = \"{identity}\"\nendpoint = \"127.0.0.1:{port}\"\n"
+        ));
+    }
+    t
+}
+
+/// Checks the result files as the devnet does (one key, verified by all, every demo signature
+/// valid under it) and returns the coordinator's timings.
+fn check_results(work: &Path, n: usize, batch: usize) -> Result<String, String> {
+    let mut results = Vec::with_capacity(n);
+    for i in 0..n {
+        let path = work.join(format!("signer-{i}")).join("result.json");
+        let text = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        results.push(serde_json::from_slice::<RunResult>(&text).map_err(|e| e.to_string())?);
+    }
+    let first = results.first().ok_or("no results")?;
+    if results
+        .iter()
+        .any(|r| r.aggregate_key != first.aggregate_key)
+    {
+        return Err("the signers disagree on the aggregate key".into());
+    }
+    let verified = results
+        .iter()
+        .filter(|r| r.dkg_status == "verified")
+        .count();
+    let coordinator = results
+        .iter()
+        .find(|r| r.signer_index == r.coordinator)
+        .ok_or("no result from the coordinator")?;
+    let key = hex::decode(&first.aggregate_key).map_err(|e| e.to_string())?;
+    let key = secp256k1::PublicKey::from_slice(&key).map_err(|e| e.to_string())?;
+    let expected = demo::demo_requests(DkgId(1), &key, batch);
+    let good = coordinator
+        .signatures
+        .iter()
+        .zip(&expected)
+        .filter(|(s, r)| {
+            hex::encode(r.sighash) == s.sighash && demo::verify_demo_signature(&key, s).is_ok()
+        })
+        .count();
+    let slowest_connect = results.iter().map(|r| r.connect_ms).max().unwrap_or(0);
+    let opt = |v: Option<u64>| v.map_or("-".to_string(), |v| format!("{:.1} s", v as f64 / 1000.0));
+    Ok(format!(
+        "DKG verified by {verified}/{n}; signatures valid {good}/{batch}; coordinator: mesh {:.1} s (slowest signer {:.1} s), DKG {:.1} s, verification {}, batch of {batch} {}",
+        coordinator.connect_ms as f64 / 1000.0,
+        slowest_connect as f64 / 1000.0,
+        coordinator.dkg_ms as f64 / 1000.0,
+        opt(coordinator.verification_ms),
+        opt(coordinator.batch_ms),
+    ))
+}
+
+/// (VmRSS, VmHWM) of `pid` in KiB.
+fn memory_of(pid: u32) -> Option<(u64, u64)> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    Some((field_kib(&s, "VmRSS:")?, field_kib(&s, "VmHWM:")?))
+}
+
+fn field_kib(status: &str, field: &str) -> Option<u64> {
+    status
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+}
+
+/// Resets the peak RSS counter (Linux: writing 5 to clear_refs resets VmHWM).
+fn reset_peak() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+fn peak_kib() -> u64 {
+    self_kib("VmHWM:")
+}
+
+fn rss_kib() -> u64 {
+    self_kib("VmRSS:")
+}
+
+fn self_kib(field: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| field_kib(&s, field))
+        .unwrap_or(0)
+}
