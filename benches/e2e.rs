@@ -17,6 +17,9 @@
 //! over this machine's hard limit of 20,000), DKG plus one batch of 100, with wall time and the
 //! children's memory read from /proc while they run. `-- all` runs both.
 
+#[path = "support/mod.rs"]
+mod support;
+
 use std::{
     collections::HashMap,
     os::unix::fs::PermissionsExt as _,
@@ -26,6 +29,7 @@ use std::{
     thread,
     time::{Duration, Instant},
 };
+use support::{on_threads, requests};
 
 use sbtc_custody::{Custody, KeyKind, KeyLabel, PublicKey, Role, SecretString};
 use sbtc_custody_keystore::{KdfParams, Keystore};
@@ -37,7 +41,7 @@ use sbtc_hsm_signer::{
     signing::{
         run_dkg, ApproveAll, BatchCoordinator, BatchNonceResponse, BatchShareRequest, BatchSigner,
         DkgId, DkgOutcome, InMemoryNonceLedger, LocalCluster, Participation, RoundId, RoundMessage,
-        SighashRequest, SignerContext, SpendKind, Transport,
+        SighashRequest, SignerContext, Transport,
     },
 };
 
@@ -330,53 +334,6 @@ fn wire_cost(n: usize, t: usize, m: usize) {
         n - 1,
         decode.as_secs_f64() * (n - 1) as f64,
     );
-}
-
-fn requests(m: usize) -> Vec<SighashRequest> {
-    (0..m)
-        .map(|i| {
-            let mut sighash = [0x5au8; 32];
-            sighash[..8].copy_from_slice(&(i as u64).to_be_bytes());
-            SighashRequest {
-                sighash,
-                kind: if i % 2 == 0 {
-                    SpendKind::KeySpend { merkle_root: None }
-                } else {
-                    SpendKind::ScriptPath
-                },
-            }
-        })
-        .collect()
-}
-
-/// Runs `f` for every signer on its own OS thread with its own single-threaded runtime.
-fn on_threads<T, F, Fut>(inputs: Vec<T>, f: F) -> Vec<Fut::Output>
-where
-    T: Send + 'static,
-    F: Fn(T) -> Fut + Send + Sync + Clone + 'static,
-    Fut: std::future::Future,
-    Fut::Output: Send + 'static,
-{
-    let handles: Vec<_> = inputs
-        .into_iter()
-        .map(|input| {
-            let f = f.clone();
-            thread::Builder::new()
-                .stack_size(8 << 20)
-                .spawn(move || {
-                    let rt = tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build()
-                        .expect("runtime");
-                    rt.block_on(f(input))
-                })
-                .expect("thread")
-        })
-        .collect();
-    handles
-        .into_iter()
-        .map(|h| h.join().expect("signer thread"))
-        .collect()
 }
 
 fn contexts(cluster: &LocalCluster) -> Vec<SignerContext> {
