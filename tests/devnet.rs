@@ -97,6 +97,13 @@ fn devnet_forms_a_verified_threshold_key_signs_the_batch_and_leaves_no_process()
         .unwrap();
         assert_eq!(result["aggregate_key"], key, "signer {i}");
         assert_eq!(result["dkg_status"], "verified", "signer {i}");
+        // Each signer recorded the verification round and the batch round on disk before it
+        // sent their nonces, so a restart cannot answer them again.
+        let ledger =
+            std::fs::read_to_string(work.join(format!("signer-{i}/nonce-ledger"))).unwrap();
+        let rounds: std::collections::HashSet<&str> =
+            ledger.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert!(rounds.len() >= 2, "signer {i} nonce ledger: {ledger:?}");
         let mode = std::fs::metadata(work.join(format!("signer-{i}/passphrase")))
             .unwrap()
             .permissions()

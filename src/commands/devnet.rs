@@ -342,6 +342,8 @@ impl Devnet {
                 .args(["--phase-timeout", &self.timeout.to_string()])
                 .arg("--result-file")
                 .arg(&s.result)
+                .arg("--nonce-ledger")
+                .arg(s.result.with_file_name("nonce-ledger"))
                 .arg("--exit-when-done")
                 .arg("--migrate")
                 .stdin(Stdio::null())

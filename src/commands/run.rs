@@ -40,6 +40,10 @@ pub struct Run {
     /// How long one phase of a round waits for peers, in seconds.
     #[arg(long, default_value_t = 60)]
     phase_timeout: u64,
+    /// File that records every signing round before its nonces go out (fsynced), so a restarted
+    /// signer never answers a round it already gave nonces for. Without it, memory only.
+    #[arg(long)]
+    nonce_ledger: Option<std::path::PathBuf>,
     /// Exit once the session is over instead of serving until a signal (the devnet uses this).
     #[arg(long)]
     exit_when_done: bool,
@@ -118,6 +122,7 @@ impl Run {
             demo_batch: self.demo_batch,
             connect_timeout: Duration::from_secs(self.connect_timeout),
             phase_timeout: Duration::from_secs(self.phase_timeout),
+            nonce_ledger: self.nonce_ledger.clone(),
         };
         let session = node::run_session(node.clone(), params);
         let outcome = tokio::select! {

@@ -18,8 +18,8 @@ use crate::{
     peer::{message::StatementKind, PeerNode},
     signing::{
         run_dkg, verify_dkg, BatchCoordinator, BatchSigner, DkgId, DkgOutcome, DkgVerification,
-        InMemoryNonceLedger, MockKeySpend, Participation, RoundMessage, SignerContext, SignerSet,
-        Transport,
+        FileNonceLedger, InMemoryNonceLedger, MockKeySpend, NonceLedger, Participation,
+        RoundMessage, SignerContext, SignerSet, Transport,
     },
     storage::{BitcoinBlockHash, DkgShares, DkgSharesStatus, PublicKeyBytes, Storage},
 };
@@ -37,6 +37,8 @@ pub struct SessionParams {
     pub demo_batch: usize,
     pub connect_timeout: Duration,
     pub phase_timeout: Duration,
+    /// Where the nonce ledger lives; None keeps it in memory (tests).
+    pub nonce_ledger: Option<std::path::PathBuf>,
 }
 
 /// The coordinator's verdict on a DKG, sent to every signer as a signed decision.
@@ -145,13 +147,11 @@ pub async fn run_session(node: Arc<PeerNode>, p: SessionParams) -> Result<RunRes
         &demo_requests,
     ));
     let public = Arc::new(public);
-    let mut signer = BatchSigner::new(
-        ctx.clone(),
-        public.clone(),
-        sealed,
-        Arc::new(InMemoryNonceLedger::default()),
-        approver,
-    );
+    let ledger: Arc<dyn NonceLedger> = match &p.nonce_ledger {
+        Some(path) => Arc::new(FileNonceLedger::open(path)?),
+        None => Arc::new(InMemoryNonceLedger::default()),
+    };
+    let mut signer = BatchSigner::new(ctx.clone(), public.clone(), sealed, ledger, approver);
 
     let mut result = RunResult {
         signer_index: me,
