@@ -1,20 +1,11 @@
 #!/usr/bin/env bash
-# The main job until the devnet lands: builds the signer, then puts an identity, TLS and seal key
+# Custody demo: builds the signer, then puts an identity, TLS and seal key
 # into a fresh SoftHSM2 token and into a fresh keystore file, and self-tests both with `keys check`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-SUDO=""
-if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
-PACKAGES=(softhsm2 opensc libclang-dev protobuf-compiler libusb-1.0-0-dev pkg-config)
-missing=()
-for p in "${PACKAGES[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
+. scripts/packages.sh
+ensure_packages "${BUILD_PACKAGES[@]}"
 
 cargo build --release --quiet
 BIN="$PWD/target/release/sbtc-hsm-signer"

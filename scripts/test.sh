@@ -5,18 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-SUDO=""
-if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
-PACKAGES=(softhsm2 opensc libclang-dev protobuf-compiler postgresql libusb-1.0-0-dev pkg-config)
-missing=()
-for p in "${PACKAGES[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-  echo "==> installing ${missing[*]}"
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
+. scripts/packages.sh
+ensure_packages "${BUILD_PACKAGES[@]}" postgresql
 
 # A private SoftHSM2 token dir for this run; tests that need their own tokens make their own too.
 WORK="$(mktemp -d -t sbtc-hsm-signer-test.XXXXXX)"
