@@ -6,7 +6,7 @@ use std::{
     process::{Command, Output},
 };
 
-const SOFTHSM_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
+mod child_softhsm;
 
 struct Signer {
     dir: tempfile::TempDir,
@@ -69,47 +69,19 @@ fn keystore_signer(kdf: &str) -> Signer {
 
 fn softhsm_signer() -> Signer {
     let dir = tempfile::tempdir().unwrap();
-    let tokens = dir.path().join("tokens");
-    std::fs::create_dir(&tokens).unwrap();
-    let conf = dir.path().join("softhsm2.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "directories.tokendir = {}\nobjectstore.backend = file\n",
-            tokens.display()
-        ),
-    )
-    .unwrap();
-    let init = Command::new("softhsm2-util")
-        .env("SOFTHSM2_CONF", &conf)
-        .args([
-            "--init-token",
-            "--free",
-            "--label",
-            "cli-signer",
-            "--pin",
-            "98765432",
-            "--so-pin",
-            "12345678",
-        ])
-        .output()
-        .expect("softhsm2-util (apt install softhsm2)");
-    assert!(
-        init.status.success(),
-        "{}",
-        String::from_utf8_lossy(&init.stderr)
-    );
+    let conf = child_softhsm::init_token(dir.path(), "cli-signer");
     let config = dir.path().join("signer.toml");
     let s = Signer {
         config: config.clone(),
         dir,
         env: vec![("SOFTHSM2_CONF".into(), conf.display().to_string())],
     };
-    let pin = s.write_secret("pin", "98765432");
+    let pin = s.write_secret("pin", child_softhsm::USER_PIN);
     std::fs::write(
         &config,
         format!(
-            "[custody]\nbackend = \"pkcs11\"\n[custody.pkcs11]\nmodule = \"{SOFTHSM_MODULE}\"\ntoken_label = \"cli-signer\"\npin_file = \"{}\"\n",
+            "[custody]\nbackend = \"pkcs11\"\n[custody.pkcs11]\nmodule = \"{}\"\ntoken_label = \"cli-signer\"\npin_file = \"{}\"\n",
+            child_softhsm::MODULE,
             pin.display()
         ),
     )
