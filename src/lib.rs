@@ -4,6 +4,7 @@
 pub mod commands;
 pub mod config;
 pub mod custody;
+pub mod keys;
 pub mod node;
 pub mod peer;
 pub mod signing;
