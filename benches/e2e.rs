@@ -35,8 +35,9 @@ use sbtc_custody::{Custody, KeyKind, KeyLabel, PublicKey, Role, SecretString};
 use sbtc_custody_keystore::{KdfParams, Keystore};
 use sbtc_hsm_signer::{
     config::Config,
-    custody,
-    node::{demo, demo::RunResult, PeerTransport},
+    coordination::PeerTransport,
+    devnet::{demo, demo::RunResult},
+    keys as custody,
     peer::{self, cert, Limits, Member, NodeParams, PeerNode},
     signing::{
         run_dkg, ApproveAll, BatchCoordinator, BatchNonceResponse, BatchShareRequest, BatchSigner,
@@ -481,8 +482,12 @@ fn large_set() {
         let custody = custody_section(&dir);
         let config = Config::parse(&config_text(&custody, &dir, 0, &[], 1 << 20)).expect("config");
         let identity = rt.block_on(async {
-            custody::init(&config.custody).await.expect("keystore");
-            let c = custody::open(&config.custody).await.expect("keystore");
+            custody::init(config.custody.as_ref().expect("[custody]"))
+                .await
+                .expect("keystore");
+            let c = custody::open(config.custody.as_ref().expect("[custody]"))
+                .await
+                .expect("keystore");
             let mut identity = None;
             for role in Role::ALL {
                 let info = c
@@ -526,6 +531,7 @@ fn large_set() {
             .arg("--result-file")
             .arg(dir.join("result.json"))
             .arg("--exit-when-done")
+            .arg("--ephemeral")
             .args(["--connect-timeout", &connect_timeout.to_string()])
             .args(["--phase-timeout", &phase_timeout.to_string()])
             .env("SBTC_LOG", "info")
@@ -686,7 +692,7 @@ fn check_results(work: &Path, n: usize, batch: usize) -> Result<String, String> 
         .ok_or("no result from the coordinator")?;
     let key = hex::decode(&first.aggregate_key).map_err(|e| e.to_string())?;
     let key = secp256k1::PublicKey::from_slice(&key).map_err(|e| e.to_string())?;
-    let expected = demo::demo_requests(DkgId(1), &key, batch);
+    let expected = demo::demo_requests(DkgId(coordinator.dkg_id), &key, batch);
     let good = coordinator
         .signatures
         .iter()

@@ -528,26 +528,27 @@ async fn mesh_child(
             }
         }
     });
-    let mut set = SignerSet::default();
+    let mut members = Vec::new();
     while let Some(line) = lines.recv().await {
         let mut parts = line.split_whitespace();
         match (parts.next(), parts.next(), parts.next()) {
             (Some("member"), Some(id), Some(addr)) => {
                 let key = secp256k1::PublicKey::from_slice(&hex::decode(id).expect("hex"))
                     .expect("identity");
-                set.insert(
+                members.push((
                     key,
                     Member {
                         endpoint: Some(addr.to_owned()),
                         spki_pin: None,
                     },
-                );
+                ));
             }
             (Some("set-end"), _, _) => break,
             _ => panic!("unexpected line {line}"),
         }
     }
-    assert_eq!(set.len(), total);
+    let set: SignerSet = members.into_iter().collect();
+    assert_eq!(set.len() as usize, total);
     for n in &nodes {
         n.set_signer_set(set.clone());
     }

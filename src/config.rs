@@ -2,62 +2,24 @@
 
 use std::path::{Path, PathBuf};
 
-use sbtc_custody::{BackendKind, KeyLabel, Role};
+use sbtc_custody::BackendKind;
+#[cfg(test)]
+use sbtc_custody::Role;
 use serde::Deserialize;
 
-#[cfg(feature = "keystore")]
-pub type KeystoreConfig = sbtc_custody_keystore::Config;
-#[cfg(not(feature = "keystore"))]
-pub type KeystoreConfig = toml::Value;
-#[cfg(feature = "pkcs11")]
-pub type Pkcs11Config = sbtc_custody_pkcs11::Config;
-#[cfg(not(feature = "pkcs11"))]
-pub type Pkcs11Config = toml::Value;
-#[cfg(feature = "yubihsm")]
-pub type YubiHsmConfig = sbtc_custody_yubihsm::Config;
-#[cfg(not(feature = "yubihsm"))]
-pub type YubiHsmConfig = toml::Value;
+pub use crate::keys::{CustodyConfig, KeyLabels, KeystoreConfig, Pkcs11Config, YubiHsmConfig};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
-    pub custody: CustodyConfig,
+    /// `[custody]`: where the keys live. Only the commands that use keys need it.
+    pub custody: Option<CustodyConfig>,
     #[serde(default)]
     pub keys: KeyLabels,
     /// `[peer]`: the peer links (see `peer::config`).
     pub peer: Option<crate::peer::PeerConfig>,
     /// `[storage]`: PostgreSQL or in-memory state (see `storage::config`).
     pub storage: Option<crate::storage::StorageConfig>,
-}
-
-/// `[custody]`: which backend holds the keys, and each backend's own section.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CustodyConfig {
-    pub backend: BackendKind,
-    pub pkcs11: Option<Pkcs11Config>,
-    pub yubihsm: Option<YubiHsmConfig>,
-    pub keystore: Option<KeystoreConfig>,
-}
-
-/// `[keys]`: the label of each role's key in the backend (defaults: identity, tls, seal).
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct KeyLabels {
-    pub identity: Option<KeyLabel>,
-    pub tls: Option<KeyLabel>,
-    pub seal: Option<KeyLabel>,
-}
-
-impl KeyLabels {
-    pub fn label(&self, role: Role) -> KeyLabel {
-        let configured = match role {
-            Role::Identity => &self.identity,
-            Role::Tls => &self.tls,
-            Role::Seal => &self.seal,
-        };
-        configured.clone().unwrap_or_else(|| role.default_label())
-    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +31,12 @@ pub enum ConfigError {
     },
     #[error("config file {path} is invalid: {message}")]
     Parse { path: PathBuf, message: String },
+    #[error("`{command}` needs a [{section}] section in the config, and it has none; {hint}")]
+    MissingSection {
+        command: &'static str,
+        section: &'static str,
+        hint: &'static str,
+    },
 }
 
 impl Config {
@@ -85,18 +53,53 @@ impl Config {
 
     pub fn parse(text: &str) -> Result<Config, String> {
         let config: Config = toml::from_str(text).map_err(|e| e.to_string())?;
-        let present = match config.custody.backend {
-            BackendKind::Pkcs11 => config.custody.pkcs11.is_some(),
-            BackendKind::YubiHsm => config.custody.yubihsm.is_some(),
-            BackendKind::Keystore => config.custody.keystore.is_some(),
-        };
-        if !present {
-            let b = config.custody.backend;
-            return Err(format!(
-                "[custody] backend = \"{b}\" but there is no [custody.{b}] section; add one (see config/)"
-            ));
+        if let Some(custody) = &config.custody {
+            let present = match custody.backend {
+                BackendKind::Pkcs11 => custody.pkcs11.is_some(),
+                BackendKind::YubiHsm => custody.yubihsm.is_some(),
+                BackendKind::Keystore => custody.keystore.is_some(),
+            };
+            if !present {
+                let b = custody.backend;
+                return Err(format!(
+                    "[custody] backend = \"{b}\" but there is no [custody.{b}] section; add one (see config/)"
+                ));
+            }
         }
         Ok(config)
+    }
+
+    /// `[custody]`, or an error naming the command that needs it.
+    pub fn needs_custody(&self, command: &'static str) -> Result<&CustodyConfig, ConfigError> {
+        self.custody.as_ref().ok_or(ConfigError::MissingSection {
+            command,
+            section: "custody",
+            hint: "add one with the backend that holds this signer's keys (see config/*.example.toml)",
+        })
+    }
+
+    /// `[peer]`, or an error naming the command that needs it.
+    pub fn needs_peer(
+        &self,
+        command: &'static str,
+    ) -> Result<&crate::peer::PeerConfig, ConfigError> {
+        self.peer.as_ref().ok_or(ConfigError::MissingSection {
+            command,
+            section: "peer",
+            hint: "add one with listen, cert_path and the [[peer.bootstrap]] set (see docs/peer-links.md)",
+        })
+    }
+
+    /// `[storage]`, or an error naming the command that needs it.
+    pub fn needs_storage(
+        &self,
+        command: &'static str,
+    ) -> Result<&crate::storage::StorageConfig, ConfigError> {
+        self.storage.as_ref().ok_or(ConfigError::MissingSection {
+            command,
+            section: "storage",
+            hint: "add one with url = \"postgresql://...\" (see config/signer.example.toml)",
+        })
     }
 }
 
@@ -112,6 +115,25 @@ mod tests {
         assert!(err.contains("[custody.pkcs11]"), "{err}");
         let err = Config::parse("[custody]\nbackend = \"hsm\"\n").unwrap_err();
         assert!(err.contains("hsm"), "{err}");
+    }
+
+    #[test]
+    fn a_storage_only_config_parses_and_missing_sections_are_named() {
+        let c = Config::parse("[storage]\nurl = \"memory\"\n").unwrap();
+        assert!(c.needs_storage("migrate").is_ok());
+        let err = c.needs_custody("keys list").unwrap_err().to_string();
+        assert!(
+            err.contains("`keys list`") && err.contains("[custody]"),
+            "{err}"
+        );
+        let err = c.needs_peer("run").unwrap_err().to_string();
+        assert!(err.contains("`run`") && err.contains("[peer]"), "{err}");
+        let c = Config::parse("").unwrap();
+        let err = c.needs_storage("audit verify").unwrap_err().to_string();
+        assert!(
+            err.contains("`audit verify`") && err.contains("[storage]"),
+            "{err}"
+        );
     }
 
     #[test]

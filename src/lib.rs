@@ -1,9 +1,14 @@
 //! sbtc-hsm-signer: an sBTC signer node whose long-term keys live in an HSM or an encrypted
 //! keystore. Everything here reaches keys only through `sbtc_custody::Custody`.
+//!
+//! Floors, top down (a lower one never imports a higher one): `commands` → `node`, `devnet` →
+//! `coordination` → `chain` → `peer`, `storage`, `signing` → `keys` → the custody backends.
 
+pub mod chain;
 pub mod commands;
 pub mod config;
-pub mod custody;
+pub mod coordination;
+pub mod devnet;
 pub mod keys;
 pub mod node;
 pub mod peer;

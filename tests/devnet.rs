@@ -154,11 +154,33 @@ fn a_node_whose_peers_never_come_up_fails_naming_them_and_stops_on_sigterm() {
         serde_json::from_slice(&std::fs::read(work.join("signer-1/result.json")).unwrap()).unwrap();
     let peer_identity = result["identity"].as_str().unwrap().to_string();
 
-    // Alone, with a short connect timeout: a clear error naming the missing peer.
+    // Without --ephemeral, in-memory state is refused before anything starts.
     let out = Command::new(BIN)
         .arg("--config")
         .arg(&config)
         .args(["run", "--connect-timeout", "1", "--exit-when-done"])
+        .env_remove("SBTC_LOG")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("url = \"memory\" loses") && stderr.contains("--ephemeral"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("listening"), "{stderr}");
+
+    // Alone, with a short connect timeout: a clear error naming the missing peer.
+    let out = Command::new(BIN)
+        .arg("--config")
+        .arg(&config)
+        .args([
+            "run",
+            "--connect-timeout",
+            "1",
+            "--exit-when-done",
+            "--ephemeral",
+        ])
         .env_remove("SBTC_LOG")
         .output()
         .unwrap();
@@ -171,7 +193,7 @@ fn a_node_whose_peers_never_come_up_fails_naming_them_and_stops_on_sigterm() {
     let mut child = Command::new(BIN)
         .arg("--config")
         .arg(&config)
-        .args(["run", "--connect-timeout", "600"])
+        .args(["run", "--connect-timeout", "600", "--ephemeral"])
         .env_remove("SBTC_LOG")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

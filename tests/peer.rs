@@ -463,8 +463,7 @@ async fn a_restarted_node_is_readmitted_and_a_removed_node_is_disconnected() {
 
     // Remove node 3 from everyone else's set.
     let removed = nodes[3].identity();
-    let mut smaller = set.clone();
-    smaller.remove(&removed);
+    let smaller = set.without(&removed);
     for (i, n) in nodes.iter().enumerate() {
         if i != 3 {
             n.set_signer_set(smaller.clone());
@@ -607,12 +606,18 @@ async fn nodes_started_from_config_mesh_with_the_bootstrap_set() {
             dir.path().join(format!("c{i}-cert.der")).display(),
         );
         let config = sbtc_hsm_signer::config::Config::parse(&text).unwrap();
-        let custody = sbtc_hsm_signer::custody::open(&config.custody)
+        let custody = sbtc_hsm_signer::keys::open(config.custody.as_ref().unwrap())
             .await
             .unwrap();
-        let node = sbtc_hsm_signer::peer::PeerNode::from_config(&config, custody)
-            .await
-            .unwrap();
+        let keys = sbtc_hsm_signer::keys::Keys::new(custody, &config.keys);
+        let peer = config.peer.as_ref().unwrap();
+        let node = sbtc_hsm_signer::peer::PeerNode::from_peer_config(
+            peer,
+            &keys,
+            peer.bootstrap_set().unwrap(),
+        )
+        .await
+        .unwrap();
         assert_eq!(hex::encode(node.identity().serialize()), ids[i]);
         nodes.push(node);
     }

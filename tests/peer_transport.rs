@@ -9,7 +9,7 @@ use std::{sync::Arc, time::Duration};
 use bytes::Bytes;
 use sbtc_custody::{Custody, KeyKind, KeyLabel};
 use sbtc_hsm_signer::{
-    node::PeerTransport,
+    coordination::PeerTransport,
     peer::{message, PeerNode},
     signing::{
         run_dkg, signing_key, ApproveAll, BatchCoordinator, BatchNonceRequest, BatchSigner, DkgId,
@@ -38,7 +38,7 @@ async fn cluster(dir: &std::path::Path, n: usize) -> (Vec<Arc<dyn Custody>>, Vec
 }
 
 fn signing_set(nodes: &[Arc<PeerNode>], threshold: u32) -> Arc<SignerSet> {
-    Arc::new(SignerSet::new(nodes.iter().map(|n| n.identity()).collect(), threshold).unwrap())
+    Arc::new(SignerSet::from_keys(nodes.iter().map(|n| n.identity()), threshold).unwrap())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

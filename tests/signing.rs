@@ -1032,10 +1032,10 @@ fn the_coordinator_is_a_pure_function_of_the_tip_and_the_set() {
     let keys: Vec<secp256k1::PublicKey> = (0..7)
         .map(|_| secp256k1::Keypair::new(&secp, &mut rand::thread_rng()).public_key())
         .collect();
-    let a = SignerSet::new(keys.clone(), 5).unwrap();
+    let a = SignerSet::from_keys(keys.clone(), 5).unwrap();
     let mut reversed = keys.clone();
     reversed.reverse();
-    let b = SignerSet::new(reversed, 5).unwrap();
+    let b = SignerSet::from_keys(reversed, 5).unwrap();
     let mut chosen = HashSet::new();
     for tip in 0u8..=200 {
         let tip = [tip; 32];
@@ -1047,8 +1047,8 @@ fn the_coordinator_is_a_pure_function_of_the_tip_and_the_set() {
         chosen.insert(a.coordinator_for(&tip));
     }
     assert_eq!(chosen.len(), 7, "every signer coordinates for some tip");
-    assert!(SignerSet::new(vec![keys[0], keys[0]], 1).is_err());
-    assert!(SignerSet::new(keys.clone(), 8).is_err());
+    assert!(SignerSet::from_keys(vec![keys[0], keys[0]], 1).is_err());
+    assert!(SignerSet::from_keys(keys.clone(), 8).is_err());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

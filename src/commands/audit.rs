@@ -47,10 +47,7 @@ fn parse_head(text: &str) -> Result<(u64, [u8; 32]), String> {
 
 impl Verify {
     pub async fn run(self, config: &Config) -> CommandResult {
-        let storage = config
-            .storage
-            .as_ref()
-            .ok_or("no [storage] section in the config; add one with url = \"postgresql://...\"")?;
+        let storage = config.needs_storage("audit verify")?;
         let expected = self.expect_head.as_deref().map(parse_head).transpose()?;
         let store = storage::open(storage, OnOpen::CheckSchema).await?;
         let log = store.get_audit_log().await?;

@@ -20,10 +20,7 @@ pub struct Migrate {
 
 impl Migrate {
     pub async fn run(self, config: &Config) -> CommandResult {
-        let storage = config
-            .storage
-            .as_ref()
-            .ok_or("no [storage] section in the config; add one with url = \"postgresql://...\"")?;
+        let storage = config.needs_storage("migrate")?;
         let settings = match storage.target()? {
             Target::Memory => {
                 println!(

@@ -45,6 +45,25 @@ enum Command {
 /// What a command failed with, for the operator.
 pub type CommandResult = Result<ExitCode, Box<dyn std::error::Error>>;
 
+/// Opens the `[custody]` backend for `command`, or says that the section is missing.
+pub(crate) async fn open_custody(
+    config: &Config,
+    command: &'static str,
+) -> Result<std::sync::Arc<dyn sbtc_custody::Custody>, Box<dyn std::error::Error>> {
+    Ok(crate::keys::open(config.needs_custody(command)?).await?)
+}
+
+/// The custody backend and the `[keys]` labels, for commands that sign.
+pub(crate) async fn open_keys(
+    config: &Config,
+    command: &'static str,
+) -> Result<crate::keys::Keys, Box<dyn std::error::Error>> {
+    Ok(crate::keys::Keys::new(
+        open_custody(config, command).await?,
+        &config.keys,
+    ))
+}
+
 impl Cli {
     pub async fn run(self) -> CommandResult {
         // The devnet writes its own configs.

@@ -4,7 +4,11 @@ use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
 
-use crate::{commands::CommandResult, config::Config, peer::card};
+use crate::{
+    commands::{open_keys, CommandResult},
+    config::Config,
+    peer::card,
+};
 
 #[derive(Debug, Subcommand)]
 pub enum PeerCommand {
@@ -27,7 +31,9 @@ impl PeerCommand {
     pub async fn run(self, config: &Config) -> CommandResult {
         match self {
             PeerCommand::Card(c) => {
-                let card = card::card(config).await?;
+                let peer = config.needs_peer("peer card")?;
+                let keys = open_keys(config, "peer card").await?;
+                let card = card::card(peer, &keys).await?;
                 if c.json {
                     println!("{}", serde_json::to_string_pretty(&card)?);
                 } else if c.toml {

@@ -1,25 +1,20 @@
-//! `run`: starts the signer node: custody, storage, the peer mesh; then one devnet session (DKG
-//! over the peer links, verification, an optional demo batch) and, unless `--exit-when-done`,
-//! keeps serving until Ctrl-C or SIGTERM.
+//! `run`: starts the signer node (custody, storage, the peer mesh, then the node's tasks) and,
+//! unless `--exit-when-done`, keeps serving until Ctrl-C or SIGTERM.
 
-use std::{path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
+use std::{path::PathBuf, time::Duration};
 
 use clap::Args;
-use sbtc_custody::Role;
 
 use crate::{
-    commands::CommandResult,
+    commands::{open_keys, CommandResult},
     config::Config,
-    custody,
-    node::{self, demo, SessionParams},
-    peer::PeerNode,
-    signing::DkgId,
+    node::{self, RunOptions},
     storage::{self, OnOpen, StorageConfig},
 };
 
 #[derive(Debug, Args)]
 pub struct Run {
-    /// Signers needed to sign; default: more than 70% of the signer set.
+    /// Signers needed to sign; default: `[peer] threshold`, else more than 70% of the signer set.
     #[arg(long)]
     threshold: Option<u32>,
     /// Sign a demo batch of K sighashes after the DKG is verified (coordinator only; 0 = none).
@@ -41,157 +36,71 @@ pub struct Run {
     #[arg(long, default_value_t = 60)]
     phase_timeout: u64,
     /// File that records every signing round before its nonces go out (fsynced), so a restarted
-    /// signer never answers a round it already gave nonces for. Without it, memory only.
+    /// signer never answers a round it already gave nonces for.
     #[arg(long)]
-    nonce_ledger: Option<std::path::PathBuf>,
+    nonce_ledger: Option<PathBuf>,
+    /// Allow state that does not survive a restart: in-memory storage and an in-memory nonce
+    /// ledger. For tests and throwaway devnets only; a real signer refuses to start without
+    /// durable state.
+    #[arg(long)]
+    ephemeral: bool,
     /// Exit once the session is over instead of serving until a signal (the devnet uses this).
     #[arg(long)]
     exit_when_done: bool,
 }
 
-/// Ctrl-C and SIGTERM, registered when made: a signal that arrives before anyone waits is kept.
-pub(crate) struct Shutdown {
-    #[cfg(unix)]
-    term: Option<tokio::signal::unix::Signal>,
-}
-
-impl Shutdown {
-    pub(crate) fn register() -> Self {
-        Shutdown {
-            #[cfg(unix)]
-            term: tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok(),
-        }
-    }
-
-    /// Resolves on Ctrl-C or SIGTERM.
-    pub(crate) async fn wait(&mut self) {
-        #[cfg(unix)]
-        if let Some(term) = self.term.as_mut() {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {},
-                _ = term.recv() => {},
-            }
-            return;
-        }
-        let _ = tokio::signal::ctrl_c().await;
-    }
-}
-
 impl Run {
     pub async fn run(self, config: &Config) -> CommandResult {
-        let mut shutdown = Shutdown::register();
         let chain_tip = match &self.chain_tip {
-            None => demo::devnet_chain_tip(),
+            None => node::devnet_chain_tip(),
             Some(h) => hex::decode(h)
                 .ok()
                 .and_then(|b| <[u8; 32]>::try_from(b).ok())
                 .ok_or("--chain-tip must be 64 hex characters (a block hash)")?,
         };
-        if config.peer.is_none() {
-            return Err(
-                "no [peer] section in the config; `run` needs peer links (see docs/peer-links.md)"
-                    .into(),
-            );
+        let peer = config.needs_peer("run")?;
+        let storage_config = match (&config.storage, self.ephemeral) {
+            (Some(s), _) => s.clone(),
+            (None, true) => StorageConfig::memory(),
+            (None, false) => {
+                return Err(config.needs_storage("run").unwrap_err().into());
+            }
+        };
+        if !self.ephemeral {
+            if storage_config.url == "memory" {
+                return Err(
+                    "[storage] url = \"memory\" loses the signer's key shares and decisions on \
+                     restart; point it at PostgreSQL, or pass --ephemeral for a throwaway node"
+                        .into(),
+                );
+            }
+            if self.nonce_ledger.is_none() {
+                return Err(
+                    "no --nonce-ledger FILE: without it a restarted signer could answer a \
+                     signing round twice; pass one, or --ephemeral for a throwaway node"
+                        .into(),
+                );
+            }
         }
-        let custody = custody::open(&config.custody).await?;
-        let storage_config = config.storage.clone().unwrap_or_else(StorageConfig::memory);
+        let keys = open_keys(config, "run").await?;
         let on_open = if self.migrate {
             OnOpen::Migrate
         } else {
             OnOpen::CheckSchema
         };
         let storage = storage::open(&storage_config, on_open).await?;
-        let node = Arc::new(PeerNode::from_config(config, custody.clone()).await?);
-        eprintln!(
-            "signer {} listening on {}",
-            hex::encode(node.identity().serialize()),
-            node.local_addr()
-        );
-        let n = u32::try_from(node.signer_set().len().max(1))?;
-        // More than 70%: the smallest t with t > 0.7 n.
-        let threshold = self.threshold.unwrap_or((n * 7) / 10 + 1).min(n);
-        let params = SessionParams {
-            custody,
-            storage,
-            identity_label: config.keys.label(Role::Identity),
-            seal_label: config.keys.label(Role::Seal),
-            threshold,
-            dkg_id: DkgId(1),
-            chain_tip,
-            chain_height: 0,
+        let opts = RunOptions {
+            threshold: self.threshold,
             demo_batch: self.demo_batch,
+            result_file: self.result_file,
+            chain_tip,
             connect_timeout: Duration::from_secs(self.connect_timeout),
             phase_timeout: Duration::from_secs(self.phase_timeout),
-            nonce_ledger: self.nonce_ledger.clone(),
+            nonce_ledger: self.nonce_ledger,
+            exit_when_done: self.exit_when_done,
         };
-        let session = node::run_session(node.clone(), params);
-        let outcome = tokio::select! {
-            r = session => Some(r),
-            _ = shutdown.wait() => None,
-        };
-        let mut coordinated = false;
-        let code = match outcome {
-            None => {
-                eprintln!("signal received; shutting down");
-                stop(node).await;
-                return Ok(ExitCode::from(130));
-            }
-            Some(Err(e)) => {
-                eprintln!("error: session failed: {e}");
-                ExitCode::FAILURE
-            }
-            Some(Ok(result)) => {
-                eprintln!(
-                    "session done: aggregate key {} ({}), {} demo signatures",
-                    result.aggregate_key,
-                    result.dkg_status,
-                    result.signatures.len()
-                );
-                coordinated = result.signer_index == result.coordinator;
-                if let Some(path) = &self.result_file {
-                    write_atomically(path, &serde_json::to_vec_pretty(&result)?)?;
-                }
-                let batch_failed = coordinated && result.signatures_verified < self.demo_batch;
-                if batch_failed {
-                    eprintln!(
-                        "error: demo batch: {} of {} signatures verified",
-                        result.signatures_verified, self.demo_batch
-                    );
-                }
-                if result.dkg_status == "verified" && !batch_failed {
-                    ExitCode::SUCCESS
-                } else {
-                    ExitCode::FAILURE
-                }
-            }
-        };
-        if !self.exit_when_done {
-            eprintln!("serving; stop with Ctrl-C or SIGTERM");
-            shutdown.wait().await;
-        } else if coordinated {
-            // The others leave once they have the coordinator's `Done`: wait (bounded) for their
-            // links to drop, so `Done` is not lost in a queue when this process exits.
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-            while !node.connected_peers().is_empty() && tokio::time::Instant::now() < deadline {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-        stop(node).await;
-        Ok(code)
+        node::run(keys, storage, peer, opts)
+            .await
+            .map_err(|e| -> Box<dyn std::error::Error> { e })
     }
-}
-
-async fn stop(node: Arc<PeerNode>) {
-    match Arc::try_unwrap(node) {
-        Ok(node) => node.shutdown().await,
-        // Someone still holds it (a task cut short by the signal): dropping stops it too.
-        Err(node) => drop(node),
-    }
-}
-
-/// Writes to a temporary file and renames it, so a reader never sees half a result.
-fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes)?;
-    std::fs::rename(&tmp, path)
 }

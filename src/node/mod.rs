@@ -1,10 +1,152 @@
-//! The running signer: the signing rounds over the peer links ([`transport`]), one devnet
-//! session (DKG, verification, a demo batch) in [`session`], and the devnet's sample work in
-//! [`demo`].
+//! The running node: its context (keys, storage, the peer mesh, the one signer set) and the task
+//! runner. Until the chain layer lands, the node's one task is the devnet session
+//! (`crate::devnet::session`): DKG over the peer links, verification, an optional demo batch.
 
-pub mod demo;
-pub mod session;
-pub mod transport;
+mod shutdown;
 
-pub use session::{run_session, wait_for_peers, SessionParams};
-pub use transport::{Incoming, PeerTransport, ReceivedStatement};
+use std::{path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
+
+pub use shutdown::Shutdown;
+
+use crate::{
+    devnet::{self, demo, SessionParams},
+    keys::{Keys, SignerSet},
+    peer::{PeerConfig, PeerNode},
+    storage::Storage,
+};
+
+/// What `run` was asked to do, beyond the config.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    /// Signers needed to sign; None: `[peer] threshold`, else more than 70% of the set.
+    pub threshold: Option<u32>,
+    pub demo_batch: usize,
+    pub result_file: Option<PathBuf>,
+    pub chain_tip: [u8; 32],
+    pub connect_timeout: Duration,
+    pub phase_timeout: Duration,
+    pub nonce_ledger: Option<PathBuf>,
+    pub exit_when_done: bool,
+}
+
+pub type NodeError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The signer set the node starts with: the bootstrap set of `[peer]`, with the threshold from
+/// the command line if one was given.
+pub fn bootstrap_set(peer: &PeerConfig, threshold: Option<u32>) -> Result<SignerSet, NodeError> {
+    let set = peer.bootstrap_set()?;
+    if set.is_empty() {
+        return Err(
+            "[peer] has no [[peer.bootstrap]] entries: list every signer of the set, this one \
+             included (see `peer card --toml`)"
+                .into(),
+        );
+    }
+    Ok(match threshold {
+        Some(t) => set.with_threshold(t)?,
+        None => set,
+    })
+}
+
+/// Runs the node until its session ends (with `exit_when_done`) or a signal arrives.
+pub async fn run(
+    keys: Keys,
+    storage: Arc<dyn Storage>,
+    peer: &PeerConfig,
+    opts: RunOptions,
+) -> Result<ExitCode, NodeError> {
+    let mut shutdown = Shutdown::register();
+    let set = bootstrap_set(peer, opts.threshold)?;
+    let node = Arc::new(PeerNode::from_peer_config(peer, &keys, set).await?);
+    eprintln!(
+        "signer {} listening on {}",
+        hex::encode(node.identity().serialize()),
+        node.local_addr()
+    );
+    let params = SessionParams {
+        custody: keys.custody.clone(),
+        storage,
+        identity_label: keys.identity.clone(),
+        seal_label: keys.seal.clone(),
+        chain_tip: opts.chain_tip,
+        chain_height: 0,
+        demo_batch: opts.demo_batch,
+        connect_timeout: opts.connect_timeout,
+        phase_timeout: opts.phase_timeout,
+        nonce_ledger: opts.nonce_ledger.clone(),
+    };
+    let session = devnet::run_session(node.clone(), params);
+    let outcome = tokio::select! {
+        r = session => Some(r),
+        _ = shutdown.wait() => None,
+    };
+    let mut coordinated = false;
+    let code = match outcome {
+        None => {
+            eprintln!("signal received; shutting down");
+            stop(node).await;
+            return Ok(ExitCode::from(130));
+        }
+        Some(Err(e)) => {
+            eprintln!("error: session failed: {e}");
+            ExitCode::FAILURE
+        }
+        Some(Ok(result)) => {
+            eprintln!(
+                "session done: aggregate key {} ({}), {} demo signatures",
+                result.aggregate_key,
+                result.dkg_status,
+                result.signatures.len()
+            );
+            coordinated = result.signer_index == result.coordinator;
+            if let Some(path) = &opts.result_file {
+                write_atomically(path, &serde_json::to_vec_pretty(&result)?)?;
+            }
+            let batch_failed = coordinated && result.signatures_verified < opts.demo_batch;
+            if batch_failed {
+                eprintln!(
+                    "error: demo batch: {} of {} signatures verified",
+                    result.signatures_verified, opts.demo_batch
+                );
+            }
+            if result.dkg_status == "verified" && !batch_failed {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    };
+    if !opts.exit_when_done {
+        eprintln!("serving; stop with Ctrl-C or SIGTERM");
+        shutdown.wait().await;
+    } else if coordinated {
+        // The others leave once they have the coordinator's `Done`: wait (bounded) for their
+        // links to drop, so `Done` is not lost in a queue when this process exits.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !node.connected_peers().is_empty() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    stop(node).await;
+    Ok(code)
+}
+
+/// The devnet's fixed tip, for a node that has no chain yet.
+pub fn devnet_chain_tip() -> [u8; 32] {
+    demo::devnet_chain_tip()
+}
+
+async fn stop(node: Arc<PeerNode>) {
+    match Arc::try_unwrap(node) {
+        Ok(node) => node.shutdown().await,
+        // Someone still holds it (a task cut short by the signal): dropping stops it too.
+        Err(node) => drop(node),
+    }
+}
+
+/// Writes to a temporary file and renames it, so a reader never sees half a result.
+fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)
+}

@@ -1,11 +1,7 @@
 //! `peer card`: what an operator hands to the other operators so they can admit this signer.
 
-use std::sync::Arc;
-
-use sbtc_custody::{Custody, Role};
-
 use super::{cert, PeerConfig, PeerError};
-use crate::config::Config;
+use crate::keys::Keys;
 
 /// The identity key, the endpoint, and the certificate's fingerprint and SPKI pin.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
@@ -51,31 +47,14 @@ impl PeerCard {
     }
 }
 
-/// Loads (or makes and keeps) the certificate and builds the card.
-pub async fn card(config: &Config) -> Result<PeerCard, PeerError> {
-    let peer = peer_section(config)?;
-    let custody = crate::custody::open(&config.custody).await?;
-    card_with(peer, &custody, config).await
-}
-
-pub(crate) fn peer_section(config: &Config) -> Result<&PeerConfig, PeerError> {
-    config.peer.as_ref().ok_or_else(|| {
-        PeerError::Config(
-            "no [peer] section in the config; add one (see docs/peer-links.md)".into(),
-        )
-    })
-}
-
-async fn card_with(
-    peer: &PeerConfig,
-    custody: &Arc<dyn Custody>,
-    config: &Config,
-) -> Result<PeerCard, PeerError> {
+/// Loads (or makes and keeps) the certificate at `[peer] cert_path` through `keys` and builds
+/// the card.
+pub async fn card(peer: &PeerConfig, keys: &Keys) -> Result<PeerCard, PeerError> {
     let (certificate, new_certificate) = cert::load_or_generate(
         &peer.cert_path,
-        custody,
-        &config.keys.label(Role::Tls),
-        &config.keys.label(Role::Identity),
+        &keys.custody,
+        &keys.tls,
+        &keys.identity,
         peer.validity(),
     )
     .await?;

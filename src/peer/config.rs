@@ -10,6 +10,7 @@
 //! max_message_bytes = 1048576
 //! rate_per_peer = 2000        # messages per second from one peer, burst twice that
 //! queue_depth = 1024          # messages waiting for one peer before new ones are dropped
+//! threshold = 11              # signers needed to sign; default: more than 70% of the set
 //!
 //! [[peer.bootstrap]]
 //! identity = "02c6..."        # the peer's identity public key, from its `peer card`
@@ -39,6 +40,8 @@ pub struct PeerConfig {
     pub max_message_bytes: Option<usize>,
     pub rate_per_peer: Option<u32>,
     pub queue_depth: Option<usize>,
+    /// Signers needed to sign; default: more than 70% of the bootstrap set.
+    pub threshold: Option<u32>,
     /// The signer set until it is read from the chain.
     #[serde(default)]
     pub bootstrap: Vec<BootstrapMember>,
@@ -87,7 +90,7 @@ impl PeerConfig {
 
     /// The bootstrap signer set. Every entry must parse: a typo must not silently shrink the set.
     pub fn bootstrap_set(&self) -> Result<SignerSet, PeerError> {
-        let mut set = SignerSet::default();
+        let mut members = Vec::with_capacity(self.bootstrap.len());
         for (i, m) in self.bootstrap.iter().enumerate() {
             let bytes = hex::decode(m.identity.trim()).map_err(|e| {
                 PeerError::Config(format!(
@@ -115,15 +118,24 @@ impl PeerConfig {
                         })?,
                 ),
             };
-            set.insert(
+            members.push((
                 identity,
                 Member {
                     endpoint: m.endpoint.clone(),
                     spki_pin,
                 },
-            );
+            ));
         }
-        Ok(set)
+        if members.is_empty() {
+            return Ok(SignerSet::default());
+        }
+        let n = u32::try_from(members.len())
+            .map_err(|_| PeerError::Config("[[peer.bootstrap]]: too many entries".into()))?;
+        let threshold = self
+            .threshold
+            .unwrap_or_else(|| SignerSet::default_threshold(n));
+        SignerSet::new(members, threshold)
+            .map_err(|e| PeerError::Config(format!("[[peer.bootstrap]]: {}", e.0)))
     }
 }
 

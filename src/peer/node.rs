@@ -141,30 +141,29 @@ impl PeerNode {
         })
     }
 
-    /// Starts the node that `config` describes: `[peer] listen`, the certificate kept at
-    /// `cert_path` (made through `custody` if needed), the bootstrap signer set and the limits.
-    pub async fn from_config(
-        config: &crate::config::Config,
-        custody: Arc<dyn Custody>,
+    /// Starts the node that `[peer]` describes: `listen`, the certificate kept at `cert_path`
+    /// (made through `keys` if needed), the limits, and `set` (the bootstrap set, or the one the
+    /// chain names).
+    pub async fn from_peer_config(
+        peer: &super::PeerConfig,
+        keys: &crate::keys::Keys,
+        set: SignerSet,
     ) -> Result<PeerNode, PeerError> {
-        let peer = super::card::peer_section(config)?;
-        let identity_label = config.keys.label(sbtc_custody::Role::Identity);
-        let tls_label = config.keys.label(sbtc_custody::Role::Tls);
         let (certificate, _) = cert::load_or_generate(
             &peer.cert_path,
-            &custody,
-            &tls_label,
-            &identity_label,
+            &keys.custody,
+            &keys.tls,
+            &keys.identity,
             peer.validity(),
         )
         .await?;
         PeerNode::start(NodeParams {
-            custody,
-            identity_label,
-            tls_label,
+            custody: keys.custody.clone(),
+            identity_label: keys.identity.clone(),
+            tls_label: keys.tls.clone(),
             certificate,
             listen: peer.listen,
-            set: peer.bootstrap_set()?,
+            set,
             limits: peer.limits(),
         })
         .await

@@ -1,64 +1,8 @@
-//! The signer set: exactly the identity keys admitted on the peer links. It comes from config (the
-//! bootstrap set) for now and later from the chain; it changes at run time through
+//! The signer set as the peer links see it: exactly the identity keys admitted. The set itself is
+//! [`crate::keys::SignerSet`], the same value the rounds use; it changes at run time through
 //! [`crate::peer::PeerNode::set_signer_set`].
 
-use std::collections::BTreeMap;
-
-/// What we know of one signer besides its identity key.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Member {
-    /// `host:port` to dial; a member without one is admitted when it dials us.
-    pub endpoint: Option<String>,
-    /// If set, the peer's certificate must carry a public key whose SPKI hashes to this.
-    pub spki_pin: Option<[u8; 32]>,
-}
-
-/// The current signer set, keyed by compressed identity public key.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct SignerSet {
-    members: BTreeMap<[u8; 33], (secp256k1::PublicKey, Member)>,
-}
-
-impl SignerSet {
-    pub fn insert(&mut self, identity: secp256k1::PublicKey, member: Member) {
-        self.members
-            .insert(identity.serialize(), (identity, member));
-    }
-
-    pub fn remove(&mut self, identity: &secp256k1::PublicKey) -> Option<Member> {
-        self.members.remove(&identity.serialize()).map(|(_, m)| m)
-    }
-
-    pub fn get(&self, identity: &secp256k1::PublicKey) -> Option<&Member> {
-        self.members.get(&identity.serialize()).map(|(_, m)| m)
-    }
-
-    pub fn contains(&self, identity: &secp256k1::PublicKey) -> bool {
-        self.members.contains_key(&identity.serialize())
-    }
-
-    pub fn len(&self) -> usize {
-        self.members.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.members.is_empty()
-    }
-
-    pub fn iter(&self) -> impl Iterator<Item = (&secp256k1::PublicKey, &Member)> {
-        self.members.values().map(|(k, m)| (k, m))
-    }
-}
-
-impl FromIterator<(secp256k1::PublicKey, Member)> for SignerSet {
-    fn from_iter<I: IntoIterator<Item = (secp256k1::PublicKey, Member)>>(iter: I) -> Self {
-        let mut set = SignerSet::default();
-        for (k, m) in iter {
-            set.insert(k, m);
-        }
-        set
-    }
-}
+pub use crate::keys::{Member, SignerSet};
 
 /// The set as the running node sees it: read on every handshake, replaced at run time.
 #[derive(Debug)]

@@ -28,9 +28,10 @@ use wsts::{
 use sbtc_custody::{Custody, KeyLabel};
 
 use super::{
+    message::RoundMessage,
     secret::wipe_scalar,
     shares::{KeyShares, PublicShares, SealedShares},
-    transport::{Envelope, RoundMessage, Transport},
+    transport::{Envelope, Transport},
     transport_key::{TransportKey, TransportKeyEndorsement},
     DkgId, Result, SignerIndex, SignerSet, SigningError,
 };

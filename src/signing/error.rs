@@ -43,4 +43,10 @@ pub enum SigningError {
     Internal(String),
 }
 
+impl From<crate::keys::SignerSetError> for SigningError {
+    fn from(e: crate::keys::SignerSetError) -> Self {
+        SigningError::SignerSet(e.0)
+    }
+}
+
 pub type Result<T, E = SigningError> = std::result::Result<T, E>;

@@ -6,10 +6,11 @@ use std::{sync::Arc, time::Duration};
 use sbtc_custody::{Custody, KeyLabel, PublicKey};
 
 use super::{
-    batch::{Approver, BatchSigner},
+    approver::Approver,
     dkg::{run_dkg, DkgOutcome, SignerContext},
+    in_process::{InProcessNetwork, InProcessTransport, MessageCounts},
     nonce_ledger::NonceLedger,
-    transport::{InProcessNetwork, InProcessTransport, MessageCounts},
+    signer::BatchSigner,
     DkgId, Result, SignerIndex, SignerSet, SigningError,
 };
 
@@ -47,8 +48,8 @@ impl LocalCluster {
                 }
             }
         }
-        let set = Arc::new(SignerSet::new(
-            keyed.iter().map(|(k, _)| *k).collect(),
+        let set = Arc::new(SignerSet::from_keys(
+            keyed.iter().map(|(k, _)| *k),
             threshold,
         )?);
         let mut signers: Vec<Option<LocalSigner>> = vec![None; keyed.len()];

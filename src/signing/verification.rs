@@ -13,7 +13,9 @@ use bitcoin::{
 };
 
 use super::{
-    batch::{BatchCoordinator, BatchSigner, Participation, SighashRequest, SpendKind},
+    coordinator::{BatchCoordinator, Participation},
+    round::{SighashRequest, SpendKind},
+    signer::BatchSigner,
     transport::Transport,
     DkgId, Result, SigningError,
 };

@@ -7,7 +7,10 @@ use sbtc_custody::{BackendInfo, Custody, Health, KeyLabel, PublicKey, Role};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::{commands::CommandResult, config::Config, custody};
+use crate::{
+    commands::{open_custody, CommandResult},
+    config::Config,
+};
 
 #[derive(Debug, Args)]
 pub struct Check {
@@ -37,7 +40,7 @@ struct RoleReport {
 
 impl Check {
     pub async fn run(self, config: &Config) -> CommandResult {
-        let custody = custody::open(&config.custody).await?;
+        let custody = open_custody(config, "keys check").await?;
         let info = custody.info().await?;
         let health = custody.health().await?;
         let mut roles = Vec::new();

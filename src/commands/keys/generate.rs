@@ -3,7 +3,10 @@ use std::process::ExitCode;
 use clap::Args;
 use sbtc_custody::{KeyLabel, Role};
 
-use crate::{commands::CommandResult, config::Config, custody};
+use crate::{
+    commands::{open_custody, CommandResult},
+    config::Config,
+};
 
 #[derive(Debug, Args)]
 pub struct Generate {
@@ -18,7 +21,7 @@ pub struct Generate {
 impl Generate {
     pub async fn run(self, config: &Config) -> CommandResult {
         let label = self.label.unwrap_or_else(|| config.keys.label(self.role));
-        let custody = custody::open(&config.custody).await?;
+        let custody = open_custody(config, "keys generate").await?;
         let info = custody.generate(&label, self.role.kind()).await?;
         match info.public_key {
             Some(pk) => println!(

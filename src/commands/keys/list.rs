@@ -2,7 +2,10 @@ use std::process::ExitCode;
 
 use clap::Args;
 
-use crate::{commands::CommandResult, config::Config, custody};
+use crate::{
+    commands::{open_custody, CommandResult},
+    config::Config,
+};
 
 #[derive(Debug, Args)]
 pub struct List {
@@ -13,7 +16,7 @@ pub struct List {
 
 impl List {
     pub async fn run(self, config: &Config) -> CommandResult {
-        let custody = custody::open(&config.custody).await?;
+        let custody = open_custody(config, "keys list").await?;
         let mut keys = custody.list().await?;
         keys.sort_by(|a, b| a.label.cmp(&b.label));
         if self.json {

@@ -1,10 +1,11 @@
-//! Opens the configured custody backend. The rest of the signer sees only `Arc<dyn Custody>`.
+//! Opens the configured custody backend. The rest of the signer sees only `Arc<dyn Custody>`,
+//! wrapped in the audit log by the node and the commands that use keys.
 
 use std::sync::Arc;
 
 use sbtc_custody::{BackendKind, Custody, Error, ErrorKind, Operation};
 
-use crate::config::CustodyConfig;
+use super::CustodyConfig;
 
 #[cfg_attr(
     all(feature = "pkcs11", feature = "yubihsm", feature = "keystore"),
@@ -89,7 +90,7 @@ pub async fn init(config: &CustodyConfig) -> Result<String, Error> {
 }
 
 #[cfg(feature = "keystore")]
-async fn create_keystore(section: &crate::config::KeystoreConfig) -> Result<String, Error> {
+async fn create_keystore(section: &super::KeystoreConfig) -> Result<String, Error> {
     sbtc_custody_keystore::Keystore::create(section).await?;
     Ok(format!(
         "created keystore file {} (mode 0600)",
@@ -98,6 +99,6 @@ async fn create_keystore(section: &crate::config::KeystoreConfig) -> Result<Stri
 }
 
 #[cfg(not(feature = "keystore"))]
-async fn create_keystore(_section: &crate::config::KeystoreConfig) -> Result<String, Error> {
+async fn create_keystore(_section: &super::KeystoreConfig) -> Result<String, Error> {
     Err(missing_feature(BackendKind::Keystore))
 }

@@ -10,11 +10,9 @@ use bytes::Bytes;
 use sbtc_custody::{Custody, KeyLabel, SealedBlob};
 use serde::{Deserialize, Serialize};
 
-use super::{
-    demo::{self, DemoSignature, DevnetApprover, RunResult},
-    transport::{Incoming, PeerTransport},
-};
+use super::demo::{self, DemoSignature, DevnetApprover, RunResult};
 use crate::{
+    coordination::{Incoming, PeerTransport},
     peer::{message::StatementKind, PeerNode},
     signing::{
         run_dkg, verify_dkg, BatchCoordinator, BatchSigner, DkgId, DkgOutcome, DkgVerification,
@@ -30,8 +28,6 @@ pub struct SessionParams {
     pub storage: Arc<dyn Storage>,
     pub identity_label: KeyLabel,
     pub seal_label: KeyLabel,
-    pub threshold: u32,
-    pub dkg_id: DkgId,
     pub chain_tip: [u8; 32],
     pub chain_height: u64,
     pub demo_batch: usize,
@@ -90,11 +86,9 @@ fn ms(d: Duration) -> u64 {
 pub async fn run_session(node: Arc<PeerNode>, p: SessionParams) -> Result<RunResult, SessionError> {
     let connect = wait_for_peers(&node, p.connect_timeout).await?;
     let me_key = node.identity();
-    let mut keys: Vec<secp256k1::PublicKey> = node.signer_set().iter().map(|(k, _)| *k).collect();
-    if !keys.contains(&me_key) {
-        keys.push(me_key);
-    }
-    let set = Arc::new(SignerSet::new(keys, p.threshold)?);
+    // The one signer set: the peer links admit exactly these keys, and the rounds number them.
+    let set: Arc<SignerSet> = node.signer_set();
+    let dkg_id = DkgId::derive(&p.chain_tip, &set, 0);
     let coordinator = set.coordinator_for(&p.chain_tip);
     let mut transport = PeerTransport::new(node.clone(), set.clone(), p.chain_tip, p.chain_height)?;
     let me = transport.me();
@@ -115,8 +109,7 @@ pub async fn run_session(node: Arc<PeerNode>, p: SessionParams) -> Result<RunRes
     };
 
     let dkg_start = Instant::now();
-    let DkgOutcome { public, sealed } =
-        run_dkg(&ctx, &mut transport, p.dkg_id, coordinator).await?;
+    let DkgOutcome { public, sealed } = run_dkg(&ctx, &mut transport, dkg_id, coordinator).await?;
     let dkg_ms = ms(dkg_start.elapsed());
     let aggregate = public.aggregate_public_key()?;
     let aggregate_hex = hex::encode(aggregate.serialize());
@@ -139,8 +132,8 @@ pub async fn run_session(node: Arc<PeerNode>, p: SessionParams) -> Result<RunRes
         })
         .await?;
 
-    let verification_request = MockKeySpend::new(p.dkg_id, &aggregate).request()?;
-    let demo_requests = demo::demo_requests(p.dkg_id, &aggregate, p.demo_batch);
+    let verification_request = MockKeySpend::new(dkg_id, &aggregate).request()?;
+    let demo_requests = demo::demo_requests(dkg_id, &aggregate, p.demo_batch);
     let approver = Arc::new(DevnetApprover::new(
         p.storage.clone(),
         verification_request,
@@ -158,6 +151,8 @@ pub async fn run_session(node: Arc<PeerNode>, p: SessionParams) -> Result<RunRes
         signers: set.len(),
         threshold: set.threshold(),
         coordinator,
+        dkg_id: dkg_id.0,
+        shares_from_storage: false,
         identity: hex::encode(me_key.serialize()),
         aggregate_key: aggregate_hex.clone(),
         dkg_status: DkgSharesStatus::Unverified.to_string(),
@@ -192,7 +187,7 @@ pub async fn run_session(node: Arc<PeerNode>, p: SessionParams) -> Result<RunRes
             .signed_statement(
                 StatementKind::Decision,
                 transport.chain_tip(),
-                decision_round(p.dkg_id),
+                decision_round(dkg_id),
                 Bytes::from(serde_json::to_vec(&decision)?),
             )
             .await?;

@@ -139,6 +139,10 @@ pub struct RunResult {
     pub signers: u32,
     pub threshold: u32,
     pub coordinator: u32,
+    /// The DKG whose key signed (derived from the chain tip and the signer set).
+    pub dkg_id: u64,
+    /// Whether the key shares came from this run's DKG or from storage (a restarted signer).
+    pub shares_from_storage: bool,
     pub identity: String,
     pub aggregate_key: String,
     /// `verified` or `failed` (or `unverified` if no decision arrived).

@@ -1,0 +1,2 @@
+//! Bitcoin: the bitcoind client, the block observer, deposit scripts, sweeps and the peg UTXO
+//! (to come; see ARCHITECTURE.md).

@@ -1,0 +1,7 @@
+//! Coordination: what signers say to each other above the round arithmetic. Today the adapter
+//! between the peer links and the rounds ([`peer_transport`]); the request decider, coordinator
+//! tenures, signer-side checks of proposals and rotation come with the chain layer.
+
+pub mod peer_transport;
+
+pub use peer_transport::{Incoming, PeerTransport, ReceivedStatement};

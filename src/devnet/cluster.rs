@@ -1,0 +1,647 @@
+//! The devnet cluster: a local network of signers on 127.0.0.1. Makes a work dir with, for each signer, an
+//! encrypted keystore (cheap test KDF) holding its identity, TLS and seal keys, a passphrase file
+//! and a config whose bootstrap set names every signer; starts one `sbtc-hsm-signer run` process
+//! per signer; waits for them to form and verify a threshold key and sign a demo batch; checks the
+//! signatures again here; and stops every child, also on Ctrl-C.
+
+use std::{
+    fmt::Write as _,
+    fs,
+    io::Write as _,
+    net::TcpListener,
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitCode, Stdio},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use rand::RngCore;
+use sbtc_custody::{PublicKey, Role};
+use zeroize::Zeroizing;
+
+use super::demo::{self, RunResult};
+use crate::{config::Config, node::Shutdown, signing::DkgId};
+
+/// Where each devnet signer keeps its keys.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum DevnetBackend {
+    Keystore,
+    Softhsm,
+}
+
+/// The running children; dropping this stops every one still running.
+struct Children(Vec<(u32, Child)>);
+
+impl Children {
+    /// SIGTERM first (a clean shutdown), then SIGKILL for any still running after a grace period.
+    fn stop_all(&mut self) {
+        for (_, child) in &mut self.0 {
+            if matches!(child.try_wait(), Ok(None)) {
+                let _ = Command::new("kill")
+                    .args(["-TERM", &child.id().to_string()])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status();
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < deadline
+            && self
+                .0
+                .iter_mut()
+                .any(|(_, c)| matches!(c.try_wait(), Ok(None)))
+        {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        for (_, child) in &mut self.0 {
+            if matches!(child.try_wait(), Ok(None)) {
+                let _ = child.kill();
+            }
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        self.stop_all();
+    }
+}
+
+struct SignerFiles {
+    /// `memory` or this signer's own PostgreSQL database.
+    storage_url: String,
+    /// The `[custody]` part of the config.
+    custody: String,
+    /// SOFTHSM2_CONF for this signer's token dir (`--backend softhsm`).
+    softhsm2_conf: Option<PathBuf>,
+    dir: PathBuf,
+    config: PathBuf,
+    log: PathBuf,
+    result: PathBuf,
+    port: u16,
+    identity: String,
+}
+
+fn toml_str(s: &str) -> String {
+    toml::Value::String(s.to_owned()).to_string()
+}
+
+fn path_str(p: &Path) -> Result<String, Box<dyn std::error::Error>> {
+    Ok(toml_str(p.to_str().ok_or_else(|| {
+        format!(
+            "work dir path {} is not UTF-8; pass --work-dir",
+            p.display()
+        )
+    })?))
+}
+
+/// `[custody]` for a keystore file in `dir` with a cheap KDF.
+fn keystore_section(dir: &Path) -> Result<String, Box<dyn std::error::Error>> {
+    let mut t = String::new();
+    writeln!(t, "[custody]\nbackend = \"keystore\"\n[custody.keystore]")?;
+    writeln!(t, "path = {}", path_str(&dir.join("keystore.json"))?)?;
+    writeln!(
+        t,
+        "passphrase_file = {}",
+        path_str(&dir.join("passphrase"))?
+    )?;
+    writeln!(
+        t,
+        "[custody.keystore.kdf]\ninsecure_test_kdf = true\nmemory_kib = 1024\niterations = 1\nparallelism = 1"
+    )?;
+    Ok(t)
+}
+
+/// `[custody]` for the SoftHSM2 token `label` whose PIN is in `dir/pin`.
+fn softhsm_section(
+    module: &Path,
+    label: &str,
+    dir: &Path,
+) -> Result<String, Box<dyn std::error::Error>> {
+    let mut t = String::new();
+    writeln!(t, "[custody]\nbackend = \"pkcs11\"\n[custody.pkcs11]")?;
+    writeln!(t, "module = {}", path_str(module)?)?;
+    writeln!(t, "token_label = {}", toml_str(label))?;
+    writeln!(t, "pin_file = {}", path_str(&dir.join("pin"))?)?;
+    Ok(t)
+}
+
+/// A random secret of `n` bytes as hex.
+fn random_hex(n: usize) -> Zeroizing<String> {
+    let mut bytes = Zeroizing::new(vec![0u8; n]);
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    Zeroizing::new(hex::encode(&*bytes))
+}
+
+/// The config of signer `dir` with `custody` (its `[custody]` section) listening on `port`, with
+/// `bootstrap` (identity, endpoint) pairs.
+fn config_text(
+    custody: &str,
+    storage_url: &str,
+    dir: &Path,
+    port: u16,
+    bootstrap: &[(String, u16)],
+    max_message_bytes: usize,
+) -> Result<String, Box<dyn std::error::Error>> {
+    let mut t = String::new();
+    writeln!(
+        t,
+        "# Devnet signer: throwaway keys. Never use for real funds."
+    )?;
+    t.push_str(custody);
+    writeln!(t, "[storage]\nurl = {}", toml_str(storage_url))?;
+    writeln!(t, "[peer]\nlisten = \"127.0.0.1:{port}\"")?;
+    writeln!(t, "cert_path = {}", path_str(&dir.join("peer-cert.der"))?)?;
+    writeln!(t, "max_message_bytes = {max_message_bytes}")?;
+    for (identity, port) in bootstrap {
+        writeln!(
+            t,
+            "[[peer.bootstrap]]\nidentity = \"{identity}\"\nendpoint = \"127.0.0.1:{port}\""
+        )?;
+    }
+    Ok(t)
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut options = fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    options.open(path)?.write_all(bytes)
+}
+
+/// Free ports on 127.0.0.1, found by binding port 0 (released again before the children bind).
+fn free_ports(n: u32) -> std::io::Result<Vec<u16>> {
+    let listeners = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0"))
+        .collect::<std::io::Result<Vec<_>>>()?;
+    listeners
+        .iter()
+        .map(|l| l.local_addr().map(|a| a.port()))
+        .collect()
+}
+
+fn tail(path: &Path, lines: usize) -> String {
+    let text = fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// What the devnet is asked to do (the `devnet` command's options).
+#[derive(Clone, Debug)]
+pub struct ClusterOptions {
+    pub signers: u32,
+    pub threshold: u32,
+    pub batch: usize,
+    pub work_dir: Option<PathBuf>,
+    pub timeout: u64,
+    pub backend: DevnetBackend,
+    pub postgres: Option<String>,
+    pub pkcs11_module: PathBuf,
+}
+
+/// Runs the devnet to the end; the exit code says whether every check passed.
+pub async fn run(opts: ClusterOptions) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    let mut shutdown = Shutdown::register();
+    let (n, t) = (opts.signers, opts.threshold);
+    if n < 2 || t == 0 || t > n {
+        return Err(format!("need at least 2 signers and 1 <= threshold <= signers (have {n} signers, threshold {t})").into());
+    }
+    if opts.batch > crate::signing::MAX_BATCH {
+        return Err(format!("--batch is at most {}", crate::signing::MAX_BATCH).into());
+    }
+    let work = match &opts.work_dir {
+        Some(d) => d.clone(),
+        None => {
+            let secs = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            std::env::temp_dir().join(format!(
+                "sbtc-hsm-signer-devnet-{secs}-{}",
+                std::process::id()
+            ))
+        }
+    };
+    if work.exists() && fs::read_dir(&work)?.next().is_some() {
+        return Err(format!(
+            "work dir {} is not empty; pass an empty or new --work-dir",
+            work.display()
+        )
+        .into());
+    }
+    fs::create_dir_all(&work)?;
+    println!("devnet work dir: {}", work.display());
+    println!("{n} signers, threshold {t}, demo batch {}", opts.batch);
+
+    // 1. Keys: a keystore per signer (made in-process through the custody API) or a SoftHSM2
+    // token per signer (keys made by `keys generate` in a child that sees its token dir).
+    let ports = free_ports(n)?;
+    let setup = Instant::now();
+    let mut signers = Vec::with_capacity(n as usize);
+    for (i, port) in ports.iter().enumerate() {
+        let dir = work.join(format!("signer-{i}"));
+        fs::create_dir_all(&dir)?;
+        let (custody_section, env) = match opts.backend {
+            DevnetBackend::Keystore => {
+                write_private(&dir.join("passphrase"), random_hex(32).as_bytes())?;
+                (keystore_section(&dir)?, None)
+            }
+            DevnetBackend::Softhsm => {
+                let label = format!("devnet-signer-{i}");
+                let conf = softhsm_token(&dir, &label)?;
+                (
+                    softhsm_section(&opts.pkcs11_module, &label, &dir)?,
+                    Some(conf),
+                )
+            }
+        };
+        let identity = match &env {
+            None => keystore_keys(&custody_section, &dir).await?,
+            Some(conf) => cli_keys(&custody_section, &dir, conf)?,
+        };
+        let storage_url = match &opts.postgres {
+            None => "memory".to_string(),
+            Some(url) => create_database(url, &work, i).await?,
+        };
+        signers.push(SignerFiles {
+            storage_url,
+            custody: custody_section,
+            softhsm2_conf: env,
+            config: dir.join("signer.toml"),
+            log: dir.join("signer.log"),
+            result: dir.join("result.json"),
+            dir,
+            port: *port,
+            identity,
+        });
+    }
+    // A share request carries every chosen signer's nonces for every sighash (about 1.5 KB
+    // per sighash for 5 signers as JSON): raise the 1 MiB default for big demo batches.
+    let max_message_bytes = (opts.batch * n as usize * 400 + (1 << 20)).min(64 << 20);
+    let bootstrap: Vec<(String, u16)> = signers
+        .iter()
+        .map(|s| (s.identity.clone(), s.port))
+        .collect();
+    for s in &signers {
+        fs::write(
+            &s.config,
+            config_text(
+                &s.custody,
+                &s.storage_url,
+                &s.dir,
+                s.port,
+                &bootstrap,
+                max_message_bytes,
+            )?,
+        )?;
+    }
+    println!("keys generated in {} ms", setup.elapsed().as_millis());
+
+    // 2. One `run` process per signer.
+    let exe = std::env::current_exe()?;
+    let mut children = Children(Vec::with_capacity(n as usize));
+    let mut pids = String::new();
+    for (i, s) in signers.iter().enumerate() {
+        let log = fs::File::create(&s.log)?;
+        let mut cmd = Command::new(&exe);
+        cmd.arg("--config")
+            .arg(&s.config)
+            .arg("run")
+            .args(["--threshold", &t.to_string()])
+            .args(["--demo-batch", &opts.batch.to_string()])
+            .args(["--connect-timeout", &opts.timeout.to_string()])
+            .args(["--phase-timeout", &opts.timeout.to_string()])
+            .arg("--result-file")
+            .arg(&s.result)
+            .arg("--nonce-ledger")
+            .arg(s.result.with_file_name("nonce-ledger"))
+            .arg("--exit-when-done")
+            .arg("--migrate")
+            .args(opts.postgres.is_none().then_some("--ephemeral"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        if let Some(conf) = &s.softhsm2_conf {
+            cmd.env("SOFTHSM2_CONF", conf);
+        }
+        if std::env::var_os("SBTC_LOG").is_none() {
+            cmd.env("SBTC_LOG", "info,cryptoki::mechanism=off");
+        }
+        let child = cmd.spawn()?;
+        writeln!(pids, "{}", child.id())?;
+        println!(
+            "signer {i}: identity {} on 127.0.0.1:{} (pid {}, log {})",
+            s.identity,
+            s.port,
+            child.id(),
+            s.log.display()
+        );
+        children.0.push((i as u32, child));
+    }
+    fs::write(work.join("pids"), &pids)?;
+
+    // 3. Wait for every signer to finish its session (bounded), or for a signal.
+    let timeout = Duration::from_secs(opts.timeout);
+    let waited = tokio::select! {
+        r = wait_all(&mut children, timeout) => Some(r),
+        _ = shutdown.wait() => None,
+    };
+    let failure = match waited {
+        None => {
+            eprintln!("signal received; stopping the signers");
+            children.stop_all();
+            return Ok(ExitCode::from(130));
+        }
+        Some(Ok(())) => None,
+        Some(Err(e)) => Some(e),
+    };
+    children.stop_all();
+    if let Some((signer, why)) = failure {
+        if let Some(s) = signer.and_then(|i| signers.get(i as usize)) {
+            eprintln!("last lines of {}:\n{}", s.log.display(), tail(&s.log, 20));
+        }
+        return Err(format!("{why}; logs are in {}", work.display()).into());
+    }
+
+    // 4. Check the results here, independently of the signers.
+    let code = report(&signers, opts.batch, &work)?;
+    Ok(code)
+}
+
+/// Creates a fresh database for signer `i` on the server of `admin_url`; returns its URL.
+async fn create_database(
+    admin_url: &str,
+    work: &Path,
+    i: usize,
+) -> Result<String, Box<dyn std::error::Error>> {
+    let (base, _) = admin_url
+        .rsplit_once('/')
+        .filter(|(b, _)| b.contains("://"))
+        .ok_or("--postgres must look like postgresql://user@host:port/database")?;
+    // Unique per work dir, so devnets can share a server.
+    let tag: [u8; 4] = sha2::Digest::finalize(sha2::Digest::chain_update(
+        <sha2::Sha256 as sha2::Digest>::new(),
+        work.as_os_str().as_encoded_bytes(),
+    ))[..4]
+        .try_into()?;
+    let name = format!("sbtc_devnet_{}_{i}", hex::encode(tag));
+    let (client, conn) = tokio_postgres::connect(admin_url, tokio_postgres::NoTls)
+        .await
+        .map_err(|e| format!("cannot connect to --postgres {}: {e}", redact(admin_url)))?;
+    let conn = tokio::spawn(conn);
+    client
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .await
+        .map_err(|e| format!("CREATE DATABASE {name}: {e}"))?;
+    drop(client);
+    let _ = conn.await;
+    Ok(format!("{}/{name}", redact(base)))
+}
+
+/// The URL without a password, for messages.
+fn redact(url: &str) -> String {
+    match url.split_once("://").and_then(|(s, rest)| {
+        rest.rsplit_once('@')
+            .map(|(user, host)| (s, user.split(':').next().unwrap_or(""), host))
+    }) {
+        Some((scheme, user, host)) => format!("{scheme}://{user}@{host}"),
+        None => url.to_string(),
+    }
+}
+
+/// Makes the keystore and its keys in-process through the custody API; returns the identity key.
+async fn keystore_keys(
+    custody_section: &str,
+    dir: &Path,
+) -> Result<String, Box<dyn std::error::Error>> {
+    let config = Config::parse(&config_text(
+        custody_section,
+        "memory",
+        dir,
+        0,
+        &[],
+        1 << 20,
+    )?)?;
+    let section = config.needs_custody("devnet")?;
+    crate::keys::init(section).await?;
+    let custody = crate::keys::open(section).await?;
+    let mut identity = None;
+    for role in Role::ALL {
+        let info = custody
+            .generate(&config.keys.label(role), role.kind())
+            .await?;
+        if let (Role::Identity, Some(PublicKey::Secp256k1(k))) = (role, &info.public_key) {
+            identity = Some(hex::encode(k.serialize()));
+        }
+    }
+    Ok(identity.ok_or("the identity key has no secp256k1 public key")?)
+}
+
+/// A SoftHSM2 token `label` in its own token dir under `dir` (PIN in `dir/pin`, mode 0600);
+/// returns the SOFTHSM2_CONF path. PKCS#11 modules read their config once per process, so the
+/// keys of each token are made by a child process (`keys generate`), not in this one.
+fn softhsm_token(dir: &Path, label: &str) -> Result<PathBuf, Box<dyn std::error::Error>> {
+    let tokens = dir.join("tokens");
+    fs::create_dir_all(&tokens)?;
+    let conf = dir.join("softhsm2.conf");
+    fs::write(
+        &conf,
+        format!(
+            "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
+            tokens.display()
+        ),
+    )?;
+    // Digits only: every PKCS#11 token accepts them.
+    let pin = Zeroizing::new(
+        random_hex(8)
+            .bytes()
+            .map(|b| char::from(b'0' + b % 10))
+            .collect::<String>(),
+    );
+    let so_pin = random_hex(8);
+    write_private(&dir.join("pin"), pin.as_bytes())?;
+    let out = Command::new("softhsm2-util")
+        .args(["--init-token", "--free", "--label", label])
+        .args(["--pin", pin.as_str(), "--so-pin", so_pin.as_str()])
+        .env("SOFTHSM2_CONF", &conf)
+        .output()
+        .map_err(|e| {
+            format!("cannot run softhsm2-util ({e}); install softhsm2 (apt-get install softhsm2)")
+        })?;
+    if !out.status.success() {
+        return Err(format!(
+            "softhsm2-util --init-token failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )
+        .into());
+    }
+    Ok(conf)
+}
+
+/// Makes the role keys with `keys generate` in a child that sees `conf`; returns the identity key.
+fn cli_keys(
+    custody_section: &str,
+    dir: &Path,
+    conf: &Path,
+) -> Result<String, Box<dyn std::error::Error>> {
+    let config = dir.join("keys.toml");
+    fs::write(
+        &config,
+        config_text(custody_section, "memory", dir, 0, &[], 1 << 20)?,
+    )?;
+    let exe = std::env::current_exe()?;
+    let mut identity = None;
+    for role in Role::ALL {
+        let out = Command::new(&exe)
+            .arg("--config")
+            .arg(&config)
+            .args(["keys", "generate", "--role", role.as_str()])
+            .env("SOFTHSM2_CONF", conf)
+            .output()?;
+        if !out.status.success() {
+            return Err(format!(
+                "keys generate --role {role} failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )
+            .into());
+        }
+        if role == Role::Identity {
+            identity = String::from_utf8_lossy(&out.stdout)
+                .split_whitespace()
+                .last()
+                .map(str::to_owned);
+        }
+    }
+    let identity = identity.ok_or("`keys generate --role identity` printed no public key")?;
+    let bytes = hex::decode(&identity)?;
+    secp256k1::PublicKey::from_slice(&bytes)
+        .map_err(|_| format!("`keys generate` printed {identity}, not a secp256k1 key"))?;
+    Ok(identity)
+}
+
+/// Waits until every child exited successfully; fails at the first failure or at the timeout.
+async fn wait_all(children: &mut Children, timeout: Duration) -> Result<(), (Option<u32>, String)> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let mut running = 0;
+        for (i, child) in &mut children.0 {
+            match child.try_wait() {
+                Ok(None) => running += 1,
+                Ok(Some(status)) if status.success() => {}
+                Ok(Some(status)) => {
+                    return Err((Some(*i), format!("signer {i} exited with {status}")));
+                }
+                Err(e) => return Err((Some(*i), format!("cannot wait for signer {i}: {e}"))),
+            }
+        }
+        if running == 0 {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err((
+                None,
+                format!(
+                    "{running} signers still running after {}s (--timeout)",
+                    timeout.as_secs()
+                ),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn report(
+    signers: &[SignerFiles],
+    batch: usize,
+    work: &Path,
+) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    let mut results = Vec::with_capacity(signers.len());
+    for s in signers {
+        let text = fs::read(&s.result)
+            .map_err(|e| format!("no result from {}: {e}", s.result.display()))?;
+        results.push(serde_json::from_slice::<RunResult>(&text)?);
+    }
+    let first = results.first().ok_or("no signers")?;
+    let mut ok = true;
+    if results
+        .iter()
+        .any(|r| r.aggregate_key != first.aggregate_key)
+    {
+        eprintln!("the signers disagree on the aggregate key");
+        ok = false;
+    }
+    let verified = results
+        .iter()
+        .filter(|r| r.dkg_status == "verified")
+        .count();
+    let coordinator = results
+        .iter()
+        .find(|r| r.signer_index == r.coordinator)
+        .ok_or("no result from the coordinator")?;
+    let key_bytes = hex::decode(&first.aggregate_key)?;
+    let aggregate = secp256k1::PublicKey::from_slice(&key_bytes)?;
+    println!("aggregate key: {}", first.aggregate_key);
+    if verified == results.len() {
+        println!(
+            "DKG verification: verified by all {} signers (Bitcoin Core's script verifier accepted a taproot key spend of the new key)",
+            results.len()
+        );
+    } else {
+        ok = false;
+        println!(
+            "DKG verification: FAILED ({verified} of {} signers verified; {})",
+            results.len(),
+            coordinator.dkg_failure.as_deref().unwrap_or("no detail")
+        );
+    }
+    // Re-derive the demo sighashes and check every signature here with libsecp256k1.
+    let expected = demo::demo_requests(DkgId(coordinator.dkg_id), &aggregate, batch);
+    let mut good = 0;
+    for (i, sig) in coordinator.signatures.iter().enumerate() {
+        let matches = expected.get(i).is_some_and(|r| {
+            hex::encode(r.sighash) == sig.sighash && demo::kind_name(r.kind) == sig.kind
+        });
+        match demo::verify_demo_signature(&aggregate, sig) {
+            Ok(()) if matches => good += 1,
+            Ok(()) => eprintln!("signature {i} is for a sighash the devnet did not ask for"),
+            Err(e) => eprintln!("signature {i}: {e}"),
+        }
+    }
+    println!(
+        "signatures verified: {good}/{batch} (BIP-340, key-spend and script-path, re-checked by the devnet)"
+    );
+    if good != batch {
+        ok = false;
+    }
+    let dir_index = signers
+        .iter()
+        .position(|s| s.identity == coordinator.identity)
+        .map_or("?".to_string(), |i| i.to_string());
+    println!(
+        "coordinator: signer {dir_index} (index {} of {} in the sorted signer set, chosen from the chain tip), threshold {}",
+        coordinator.coordinator, coordinator.signers, coordinator.threshold
+    );
+    let opt = |v: Option<u64>| v.map_or("-".to_string(), |v| format!("{v} ms"));
+    println!(
+        "timings (coordinator): peer mesh {} ms, DKG {} ms, verification {}, batch of {batch} {}",
+        coordinator.connect_ms,
+        coordinator.dkg_ms,
+        opt(coordinator.verification_ms),
+        opt(coordinator.batch_ms)
+    );
+    println!(
+        "logs: {}/signer-*/signer.log; results: {}/signer-*/result.json",
+        work.display(),
+        work.display()
+    );
+    println!("all signers stopped");
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
