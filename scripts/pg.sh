@@ -6,14 +6,26 @@
 #   scripts/pg.sh restart | stop | status
 #
 # Settings (environment): SBTC_PG_DIR (data dir, default /tmp/sbtc-hsm-signer-pg),
-# SBTC_PG_PORT (default 55432), SBTC_PG_BIN (default: newest /usr/lib/postgresql/*/bin).
+# SBTC_PG_PORT (default: the first free port from 55432, kept in the data dir so later calls agree),
+# SBTC_PG_BIN (default: newest /usr/lib/postgresql/*/bin).
 # Exports printed by `start`:
 #   SBTC_TEST_PG_URL   superuser URL the tests use to create one fresh database per test
 #   SBTC_TEST_PG_CTL   command prefix that runs pg_ctl on this server (the restart test stops/starts it)
 set -euo pipefail
 
 DIR="${SBTC_PG_DIR:-/tmp/sbtc-hsm-signer-pg}"
-PORT="${SBTC_PG_PORT:-55432}"
+port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+if [ -n "${SBTC_PG_PORT:-}" ]; then
+  PORT="$SBTC_PG_PORT"
+elif [ -f "$DIR/port" ]; then
+  PORT="$(cat "$DIR/port")"
+elif [ -f "$DIR/data/postgresql.conf" ] && grep -q '^port = ' "$DIR/data/postgresql.conf"; then
+  PORT="$(sed -n 's/^port = //p' "$DIR/data/postgresql.conf" | tail -n 1)"
+else
+  # Another server (a second checkout's tests) may hold the usual port: take the next free one.
+  PORT=55432
+  while port_in_use "$PORT"; do PORT=$((PORT + 1)); done
+fi
 if [ -z "${SBTC_PG_BIN:-}" ]; then
   SBTC_PG_BIN="$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || true)"
 fi
@@ -39,6 +51,7 @@ init() {
   mkdir -p "$DIR"
   if [ "$(id -u)" -eq 0 ]; then chown postgres:postgres "$DIR"; fi
   chmod 700 "$DIR"
+  echo "$PORT" > "$DIR/port"
   # Trust auth on 127.0.0.1 only: a throwaway test server, reachable from this machine alone.
   "${AS_PG[@]}" "$BIN/initdb" -D "$DIR/data" -U postgres --auth=trust --encoding=UTF8 --no-locale >"$DIR/initdb.log" 2>&1 \
     || { echo "pg.sh: initdb failed; see $DIR/initdb.log" >&2; exit 1; }

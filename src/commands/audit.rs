@@ -26,6 +26,11 @@ impl AuditCommand {
 
 #[derive(Debug, Args)]
 pub struct Verify {
+    /// The identity public key (66 hex) that must have signed the log's heads. Default: the
+    /// `[custody]` section's identity key if the config has one, else the key the log itself names
+    /// (which proves the log is consistent, not whose it is).
+    #[arg(long, value_name = "KEY")]
+    identity: Option<String>,
     /// The `SEQ:HASH` an earlier `audit verify` printed: fails if that entry is gone or
     /// different, which catches deletion of the newest entries (the chain alone cannot).
     #[arg(long, value_name = "SEQ:HASH")]
@@ -46,14 +51,75 @@ fn parse_head(text: &str) -> Result<(u64, [u8; 32]), String> {
 }
 
 impl Verify {
+    /// The key the heads must be signed by, and where it came from.
+    async fn expected_identity(
+        &self,
+        config: &Config,
+    ) -> Result<Option<(secp256k1::PublicKey, String)>, Box<dyn std::error::Error>> {
+        if let Some(text) = &self.identity {
+            let key = hex::decode(text.trim())
+                .ok()
+                .and_then(|b| secp256k1::PublicKey::from_slice(&b).ok())
+                .ok_or_else(|| {
+                    format!("--identity {text:?} is not a compressed secp256k1 public key (66 hex)")
+                })?;
+            return Ok(Some((key, "given with --identity".into())));
+        }
+        let Some(custody) = &config.custody else {
+            return Ok(None);
+        };
+        let keys = crate::keys::Keys::new(crate::keys::open(custody).await?, &config.keys);
+        let key = keys.identity_key().await?;
+        Ok(Some((
+            key,
+            format!("the identity key '{}' in [custody]", keys.identity),
+        )))
+    }
+
     pub async fn run(self, config: &Config) -> CommandResult {
         let storage = config.needs_storage("audit verify")?;
         let expected = self.expect_head.as_deref().map(parse_head).transpose()?;
+        let identity = self.expected_identity(config).await?;
         let store = storage::open(storage, OnOpen::CheckSchema).await?;
         let log = store.get_audit_log().await?;
         let report = storage::audit::verify(&log);
         match &report.first_break {
             None => {
+                let heads = storage::audit::verify_heads(&log, identity.as_ref().map(|(k, _)| k));
+                if let Some(problem) = &heads.problem {
+                    println!(
+                        "audit log BROKEN: {problem}. Preserve the database as evidence and \
+                         investigate who changed it."
+                    );
+                    return Ok(ExitCode::FAILURE);
+                }
+                match (&heads.signer, &identity) {
+                    (None, _) => println!(
+                        "no signed head yet: the log is protected by its hash chain only"
+                    ),
+                    (Some(k), Some((_, source))) => println!(
+                        "{} signed heads, the newest covering entry #{}, all signed by identity key {} ({source})",
+                        heads.signed_heads,
+                        heads.last_signed_seq,
+                        hex::encode(k.serialize())
+                    ),
+                    (Some(k), None) => println!(
+                        "{} signed heads, the newest covering entry #{}, all signed by identity key {}: \
+                         the key the log itself names; pass --identity KEY or a config with [custody] \
+                         to check that it is this signer's key",
+                        heads.signed_heads,
+                        heads.last_signed_seq,
+                        hex::encode(k.serialize())
+                    ),
+                }
+                let unsigned = report.entries.saturating_sub(heads.last_signed_seq);
+                if heads.signer.is_some() && unsigned > 0 {
+                    println!(
+                        "{unsigned} entries after #{} are not yet under a signed head (the node \
+                         signs at the end of each round and on shutdown; a crash leaves such a tail)",
+                        heads.last_signed_seq
+                    );
+                }
                 if let Some((seq, hash)) = expected {
                     // Entries up to `report.entries` are intact, so entry `seq` is at index seq - 1.
                     let found = usize::try_from(seq)

@@ -45,7 +45,7 @@ enum Command {
 /// What a command failed with, for the operator.
 pub type CommandResult = Result<ExitCode, Box<dyn std::error::Error>>;
 
-/// Opens the `[custody]` backend for `command`, or says that the section is missing.
+/// Opens the `[custody]` backend for a command that uses no private key (listing, generating).
 pub(crate) async fn open_custody(
     config: &Config,
     command: &'static str,
@@ -53,17 +53,53 @@ pub(crate) async fn open_custody(
     Ok(crate::keys::open(config.needs_custody(command)?).await?)
 }
 
-/// The custody backend and the `[keys]` labels, for commands that sign.
+/// Opens the `[custody]` backend for `command`, wrapped in the audit log: every private-key
+/// operation is written to `[storage]`'s audit log before its result is released. Without a
+/// `[storage]` section there is no log; the command says so on stderr and goes on (a key check
+/// before the database exists), and `run` refuses to start that way.
 pub(crate) async fn open_keys(
     config: &Config,
     command: &'static str,
 ) -> Result<crate::keys::Keys, Box<dyn std::error::Error>> {
-    Ok(crate::keys::Keys::new(
-        open_custody(config, command).await?,
-        &config.keys,
-    ))
+    let store = match &config.storage {
+        Some(storage) => {
+            Some(crate::storage::open(storage, crate::storage::OnOpen::CheckSchema).await?)
+        }
+        None => None,
+    };
+    open_keys_with(config, command, store).await
 }
 
+/// [`open_keys`] with a store the command opened itself (`run` may migrate it first).
+pub(crate) async fn open_keys_with(
+    config: &Config,
+    command: &'static str,
+    store: Option<std::sync::Arc<dyn crate::storage::Storage>>,
+) -> Result<crate::keys::Keys, Box<dyn std::error::Error>> {
+    let raw = crate::keys::open(config.needs_custody(command)?).await?;
+    let audited = match store {
+        Some(store) => crate::keys::AuditedCustody::new(
+            raw,
+            std::sync::Arc::new(crate::storage::audit_sink::StorageAuditSink(store)),
+        ),
+        None => {
+            eprintln!(
+                "note: no [storage] section, so `{command}` writes its key operations to no audit log"
+            );
+            crate::keys::AuditedCustody::unrecorded(raw)
+        }
+    };
+    Ok(crate::keys::Keys::audited(audited, &config.keys))
+}
+
+/// Signs the audit log's head at the end of a command that used keys.
+pub(crate) async fn close_keys(
+    keys: &crate::keys::Keys,
+    command: &'static str,
+) -> Result<(), Box<dyn std::error::Error>> {
+    keys.sign_audit_head(&format!("end of `{command}`")).await?;
+    Ok(())
+}
 impl Cli {
     pub async fn run(self) -> CommandResult {
         // The devnet writes its own configs.

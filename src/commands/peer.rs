@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use clap::{Args, Subcommand};
 
 use crate::{
-    commands::{open_keys, CommandResult},
+    commands::{close_keys, open_keys, CommandResult},
     config::Config,
     peer::card,
 };
@@ -33,7 +33,10 @@ impl PeerCommand {
             PeerCommand::Card(c) => {
                 let peer = config.needs_peer("peer card")?;
                 let keys = open_keys(config, "peer card").await?;
-                let card = card::card(peer, &keys).await?;
+                let card =
+                    crate::keys::with_reason("peer card: certificate", card::card(peer, &keys))
+                        .await?;
+                close_keys(&keys, "peer card").await?;
                 if c.json {
                     println!("{}", serde_json::to_string_pretty(&card)?);
                 } else if c.toml {

@@ -6,7 +6,7 @@ use std::{path::PathBuf, time::Duration};
 use clap::Args;
 
 use crate::{
-    commands::{open_keys, CommandResult},
+    commands::{open_keys_with, CommandResult},
     config::Config,
     node::{self, RunOptions},
     storage::{self, OnOpen, StorageConfig},
@@ -82,13 +82,14 @@ impl Run {
                 );
             }
         }
-        let keys = open_keys(config, "run").await?;
         let on_open = if self.migrate {
             OnOpen::Migrate
         } else {
             OnOpen::CheckSchema
         };
         let storage = storage::open(&storage_config, on_open).await?;
+        // Every private-key operation of the node is recorded in this store's audit log.
+        let keys = open_keys_with(config, "run", Some(storage.clone())).await?;
         let opts = RunOptions {
             threshold: self.threshold,
             demo_batch: self.demo_batch,

@@ -154,6 +154,10 @@ pub struct RunResult {
     pub batch_ms: Option<u64>,
     pub signatures: Vec<DemoSignature>,
     pub signatures_verified: usize,
+    /// Private-key operations this signer's audited custody made, by audit-log operation name,
+    /// counted until the process stopped.
+    #[serde(default)]
+    pub custody_calls: std::collections::BTreeMap<String, u64>,
 }
 
 pub fn kind_name(kind: SpendKind) -> &'static str {

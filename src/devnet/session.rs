@@ -7,12 +7,13 @@ use std::{
 };
 
 use bytes::Bytes;
-use sbtc_custody::{Custody, KeyLabel, SealedBlob};
+use sbtc_custody::SealedBlob;
 use serde::{Deserialize, Serialize};
 
 use super::demo::{self, DemoSignature, DevnetApprover, RunResult};
 use crate::{
     coordination::{Incoming, PeerTransport},
+    keys::Keys,
     peer::{message::StatementKind, PeerNode},
     signing::{
         run_dkg, verify_dkg, BatchCoordinator, BatchSigner, DkgId, DkgOutcome, DkgVerification,
@@ -24,10 +25,9 @@ use crate::{
 
 /// What a session needs besides the node.
 pub struct SessionParams {
-    pub custody: Arc<dyn Custody>,
+    /// Custody (audited in a real node) and the key labels.
+    pub keys: Keys,
     pub storage: Arc<dyn Storage>,
-    pub identity_label: KeyLabel,
-    pub seal_label: KeyLabel,
     pub chain_tip: [u8; 32],
     pub chain_height: u64,
     pub demo_batch: usize,
@@ -102,9 +102,9 @@ pub async fn run_session(node: Arc<PeerNode>, p: SessionParams) -> Result<RunRes
     let ctx = SignerContext {
         set: set.clone(),
         me,
-        custody: p.custody.clone(),
-        identity_label: p.identity_label.clone(),
-        seal_label: p.seal_label.clone(),
+        custody: p.keys.custody.clone(),
+        identity_label: p.keys.identity.clone(),
+        seal_label: p.keys.seal.clone(),
         phase_timeout: p.phase_timeout,
     };
 
@@ -163,6 +163,7 @@ pub async fn run_session(node: Arc<PeerNode>, p: SessionParams) -> Result<RunRes
         batch_ms: None,
         signatures: Vec::new(),
         signatures_verified: 0,
+        custody_calls: Default::default(),
     };
 
     if me == coordinator {

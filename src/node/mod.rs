@@ -64,10 +64,8 @@ pub async fn run(
         node.local_addr()
     );
     let params = SessionParams {
-        custody: keys.custody.clone(),
+        keys: keys.clone(),
         storage,
-        identity_label: keys.identity.clone(),
-        seal_label: keys.seal.clone(),
         chain_tip: opts.chain_tip,
         chain_height: 0,
         demo_batch: opts.demo_batch,
@@ -81,10 +79,11 @@ pub async fn run(
         _ = shutdown.wait() => None,
     };
     let mut coordinated = false;
+    let mut finished = None;
     let code = match outcome {
         None => {
             eprintln!("signal received; shutting down");
-            stop(node).await;
+            stop(node, &keys, "shutdown on a signal").await;
             return Ok(ExitCode::from(130));
         }
         Some(Err(e)) => {
@@ -99,9 +98,6 @@ pub async fn run(
                 result.signatures.len()
             );
             coordinated = result.signer_index == result.coordinator;
-            if let Some(path) = &opts.result_file {
-                write_atomically(path, &serde_json::to_vec_pretty(&result)?)?;
-            }
             let batch_failed = coordinated && result.signatures_verified < opts.demo_batch;
             if batch_failed {
                 eprintln!(
@@ -109,11 +105,13 @@ pub async fn run(
                     result.signatures_verified, opts.demo_batch
                 );
             }
-            if result.dkg_status == "verified" && !batch_failed {
+            let code = if result.dkg_status == "verified" && !batch_failed {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE
-            }
+            };
+            finished = Some(result);
+            code
         }
     };
     if !opts.exit_when_done {
@@ -127,7 +125,18 @@ pub async fn run(
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
-    stop(node).await;
+    stop(node, &keys, "shutdown").await;
+    // Written last, once no custody operation can follow, so the counts match the audit log.
+    if let (Some(mut result), Some(path)) = (finished, &opts.result_file) {
+        if let Some(audit) = keys.audit() {
+            result.custody_calls = audit
+                .counts()
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect();
+        }
+        write_atomically(path, &serde_json::to_vec_pretty(&result)?)?;
+    }
     Ok(code)
 }
 
@@ -136,11 +145,15 @@ pub fn devnet_chain_tip() -> [u8; 32] {
     demo::devnet_chain_tip()
 }
 
-async fn stop(node: Arc<PeerNode>) {
+/// Stops the peer mesh, then signs the audit log's head: the last custody operation of the run.
+async fn stop(node: Arc<PeerNode>, keys: &Keys, reason: &str) {
     match Arc::try_unwrap(node) {
         Ok(node) => node.shutdown().await,
         // Someone still holds it (a task cut short by the signal): dropping stops it too.
         Err(node) => drop(node),
+    }
+    if let Err(e) = keys.sign_audit_head(reason).await {
+        eprintln!("warning: the audit log's head was not signed at {reason}: {e}");
     }
 }
 

@@ -288,7 +288,11 @@ pub async fn generate_with(req: CertRequest<'_>) -> Result<PeerCertificate, Peer
         not_before.unix_timestamp(),
         not_after.unix_timestamp(),
     );
-    let signature = binder.sign_secp256k1_prehash(binder_label, &digest).await?;
+    let signature = crate::keys::with_reason(
+        "peer certificate: bind the TLS key to the identity key",
+        binder.sign_secp256k1_prehash(binder_label, &digest),
+    )
+    .await?;
     let binding = Binding {
         identity: req.identity,
         signature,
@@ -331,9 +335,11 @@ pub async fn generate_with(req: CertRequest<'_>) -> Result<PeerCertificate, Peer
         .take()
         .ok_or_else(|| PeerError::Certificate("rcgen asked for no signature".into()))?;
     let tbs_digest: [u8; 32] = Sha256::digest(&tbs).into();
-    let sig = tls_custody
-        .sign_p256_prehash(tls_label, &tbs_digest)
-        .await?;
+    let sig = crate::keys::with_reason(
+        "peer certificate: self-sign with the TLS key",
+        tls_custody.sign_p256_prehash(tls_label, &tbs_digest),
+    )
+    .await?;
     let key = CustodyCertKey {
         point: key.point,
         signature: Some((tbs, sig.to_der())),

@@ -21,6 +21,16 @@ pub enum StatementKind {
     Decision = 3,
 }
 
+impl StatementKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            StatementKind::Proposal => "proposal",
+            StatementKind::Ack => "ack",
+            StatementKind::Decision => "decision",
+        }
+    }
+}
+
 /// Why an envelope was dropped.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Invalid {
@@ -71,7 +81,13 @@ pub async fn signed(
     payload: Bytes,
 ) -> Result<Envelope, sbtc_custody::Error> {
     let digest = statement_digest(kind, &tip, &round_id, &payload);
-    let sig = custody.sign_secp256k1_prehash(label, &digest).await?;
+    let reason = format!(
+        "{} statement for round {}",
+        kind.name(),
+        hex::encode(round_id)
+    );
+    let sig =
+        crate::keys::with_reason(reason, custody.sign_secp256k1_prehash(label, &digest)).await?;
     let statement = Statement {
         payload,
         signature: Bytes::copy_from_slice(&sig.to_rsv()),

@@ -77,7 +77,11 @@ impl CustodyTlsKey {
                         let custody = custody.clone();
                         let label = thread_label.clone();
                         tokio::spawn(async move {
-                            let out = custody.sign_p256_prehash(&label, &digest).await;
+                            let out = crate::keys::with_reason(
+                                "tls handshake",
+                                custody.sign_p256_prehash(&label, &digest),
+                            )
+                            .await;
                             let _ = reply.send(out);
                         });
                     }

@@ -27,6 +27,8 @@ use wsts::{
 
 use sbtc_custody::{Custody, KeyLabel};
 
+use crate::keys::with_reason;
+
 use super::{
     message::RoundMessage,
     secret::wipe_scalar,
@@ -92,12 +94,15 @@ pub async fn run_dkg<T: Transport + ?Sized>(
 
     // 1. Transport keys, endorsed by identity keys.
     let transport_key = TransportKey::generate()?;
-    let endorsement = TransportKeyEndorsement::create(
-        ctx.custody.as_ref(),
-        &ctx.identity_label,
-        dkg_id,
-        ctx.me,
-        &transport_key,
+    let endorsement = with_reason(
+        format!("dkg {dkg_id}: endorse this signer's transport key"),
+        TransportKeyEndorsement::create(
+            ctx.custody.as_ref(),
+            &ctx.identity_label,
+            dkg_id,
+            ctx.me,
+            &transport_key,
+        ),
     )
     .await?;
     let mut keys: HashMap<SignerIndex, (ecdsa::PublicKey, Point)> = HashMap::new();
@@ -284,7 +289,11 @@ pub async fn run_dkg<T: Transport + ?Sized>(
         )));
     }
     let shares = KeyShares::new(dkg_id, ctx.me, aggregate_key, private_keys);
-    let sealed = shares.seal(ctx.custody.as_ref(), &ctx.seal_label).await?;
+    let sealed = with_reason(
+        format!("dkg {dkg_id}: seal this signer's key shares"),
+        shares.seal(ctx.custody.as_ref(), &ctx.seal_label),
+    )
+    .await?;
     drop(shares);
     Ok(DkgOutcome {
         public: PublicShares {

@@ -216,11 +216,14 @@ impl BatchSigner {
         responses.sort_by_key(|r| r.signer);
 
         // The shares are unsealed only now and wiped when `keys` drops at the end of this call.
-        let keys = match self
+        let reason = format!(
+            "round {}: unseal key shares to sign {m} sighashes for coordinator {from}",
+            req.round
+        );
+        let unsealed = self
             .sealed
-            .unseal(self.ctx.custody.as_ref(), &self.ctx.seal_label)
-            .await
-        {
+            .unseal(self.ctx.custody.as_ref(), &self.ctx.seal_label);
+        let keys = match crate::keys::with_reason(reason, unsealed).await {
             Ok(k) => k,
             Err(e) => {
                 tracing::error!(error = %e, "cannot unseal key shares");

@@ -5,8 +5,8 @@
 //! [`memory::MemoryStore`] (devnet and unit tests). One test suite (tests/storage.rs) runs against
 //! both, so they keep the same semantics. Writes are idempotent (a retried write is stored once).
 
-pub mod audit;
-pub mod audited;
+pub use crate::keys::audit;
+pub mod audit_sink;
 pub mod config;
 pub mod error;
 pub mod guard;
@@ -88,6 +88,11 @@ pub trait DbRead: Send + Sync {
 
     /// The whole audit log, in order.
     async fn get_audit_log(&self) -> Result<Vec<AuditEntry>>;
+
+    /// The newest audit entry's `(seq, hash)`; None for an empty log.
+    async fn get_audit_head(&self) -> Result<Option<(u64, [u8; 32])>> {
+        Ok(self.get_audit_log().await?.last().map(|e| (e.seq, e.hash)))
+    }
 
     /// Walks the audit log's hash chain.
     async fn verify_audit_log(&self) -> Result<AuditVerification> {

@@ -106,12 +106,15 @@ pub enum ErrorKind {
     Io,
     /// All sessions are busy and the wait timed out.
     Busy,
+    /// The audit log could not record the operation, so its result was not released.
+    AuditUnavailable,
     /// A bug or an unexpected answer from the backend.
     Internal,
 }
 
 impl ErrorKind {
-    fn describe(self) -> &'static str {
+    /// A few words for the kind of failure (logs, the audit log's outcome column).
+    pub fn describe(self) -> &'static str {
         match self {
             ErrorKind::Config => "configuration error",
             ErrorKind::SecretUnavailable => "secret unavailable",
@@ -131,6 +134,7 @@ impl ErrorKind {
             ErrorKind::Truncated => "truncated data",
             ErrorKind::Io => "I/O error",
             ErrorKind::Busy => "busy",
+            ErrorKind::AuditUnavailable => "audit log unavailable",
             ErrorKind::Internal => "internal error",
         }
     }
@@ -169,6 +173,10 @@ impl ErrorKind {
             ErrorKind::Corrupt | ErrorKind::Truncated => "restore the file from backup",
             ErrorKind::Io => "check the path, permissions and free space",
             ErrorKind::Busy => "lower the load or raise the session pool size",
+            ErrorKind::AuditUnavailable => {
+                "the key's result was withheld because its use could not be recorded; check the \
+                 database named in [storage] and retry"
+            }
             ErrorKind::Internal => "report this as a bug",
         }
     }

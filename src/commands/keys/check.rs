@@ -8,7 +8,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::{
-    commands::{open_custody, CommandResult},
+    commands::{close_keys, open_keys, CommandResult},
     config::Config,
 };
 
@@ -40,15 +40,17 @@ struct RoleReport {
 
 impl Check {
     pub async fn run(self, config: &Config) -> CommandResult {
-        let custody = open_custody(config, "keys check").await?;
+        let keys = open_keys(config, "keys check").await?;
+        let custody = keys.custody.clone();
         let info = custody.info().await?;
         let health = custody.health().await?;
         let mut roles = Vec::new();
         for role in Role::ALL {
             let label = config.keys.label(role);
             let started = Instant::now();
-            let (ok, public_key, self_test) = match self_test(custody.as_ref(), role, &label).await
-            {
+            let test = self_test(custody.as_ref(), role, &label);
+            let reason = format!("keys check: self-test of the {role} key");
+            let (ok, public_key, self_test) = match crate::keys::with_reason(reason, test).await {
                 Ok((pk, what)) => (true, pk, what),
                 Err(e) => (false, None, format!("FAILED: {e}")),
             };
@@ -60,6 +62,11 @@ impl Check {
                 self_test,
                 millis: started.elapsed().as_secs_f64() * 1e3,
             });
+        }
+        if roles.iter().any(|r| r.role == Role::Identity && r.ok) {
+            if let Err(e) = close_keys(&keys, "keys check").await {
+                eprintln!("warning: the audit log's head was not signed: {e}");
+            }
         }
         let report = Report {
             ok: health.ok && roles.iter().all(|r| r.ok),

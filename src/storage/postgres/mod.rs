@@ -410,6 +410,7 @@ fn audit_entry(r: &Row) -> Attempt<AuditEntry> {
             operation: r.get_as("operation")?,
             message: r.bytes("message")?,
             reason: r.get_as("reason")?,
+            outcome: r.get_as("outcome")?,
         },
         prev_hash: fixed32("prev_hash")?,
         hash: fixed32("hash")?,
@@ -417,7 +418,7 @@ fn audit_entry(r: &Row) -> Attempt<AuditEntry> {
 }
 
 const AUDIT_COLUMNS: &str =
-    "seq, entry_id, at, key_label, operation, message, reason, prev_hash, hash";
+    "seq, entry_id, at, key_label, operation, message, reason, outcome, prev_hash, hash";
 
 #[async_trait]
 impl DbRead for PgStore {
@@ -780,6 +781,24 @@ impl DbRead for PgStore {
         })
         .await
     }
+
+    async fn get_audit_head(&self) -> Result<Option<(u64, [u8; 32])>> {
+        self.run("get_audit_head", |c| async move {
+            let row = query_opt!(
+                c,
+                "SELECT seq, hash FROM sbtc_signer.audit_log ORDER BY seq DESC LIMIT 1",
+                &[]
+            );
+            match row {
+                Some(r) => Ok(Some((
+                    r.u64("seq")?,
+                    r.fixed("hash", |b| <[u8; 32]>::try_from(b).ok())?,
+                ))),
+                None => Ok(None),
+            }
+        })
+        .await
+    }
 }
 
 #[async_trait]
@@ -1106,7 +1125,7 @@ impl DbWrite for PgStore {
             execute!(
                 tx,
                 "INSERT INTO sbtc_signer.audit_log (seq, entry_id, at, key_label, operation, message, \
-                 reason, prev_hash, hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                 reason, outcome, prev_hash, hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
                 &[
                     &seq,
                     &e.record.entry_id.as_slice(),
@@ -1115,6 +1134,7 @@ impl DbWrite for PgStore {
                     &e.record.operation,
                     &e.record.message,
                     &e.record.reason,
+                    &e.record.outcome,
                     &e.prev_hash.as_slice(),
                     &e.hash.as_slice()
                 ]
