@@ -9,7 +9,10 @@ use std::sync::Arc;
 
 use sbtc_custody::{Custody, KeyKind, KeyLabel, PublicKey, SecretString};
 use sbtc_custody_keystore::{KdfParams, Keystore};
-use sbtc_hsm_signer::storage::{audited::*, *};
+use sbtc_hsm_signer::{
+    signing::DkgId,
+    storage::{audited::*, *},
+};
 use storage_support::*;
 
 async fn keystore(dir: &tempfile::TempDir) -> Arc<dyn Custody> {
@@ -60,17 +63,19 @@ async fn every_key_use_is_recorded_first(store: Arc<dyn Storage>) {
         .await
         .unwrap();
     let shares = DkgShares {
-        aggregate_key: key(9),
+        aggregate_key: agg(9),
+        dkg_id: DkgId(1),
+        signer_index: 0,
         sealed_private_shares: sealed,
         public_shares: vec![1; 10],
         signer_set: vec![key(1), key(2)],
         threshold: 2,
         status: DkgSharesStatus::Verified,
-        started_at_block_hash: BitcoinBlockHash(h(1)),
+        started_at_block_hash: bh(1),
         started_at_block_height: 1,
     };
     store.write_dkg_shares(&shares).await.unwrap();
-    let stored = store.get_dkg_shares(&key(9)).await.unwrap().unwrap();
+    let stored = store.get_dkg_shares(&agg(9)).await.unwrap().unwrap();
     let bytes = stored.shares.sealed_private_shares.as_bytes();
     assert!(!bytes
         .windows(PLAINTEXT_SHARES.len())

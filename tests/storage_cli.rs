@@ -65,11 +65,13 @@ async fn migrate_then_audit_verify() {
 
     let out = cli.run(&["migrate"]).await;
     assert!(out.status.success(), "{}", text(&out));
-    assert!(
-        text(&out).contains("applied migration 1 (initial)"),
-        "{}",
-        text(&out)
-    );
+    for applied in [
+        "applied migration 1 (initial)",
+        "applied migration 2 (dkg_shares_signer_position)",
+        "now at version 2",
+    ] {
+        assert!(text(&out).contains(applied), "{}", text(&out));
+    }
     let out = cli.run(&["migrate"]).await;
     assert!(
         out.status.success() && text(&out).contains("already current"),
@@ -78,7 +80,7 @@ async fn migrate_then_audit_verify() {
     );
     let out = cli.run(&["migrate", "--check"]).await;
     assert!(
-        out.status.success() && text(&out).contains("version 1"),
+        out.status.success() && text(&out).contains("is current (version 2)"),
         "{}",
         text(&out)
     );
@@ -173,7 +175,7 @@ async fn newer_schema_is_refused_by_migrate() {
     db.client()
         .await
         .execute(
-            "INSERT INTO sbtc_signer.schema_migrations (version, name, checksum) VALUES (2, 'next', '\\x00')",
+            "INSERT INTO sbtc_signer.schema_migrations (version, name, checksum) VALUES (3, 'next', '\\x00')",
             &[],
         )
         .await

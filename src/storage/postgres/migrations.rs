@@ -23,11 +23,18 @@ impl Migration {
 }
 
 /// This binary's migrations.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "initial",
-    sql: include_str!("../migrations/0001_initial.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "initial",
+        sql: include_str!("../migrations/0001_initial.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "dkg_shares_signer_position",
+        sql: include_str!("../migrations/0002_dkg_shares_signer_position.sql"),
+    },
+];
 
 /// The schema version this binary needs.
 pub fn latest_version() -> i32 {
