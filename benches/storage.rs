@@ -8,14 +8,17 @@
 //! Figures go to docs/performance.md ("Storage").
 
 use std::{
-    sync::Arc,
+    sync::{Arc, OnceLock},
     time::{Duration, Instant},
 };
 
-use sbtc_hsm_signer::storage::{
-    config::Target, memory::MemoryStore, postgres::PgStore, Amount, BitcoinBlock, BitcoinBlockHash,
-    BitcoinTxid, DepositRequest, OutPoint, PublicKeyBytes, Script, SpendIntent, Storage,
-    StorageConfig, WithdrawalPayment,
+use bitcoin::{hashes::Hash as _, Amount, BlockHash, OutPoint, ScriptBuf, Txid};
+use sbtc_hsm_signer::{
+    keys::AggregateKey,
+    storage::{
+        config::Target, memory::MemoryStore, postgres::PgStore, BitcoinBlock, DepositRequest,
+        SpendIntent, Storage, StorageConfig, WithdrawalPayment,
+    },
 };
 
 const BLOCKS: u64 = 1_000;
@@ -30,18 +33,28 @@ fn h(tag: u8, n: u64) -> [u8; 32] {
     b
 }
 
+/// Any valid key will do (the generator point); decoded once, not per deposit.
+fn signers_key() -> AggregateKey {
+    static KEY: OnceLock<AggregateKey> = OnceLock::new();
+    *KEY.get_or_init(|| {
+        "0279be667ef9dcbbac55a06295ce870b07029bfcdb2dce28d959f2815b16f81798"
+            .parse()
+            .expect("the generator point is a valid key")
+    })
+}
+
 fn deposit(n: u64) -> DepositRequest {
     DepositRequest {
         outpoint: OutPoint {
-            txid: BitcoinTxid(h(2, n)),
+            txid: Txid::from_byte_array(h(2, n)),
             vout: 0,
         },
-        amount: Amount(100_000 + n),
-        max_fee: Amount(10_000),
+        amount: Amount::from_sat(100_000 + n),
+        max_fee: Amount::from_sat(10_000),
         recipient: format!("ST000000000000000000002AMW42H.r{n}"),
-        deposit_script: Script(vec![0x20; 70]),
-        reclaim_script: Script(vec![0x51; 40]),
-        signers_public_key: PublicKeyBytes([2; 33]),
+        deposit_script: ScriptBuf::from_bytes(vec![0x20; 70]),
+        reclaim_script: ScriptBuf::from_bytes(vec![0x51; 40]),
+        signers_public_key: signers_key(),
     }
 }
 
@@ -55,9 +68,9 @@ async fn run(name: &str, store: Arc<dyn Storage>) {
     for i in 1..=BLOCKS {
         store
             .write_bitcoin_block(&BitcoinBlock {
-                hash: BitcoinBlockHash(h(1, i)),
+                hash: BlockHash::from_byte_array(h(1, i)),
                 height: i,
-                parent_hash: BitcoinBlockHash(h(1, i - 1)),
+                parent_hash: BlockHash::from_byte_array(h(1, i - 1)),
             })
             .await
             .expect("block");
@@ -76,7 +89,7 @@ async fn run(name: &str, store: Arc<dyn Storage>) {
         handles.push(tokio::spawn(async move {
             let mut n = task;
             while n < DEPOSITS {
-                let block = BitcoinBlockHash(h(1, n / (DEPOSITS / BLOCKS) + 1));
+                let block = BlockHash::from_byte_array(h(1, n / (DEPOSITS / BLOCKS) + 1));
                 s.write_deposit_request(&deposit(n), &block)
                     .await
                     .expect("deposit");
@@ -93,7 +106,7 @@ async fn run(name: &str, store: Arc<dyn Storage>) {
         rate(DEPOSITS, d)
     );
 
-    let tip = BitcoinBlockHash(h(1, BLOCKS));
+    let tip = BlockHash::from_byte_array(h(1, BLOCKS));
     for window in [6u32, 100, 1_000] {
         let runs = if window >= 1_000 { 3 } else { 20 };
         let mut times = Vec::new();
@@ -124,22 +137,22 @@ async fn run(name: &str, store: Arc<dyn Storage>) {
             for i in 0..GUARD_PER_TASK {
                 let n = task * 1_000_000 + i;
                 let intent = SpendIntent {
-                    txid: BitcoinTxid(h(3, n)),
+                    txid: Txid::from_byte_array(h(3, n)),
                     spends: vec![
                         OutPoint {
-                            txid: BitcoinTxid(h(4, n)),
+                            txid: Txid::from_byte_array(h(4, n)),
                             vout: 0,
                         },
                         OutPoint {
-                            txid: BitcoinTxid(h(4, n)),
+                            txid: Txid::from_byte_array(h(4, n)),
                             vout: 1,
                         },
                     ],
                     deposits: vec![],
                     withdrawals: vec![WithdrawalPayment {
                         request_id: n,
-                        recipient: Script(vec![0; 22]),
-                        amount: Amount(50_000),
+                        recipient: ScriptBuf::from_bytes(vec![0; 22]),
+                        amount: Amount::from_sat(50_000),
                     }],
                 };
                 assert!(s.guard_spend(&intent).await.expect("guard").is_approved());
@@ -165,16 +178,16 @@ async fn run(name: &str, store: Arc<dyn Storage>) {
             let mut approved = 0u64;
             for i in 0..GUARD_PER_TASK {
                 let intent = SpendIntent {
-                    txid: BitcoinTxid(h(5, task * 1_000_000 + i)),
+                    txid: Txid::from_byte_array(h(5, task * 1_000_000 + i)),
                     spends: vec![OutPoint {
-                        txid: BitcoinTxid(h(6, i)),
+                        txid: Txid::from_byte_array(h(6, i)),
                         vout: 0,
                     }],
                     deposits: vec![],
                     withdrawals: vec![WithdrawalPayment {
                         request_id: task,
-                        recipient: Script(vec![task as u8; 22]),
-                        amount: Amount(1_000),
+                        recipient: ScriptBuf::from_bytes(vec![task as u8; 22]),
+                        amount: Amount::from_sat(1_000),
                     }],
                 };
                 approved += u64::from(s.guard_spend(&intent).await.expect("guard").is_approved());

@@ -6,8 +6,13 @@ mod storage_support;
 
 use std::{collections::HashSet, sync::Arc};
 
+use bitcoin::{hashes::Hash as _, Amount, OutPoint, TapNodeHash, TapSighash};
 use sbtc_custody::SealedBlob;
-use sbtc_hsm_signer::storage::{memory::MemoryStore, *};
+use sbtc_hsm_signer::{
+    keys::AggregateKey,
+    signing::{DkgId, SealedShares},
+    storage::{memory::MemoryStore, *},
+};
 use storage_support::*;
 
 type Store = Arc<dyn Storage>;
@@ -39,6 +44,9 @@ suite!(
     deposits_and_votes,
     withdrawals_pending_until_swept,
     dkg_shares_latest_verified,
+    dkg_shares_carry_what_unsealing_needs,
+    dkg_shares_for_output_key,
+    amounts_above_i64_max_are_refused,
     sighashes_stacks_transactions_and_rotations,
     audit_log_chains_and_dedups,
     audit_log_concurrent_appends_do_not_fork,
@@ -63,32 +71,20 @@ async fn canonical_chain_follows_reorgs(s: Store) {
     }
     let tip = s.get_bitcoin_canonical_tip().await.unwrap().unwrap();
     assert_eq!(tip, block(6, 3, 5));
-    let (a2, b3) = (BitcoinBlockHash(h(3)), BitcoinBlockHash(h(6)));
-    assert!(s
-        .in_canonical_chain(&b3, &BitcoinBlockHash(h(4)))
-        .await
-        .unwrap());
-    assert!(s
-        .in_canonical_chain(&b3, &BitcoinBlockHash(h(1)))
-        .await
-        .unwrap());
-    assert!(!s
-        .in_canonical_chain(&b3, &BitcoinBlockHash(h(2)))
-        .await
-        .unwrap());
-    assert!(s
-        .in_canonical_chain(&a2, &BitcoinBlockHash(h(2)))
-        .await
-        .unwrap());
+    let (a2, b3) = (bh(3), bh(6));
+    assert!(s.in_canonical_chain(&b3, &bh(4)).await.unwrap());
+    assert!(s.in_canonical_chain(&b3, &bh(1)).await.unwrap());
+    assert!(!s.in_canonical_chain(&b3, &bh(2)).await.unwrap());
+    assert!(s.in_canonical_chain(&a2, &bh(2)).await.unwrap());
 
     // d100 in a1 (and again in b2 after the reorg), d101 in b1, d102 in b2.
-    s.write_deposit_request(&deposit(100, 0), &BitcoinBlockHash(h(2)))
+    s.write_deposit_request(&deposit(100, 0), &bh(2))
         .await
         .unwrap();
-    s.write_deposit_request(&deposit(101, 0), &BitcoinBlockHash(h(4)))
+    s.write_deposit_request(&deposit(101, 0), &bh(4))
         .await
         .unwrap();
-    s.write_deposit_request(&deposit(102, 3), &BitcoinBlockHash(h(5)))
+    s.write_deposit_request(&deposit(102, 3), &bh(5))
         .await
         .unwrap();
     let ops = |v: Vec<DepositRequest>| v.into_iter().map(|d| d.outpoint).collect::<Vec<_>>();
@@ -101,7 +97,7 @@ async fn canonical_chain_follows_reorgs(s: Store) {
         ops(s.get_pending_deposit_requests(&b3, 10).await.unwrap()),
         vec![outpoint(101, 0), outpoint(102, 3)]
     );
-    s.write_bitcoin_transaction(&BitcoinTxid(h(100)), &BitcoinBlockHash(h(5)))
+    s.write_bitcoin_transaction(&txid(100), &bh(5))
         .await
         .unwrap();
     assert_eq!(
@@ -119,7 +115,7 @@ async fn canonical_chain_follows_reorgs(s: Store) {
         .unwrap()
         .is_empty());
     assert!(s
-        .get_pending_deposit_requests(&BitcoinBlockHash(h(99)), 10)
+        .get_pending_deposit_requests(&bh(99), 10)
         .await
         .unwrap()
         .is_empty());
@@ -134,14 +130,10 @@ async fn canonical_chain_follows_reorgs(s: Store) {
 
 async fn deposits_and_votes(s: Store) {
     let d = deposit(1, 2);
-    s.write_deposit_request(&d, &BitcoinBlockHash(h(9)))
-        .await
-        .unwrap();
+    s.write_deposit_request(&d, &bh(9)).await.unwrap();
     let mut changed = d.clone();
-    changed.amount = Amount(1);
-    s.write_deposit_request(&changed, &BitcoinBlockHash(h(9)))
-        .await
-        .unwrap();
+    changed.amount = Amount::from_sat(1);
+    s.write_deposit_request(&changed, &bh(9)).await.unwrap();
     assert_eq!(
         s.get_deposit_request(&d.outpoint).await.unwrap(),
         Some(d.clone()),
@@ -186,7 +178,7 @@ async fn withdrawals_pending_until_swept(s: Store) {
         hash: StacksBlockHash(h(50)),
         height: 10,
         parent_hash: StacksBlockHash(h(49)),
-        bitcoin_anchor: BitcoinBlockHash(h(2)),
+        bitcoin_anchor: bh(2),
     };
     s.write_stacks_block(&sb).await.unwrap();
     assert_eq!(
@@ -197,9 +189,9 @@ async fn withdrawals_pending_until_swept(s: Store) {
         request_id: id,
         stacks_txid: StacksTxid(h(1000 + id)),
         stacks_block_hash: sb.hash,
-        recipient: Script(vec![0x00, 0x14, id as u8]),
-        amount: Amount(10_000 * id),
-        max_fee: Amount(3_000),
+        recipient: script(&[0x00, 0x14, id as u8]),
+        amount: Amount::from_sat(10_000 * id),
+        max_fee: Amount::from_sat(3_000),
         sender: "ST1SENDER".into(),
     };
     for id in [3, 1, 2] {
@@ -216,7 +208,7 @@ async fn withdrawals_pending_until_swept(s: Store) {
     assert_eq!(s.get_withdrawal_votes(2).await.unwrap().len(), 1);
     assert!(s.get_withdrawal_votes(1).await.unwrap().is_empty());
 
-    let tip = BitcoinBlockHash(h(3));
+    let tip = bh(3);
     let ids = |v: Vec<WithdrawalRequest>| v.into_iter().map(|w| w.request_id).collect::<Vec<_>>();
     assert_eq!(
         ids(s.get_pending_withdrawal_requests(&tip, 2).await.unwrap()),
@@ -230,15 +222,15 @@ async fn withdrawals_pending_until_swept(s: Store) {
         "anchor is outside the window"
     );
 
-    s.write_deposit_request(&deposit(7, 0), &BitcoinBlockHash(h(3)))
+    s.write_deposit_request(&deposit(7, 0), &bh(3))
         .await
         .unwrap();
     let sweep = SweepTransaction {
-        txid: BitcoinTxid(h(77)),
+        txid: txid(77),
         signers_prevout: outpoint(70, 0),
         deposits: vec![outpoint(7, 0)],
         withdrawals: vec![payment(2, 20_000), payment(1, 10_000)],
-        fee: Amount(1_234),
+        fee: Amount::from_sat(1_234),
         chain_tip: tip,
     };
     s.write_sweep_transaction(&sweep).await.unwrap();
@@ -262,13 +254,15 @@ async fn withdrawals_pending_until_swept(s: Store) {
 
 fn shares(n: u8, status: DkgSharesStatus) -> DkgShares {
     DkgShares {
-        aggregate_key: key(n),
+        aggregate_key: agg(n),
+        dkg_id: DkgId(1000 + u64::from(n)),
+        signer_index: u32::from(n % 3),
         sealed_private_shares: SealedBlob::from_bytes(vec![0x01, n, 0xaa, 0xbb]),
         public_shares: vec![n; 40],
         signer_set: vec![key(1), key(2), key(3)],
         threshold: 2,
         status,
-        started_at_block_hash: BitcoinBlockHash(h(n as u64)),
+        started_at_block_hash: bh(n as u64),
         started_at_block_height: 100 + n as u64,
     }
 }
@@ -287,33 +281,226 @@ async fn dkg_shares_latest_verified(s: Store) {
     let latest = s.get_latest_verified_dkg_shares().await.unwrap().unwrap();
     assert_eq!(latest.shares, shares(1, DkgSharesStatus::Verified));
     assert!(s
-        .set_dkg_shares_status(&key(2), DkgSharesStatus::Verified)
+        .set_dkg_shares_status(&agg(2), DkgSharesStatus::Verified)
         .await
         .unwrap());
     assert!(!s
-        .set_dkg_shares_status(&key(9), DkgSharesStatus::Verified)
+        .set_dkg_shares_status(&agg(9), DkgSharesStatus::Verified)
         .await
         .unwrap());
     let latest = s.get_latest_verified_dkg_shares().await.unwrap().unwrap();
     assert_eq!(
         latest.shares.aggregate_key,
-        key(2),
+        agg(2),
         "the newer verified shares win"
     );
-    let stored = s.get_dkg_shares(&key(3)).await.unwrap().unwrap();
+    let stored = s.get_dkg_shares(&agg(3)).await.unwrap().unwrap();
     assert_eq!(stored.shares.status, DkgSharesStatus::Failed);
     assert_eq!(
         stored.shares.sealed_private_shares.as_bytes(),
         &[0x01, 3, 0xaa, 0xbb]
     );
-    let oldest = s.get_dkg_shares(&key(1)).await.unwrap().unwrap();
+    let oldest = s.get_dkg_shares(&agg(1)).await.unwrap().unwrap();
     assert!(oldest.created_at <= latest.created_at);
+
+    // Newer shares that are not verified (yet, or ever) do not replace the current key.
+    s.write_dkg_shares(&shares(4, DkgSharesStatus::Unverified))
+        .await
+        .unwrap();
+    s.write_dkg_shares(&shares(5, DkgSharesStatus::Failed))
+        .await
+        .unwrap();
+    let latest = s.get_latest_verified_dkg_shares().await.unwrap().unwrap();
+    assert_eq!(latest.shares, shares(2, DkgSharesStatus::Verified));
+}
+
+async fn dkg_shares_carry_what_unsealing_needs(s: Store) {
+    // What `KeyShares::seal` hands over after a DKG; the seal is bound to all of it.
+    let sealed = SealedShares {
+        dkg_id: DkgId(42),
+        signer: 2,
+        aggregate_key: agg(4).serialize().to_vec(),
+        blob: vec![0x5e, 0xa1, 0xed, 4, 2],
+    };
+    let row = DkgShares {
+        aggregate_key: agg(4),
+        dkg_id: sealed.dkg_id,
+        signer_index: sealed.signer,
+        sealed_private_shares: SealedBlob::from_bytes(sealed.blob.clone()),
+        ..shares(4, DkgSharesStatus::Verified)
+    };
+    s.write_dkg_shares(&row).await.unwrap();
+    let stored = s.get_dkg_shares(&agg(4)).await.unwrap().unwrap();
+    assert_eq!(stored.shares, row);
+    assert_eq!(
+        (stored.shares.dkg_id, stored.shares.signer_index),
+        (DkgId(42), 2)
+    );
+    assert_eq!(stored.shares.sealed_shares(), sealed);
+    let latest = s.get_latest_verified_dkg_shares().await.unwrap().unwrap();
+    assert_eq!(latest.shares.sealed_shares(), sealed);
+
+    // The largest id and index the columns hold round-trip.
+    let edge = DkgShares {
+        dkg_id: DkgId(i64::MAX as u64),
+        signer_index: i32::MAX as u32,
+        ..shares(5, DkgSharesStatus::Unverified)
+    };
+    s.write_dkg_shares(&edge).await.unwrap();
+    assert_eq!(
+        s.get_dkg_shares(&agg(5)).await.unwrap().unwrap().shares,
+        edge
+    );
+
+    // What no DKG produces is refused by both stores, and nothing is stored.
+    for (dkg_id, signer_index, kind) in [
+        (0, 0, ErrorKind::InvalidInput),
+        (i64::MAX as u64 + 1, 0, ErrorKind::OutOfRange),
+        (1, i32::MAX as u32 + 1, ErrorKind::OutOfRange),
+    ] {
+        let bad = DkgShares {
+            dkg_id: DkgId(dkg_id),
+            signer_index,
+            ..shares(6, DkgSharesStatus::Unverified)
+        };
+        let err = s.write_dkg_shares(&bad).await.unwrap_err();
+        assert_eq!(err.kind(), kind, "{err}");
+        assert_eq!(s.get_dkg_shares(&agg(6)).await.unwrap(), None);
+    }
+}
+
+async fn dkg_shares_for_output_key(s: Store) {
+    let find = |key: bitcoin::secp256k1::XOnlyPublicKey| {
+        let s = s.clone();
+        async move {
+            s.get_dkg_shares_for_output_key(&key)
+                .await
+                .unwrap()
+                .map(|stored| stored.shares)
+        }
+    };
+    let peg_output_key = |k: AggregateKey| k.tap_tweaked(None).to_x_only_public_key();
+    assert_eq!(find(agg(1).x_only()).await, None);
+    s.write_dkg_shares(&shares(1, DkgSharesStatus::Verified))
+        .await
+        .unwrap();
+    s.write_dkg_shares(&shares(2, DkgSharesStatus::Failed))
+        .await
+        .unwrap();
+
+    // A deposit names the x-only aggregate key in its script; the peg UTXO pays to the
+    // key-path output key. Both find the shares; the status is not a filter.
+    assert_eq!(
+        find(agg(1).x_only()).await,
+        Some(shares(1, DkgSharesStatus::Verified))
+    );
+    assert_eq!(
+        find(peg_output_key(agg(1))).await,
+        Some(shares(1, DkgSharesStatus::Verified))
+    );
+    assert_eq!(
+        find(agg(2).x_only()).await,
+        Some(shares(2, DkgSharesStatus::Failed))
+    );
+    assert_ne!(peg_output_key(agg(1)), agg(1).x_only());
+
+    // Not ours: an unrelated key, and our key tweaked with a script tree.
+    assert_eq!(find(agg(9).x_only()).await, None);
+    let with_tree = agg(1)
+        .tap_tweaked(Some(TapNodeHash::from_byte_array([7; 32])))
+        .to_x_only_public_key();
+    assert_eq!(find(with_tree).await, None);
+
+    // The negated key has the same x-only key (and output key): the newest shares win.
+    let mut negated = agg(1).serialize();
+    negated[0] = 0x03;
+    let negated = AggregateKey::from_slice(&negated).unwrap();
+    assert_eq!(negated.x_only(), agg(1).x_only());
+    let newer = DkgShares {
+        aggregate_key: negated,
+        dkg_id: DkgId(77),
+        ..shares(1, DkgSharesStatus::Unverified)
+    };
+    s.write_dkg_shares(&newer).await.unwrap();
+    assert_eq!(find(agg(1).x_only()).await, Some(newer.clone()));
+    assert_eq!(find(peg_output_key(agg(1))).await, Some(newer.clone()));
+
+    let all = s.get_all_dkg_shares().await.unwrap();
+    assert_eq!(
+        all.iter()
+            .map(|s| s.shares.aggregate_key)
+            .collect::<Vec<_>>(),
+        vec![negated, agg(2), agg(1)],
+        "newest first"
+    );
+}
+
+async fn amounts_above_i64_max_are_refused(s: Store) {
+    let too_much = Amount::from_sat(i64::MAX as u64 + 1);
+    let refused = |err: Error| {
+        assert_eq!(err.kind(), ErrorKind::OutOfRange, "{err}");
+        assert!(err.to_string().contains("9223372036854775808 sat"), "{err}");
+    };
+
+    let mut d = deposit(1, 0);
+    d.amount = too_much;
+    refused(s.write_deposit_request(&d, &bh(1)).await.unwrap_err());
+    let mut d = deposit(1, 0);
+    d.max_fee = too_much;
+    refused(s.write_deposit_request(&d, &bh(1)).await.unwrap_err());
+    assert_eq!(s.get_deposit_request(&d.outpoint).await.unwrap(), None);
+
+    let w = WithdrawalRequest {
+        request_id: 1,
+        stacks_txid: StacksTxid(h(1)),
+        stacks_block_hash: StacksBlockHash(h(2)),
+        recipient: script(&[0x51]),
+        amount: too_much,
+        max_fee: Amount::from_sat(1),
+        sender: "ST1SENDER".into(),
+    };
+    refused(s.write_withdrawal_request(&w).await.unwrap_err());
+    refused(
+        s.write_withdrawal_request(&WithdrawalRequest {
+            amount: Amount::from_sat(1),
+            max_fee: too_much,
+            ..w.clone()
+        })
+        .await
+        .unwrap_err(),
+    );
+    assert_eq!(s.get_withdrawal_request(1).await.unwrap(), None);
+
+    let sweep = SweepTransaction {
+        txid: txid(5),
+        signers_prevout: outpoint(6, 0),
+        deposits: vec![outpoint(7, 0)],
+        withdrawals: vec![payment(1, 1_000)],
+        fee: too_much,
+        chain_tip: bh(1),
+    };
+    refused(s.write_sweep_transaction(&sweep).await.unwrap_err());
+    let mut bad_payment = sweep.clone();
+    bad_payment.fee = Amount::from_sat(1_000);
+    bad_payment.withdrawals.push(WithdrawalPayment {
+        amount: too_much,
+        ..payment(2, 0)
+    });
+    refused(s.write_sweep_transaction(&bad_payment).await.unwrap_err());
+    assert_eq!(s.get_sweep_transaction(&sweep.txid).await.unwrap(), None);
+
+    // The largest storable amount is kept exactly.
+    let mut d = deposit(2, 0);
+    d.amount = MAX_STORABLE_AMOUNT;
+    d.max_fee = MAX_STORABLE_AMOUNT;
+    s.write_deposit_request(&d, &bh(1)).await.unwrap();
+    assert_eq!(s.get_deposit_request(&d.outpoint).await.unwrap(), Some(d));
 }
 
 async fn sighashes_stacks_transactions_and_rotations(s: Store) {
     let d = SighashDecision {
-        sighash: Sighash(h(1)),
-        txid: BitcoinTxid(h(2)),
+        sighash: TapSighash::from_byte_array(h(1)),
+        txid: txid(2),
         prevout: outpoint(3, 1),
         will_sign: true,
     };
@@ -335,7 +522,7 @@ async fn sighashes_stacks_transactions_and_rotations(s: Store) {
         kind: "complete-deposit".into(),
         nonce: 42,
         raw: vec![1, 2, 3],
-        bitcoin_chain_tip: BitcoinBlockHash(h(6)),
+        bitcoin_chain_tip: bh(6),
     };
     s.write_stacks_transaction(&t).await.unwrap();
     assert_eq!(s.get_stacks_transaction(&t.txid).await.unwrap(), Some(t));
@@ -345,11 +532,11 @@ async fn sighashes_stacks_transactions_and_rotations(s: Store) {
     );
 
     let r = |n: u8| SignerSetRotation {
-        aggregate_key: key(n),
+        aggregate_key: agg(n),
         signer_set: vec![key(n), key(n + 1)],
         threshold: 2,
         stacks_txid: StacksTxid(h(n as u64)),
-        bitcoin_block_hash: BitcoinBlockHash(h(10 + n as u64)),
+        bitcoin_block_hash: bh(10 + n as u64),
     };
     for n in [5, 3, 5, 9] {
         s.write_signer_set_rotation(&r(n)).await.unwrap();
@@ -415,13 +602,13 @@ async fn audit_log_concurrent_appends_do_not_fork(s: Store) {
 }
 
 fn intent(
-    txid: u64,
+    n: u64,
     spends: &[OutPoint],
     deposits: &[OutPoint],
     withdrawals: &[WithdrawalPayment],
 ) -> SpendIntent {
     SpendIntent {
-        txid: BitcoinTxid(h(txid)),
+        txid: txid(n),
         spends: spends.to_vec(),
         deposits: deposits.to_vec(),
         withdrawals: withdrawals.to_vec(),
@@ -477,6 +664,10 @@ async fn guard_refuses_conflicts_and_allows_fee_bumps(s: Store) {
         .await
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::InvalidInput);
+    // Messages show a txid the way users and block explorers do: byte-reversed hex.
+    let mut shown = h(103);
+    shown.reverse();
+    assert!(err.to_string().contains(&hex::encode(shown)), "{err}");
 }
 
 async fn guard_is_all_or_nothing_across_inputs(s: Store) {
@@ -497,7 +688,7 @@ async fn guard_is_all_or_nothing_across_inputs(s: Store) {
         refused,
         GuardDecision::Refused {
             outpoint: a,
-            decided_txid: BitcoinTxid(h(10))
+            decided_txid: txid(10)
         }
     );
     assert_eq!(s.get_spend_decision(&b).await.unwrap(), None);
@@ -570,7 +761,10 @@ async fn guard_under_concurrent_attempts(s: Store) {
 
 // ---- PostgreSQL only ----
 
-use sbtc_hsm_signer::storage::postgres::{migrations::Migration, PgStore, MIGRATIONS};
+use sbtc_hsm_signer::storage::postgres::{
+    migrations::{latest_version, Migration},
+    PgStore, MIGRATIONS,
+};
 
 #[tokio::test]
 async fn pg_migrations_are_recorded_and_idempotent() {
@@ -582,11 +776,18 @@ async fn pg_migrations_are_recorded_and_idempotent() {
     assert_eq!(err.kind(), ErrorKind::SchemaTooOld);
     assert!(err.to_string().contains("sbtc-hsm-signer migrate"), "{err}");
     let first = store.migrate().await.unwrap();
-    assert_eq!(first.applied, vec![(1, "initial")]);
+    assert_eq!(
+        first.applied,
+        vec![
+            (1, "initial"),
+            (2, "dkg_shares_signer_position"),
+            (3, "audit_outcome")
+        ]
+    );
     let second = store.migrate().await.unwrap();
     assert!(second.applied.is_empty());
-    assert_eq!(second.version, 1);
-    assert_eq!(store.check_schema().await.unwrap(), 1);
+    assert_eq!(second.version, latest_version());
+    assert_eq!(store.check_schema().await.unwrap(), 3);
     let rows = db
         .client()
         .await
@@ -596,7 +797,7 @@ async fn pg_migrations_are_recorded_and_idempotent() {
         )
         .await
         .unwrap();
-    assert_eq!(rows.len(), 1);
+    assert_eq!(rows.len(), 3);
 }
 
 #[tokio::test]
@@ -622,7 +823,11 @@ async fn pg_concurrent_migrations_apply_once() {
     for t in tasks {
         total += t.await.unwrap();
     }
-    assert_eq!(total, 1, "exactly one migrator applied migration 1");
+    assert_eq!(
+        total,
+        MIGRATIONS.len(),
+        "each migration was applied by exactly one migrator"
+    );
 }
 
 #[tokio::test]
@@ -666,13 +871,18 @@ async fn pg_changed_migration_is_refused() {
         return;
     };
     let store = db.store().await;
-    let changed = [Migration {
-        version: 1,
-        name: "initial",
-        sql: "SELECT 1",
-    }];
-    let err = store.migrate_with(&changed).await.unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::SchemaMismatch);
+    // This binary's list with one applied migration edited, whichever it is.
+    for i in 0..MIGRATIONS.len() {
+        let mut changed = MIGRATIONS.to_vec();
+        changed[i].sql = "SELECT 1";
+        let err = store.migrate_with(&changed).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::SchemaMismatch, "{err}");
+        assert!(
+            err.to_string()
+                .contains(&format!("migration {}", changed[i].version)),
+            "{err}"
+        );
+    }
 }
 
 #[tokio::test]
@@ -683,7 +893,7 @@ async fn pg_failed_migration_rolls_back() {
     let store = db.store().await;
     let mut list = MIGRATIONS.to_vec();
     list.push(Migration {
-        version: 2,
+        version: latest_version() + 1,
         name: "half_broken",
         sql: "CREATE TABLE sbtc_signer.new_table (x INTEGER);
               ALTER TABLE sbtc_signer.deposit_requests ADD COLUMN note TEXT;
@@ -712,7 +922,196 @@ async fn pg_failed_migration_rolls_back() {
         .await
         .unwrap();
     assert!(cols.is_empty());
-    assert_eq!(store.check_schema().await.unwrap(), 1, "still at version 1");
+    assert_eq!(
+        store.check_schema().await.unwrap(),
+        latest_version(),
+        "still at the version before"
+    );
+}
+
+/// A database at schema version 1 whose `dkg_shares` has a row: migration 2 cannot invent the DKG
+/// id and signer index the row lacks, so it refuses with instructions and leaves everything as it
+/// was; following them, it applies.
+#[tokio::test]
+async fn pg_migration_2_refuses_old_dkg_rows_until_they_are_moved_away() {
+    let Some(db) =
+        TestDb::create("pg_migration_2_refuses_old_dkg_rows_until_they_are_moved_away").await
+    else {
+        return;
+    };
+    let store = PgStore::connect(db.settings()).await.unwrap();
+    assert_eq!(
+        store.migrate_with(&MIGRATIONS[..1]).await.unwrap().version,
+        1
+    );
+    store
+        .write_deposit_request(&deposit(1, 0), &bh(1))
+        .await
+        .unwrap();
+    let client = db.client().await;
+    client
+        .execute(
+            "INSERT INTO sbtc_signer.dkg_shares (aggregate_key, encrypted_private_shares, public_shares, \
+             signer_set_public_keys, signature_share_threshold, dkg_shares_status, \
+             started_at_bitcoin_block_hash, started_at_bitcoin_block_height) \
+             VALUES ($1, '\\x01', '\\x02', ARRAY[$2::BYTEA, $3::BYTEA], 2, 'verified', $4, 7)",
+            &[
+                &agg(1).serialize().as_slice(),
+                &key(1).serialize().as_slice(),
+                &key(2).serialize().as_slice(),
+                &h(9).as_slice(),
+            ],
+        )
+        .await
+        .unwrap();
+
+    let err = store.migrate().await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Migration);
+    let text = err.to_string();
+    for part in [
+        "migration 2 (dkg_shares_signer_position) failed and was rolled back",
+        "sbtc_signer.dkg_shares holds 1 row(s) written before DKG ids and signer indexes were stored",
+        "CREATE TABLE sbtc_signer.dkg_shares_before_v2 AS SELECT * FROM sbtc_signer.dkg_shares",
+        "DELETE FROM sbtc_signer.dkg_shares",
+        "run a new DKG",
+    ] {
+        assert!(text.contains(part), "missing {part:?} in: {text}");
+    }
+    assert_eq!(
+        store.check_schema().await.unwrap_err().kind(),
+        ErrorKind::SchemaTooOld
+    );
+    let count = |sql: &'static str| {
+        let client = &client;
+        async move { client.query_one(sql, &[]).await.unwrap().get::<_, i64>(0) }
+    };
+    assert_eq!(
+        count("SELECT count(*) FROM sbtc_signer.dkg_shares").await,
+        1
+    );
+    assert_eq!(
+        count("SELECT count(*) FROM information_schema.columns WHERE table_schema = 'sbtc_signer' AND table_name = 'dkg_shares' AND column_name IN ('dkg_id', 'signer_index')").await,
+        0,
+        "nothing of migration 2 was kept"
+    );
+
+    // What the message says to do.
+    client
+        .batch_execute(
+            "CREATE TABLE sbtc_signer.dkg_shares_before_v2 AS SELECT * FROM sbtc_signer.dkg_shares;
+             DELETE FROM sbtc_signer.dkg_shares;",
+        )
+        .await
+        .unwrap();
+    let report = store.migrate().await.unwrap();
+    assert_eq!(
+        report.applied,
+        vec![(2, "dkg_shares_signer_position"), (3, "audit_outcome")]
+    );
+    assert_eq!(store.check_schema().await.unwrap(), latest_version());
+    assert_eq!(
+        count("SELECT count(*) FROM sbtc_signer.dkg_shares_before_v2").await,
+        1,
+        "the old row was kept aside"
+    );
+    assert_eq!(
+        store.get_deposit_request(&outpoint(1, 0)).await.unwrap(),
+        Some(deposit(1, 0)),
+        "other tables are untouched"
+    );
+    let new = shares(3, DkgSharesStatus::Verified);
+    store.write_dkg_shares(&new).await.unwrap();
+    assert_eq!(
+        store
+            .get_latest_verified_dkg_shares()
+            .await
+            .unwrap()
+            .unwrap()
+            .shares,
+        new
+    );
+    // The columns refuse what no DKG produces, even from a hand-written row.
+    for (dkg_id, signer_index) in [(0i64, 0i32), (1, -1)] {
+        let err = client
+            .execute(
+                "INSERT INTO sbtc_signer.dkg_shares (aggregate_key, dkg_id, signer_index, \
+                 encrypted_private_shares, public_shares, signer_set_public_keys, \
+                 signature_share_threshold, started_at_bitcoin_block_hash, \
+                 started_at_bitcoin_block_height) \
+                 VALUES ($1, $2, $3, '\\x01', '\\x02', ARRAY[]::BYTEA[], 1, $4, 7)",
+                &[
+                    &agg(8).serialize().as_slice(),
+                    &dkg_id,
+                    &signer_index,
+                    &h(9).as_slice(),
+                ],
+            )
+            .await
+            .unwrap_err();
+        assert!(format!("{err:?}").contains("check"), "{err:?}");
+    }
+}
+
+/// A database at schema version 1 with no DKG shares yet migrates without a word.
+#[tokio::test]
+async fn pg_migration_2_applies_to_a_version_1_database_without_dkg_rows() {
+    let Some(db) =
+        TestDb::create("pg_migration_2_applies_to_a_version_1_database_without_dkg_rows").await
+    else {
+        return;
+    };
+    let store = PgStore::connect(db.settings()).await.unwrap();
+    store.migrate_with(&MIGRATIONS[..1]).await.unwrap();
+    store.write_bitcoin_block(&block(1, 0, 0)).await.unwrap();
+    let report = store.migrate().await.unwrap();
+    assert_eq!(
+        report.applied,
+        vec![(2, "dkg_shares_signer_position"), (3, "audit_outcome")]
+    );
+    assert_eq!(
+        store.get_bitcoin_canonical_tip().await.unwrap(),
+        Some(block(1, 0, 0))
+    );
+}
+
+#[tokio::test]
+async fn pg_dkg_shares_survive_a_restart_of_the_signer() {
+    let Some(db) = TestDb::create("pg_dkg_shares_survive_a_restart_of_the_signer").await else {
+        return;
+    };
+    let written = shares(2, DkgSharesStatus::Verified);
+    {
+        let store = db.store().await;
+        store.write_dkg_shares(&written).await.unwrap();
+    }
+    // A new process: all it has is the database.
+    let store = db.store().await;
+    let latest = store
+        .get_latest_verified_dkg_shares()
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(latest.shares, written);
+    assert_eq!(
+        latest.shares.sealed_shares(),
+        SealedShares {
+            dkg_id: written.dkg_id,
+            signer: written.signer_index,
+            aggregate_key: written.aggregate_key.serialize().to_vec(),
+            blob: written.sealed_private_shares.as_bytes().to_vec(),
+        }
+    );
+    let by_output_key = store
+        .get_dkg_shares_for_output_key(
+            &written
+                .aggregate_key
+                .tap_tweaked(None)
+                .to_x_only_public_key(),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(by_output_key.shares, written);
 }
 
 #[tokio::test]
@@ -743,7 +1142,10 @@ async fn pg_seed_query_works_verbatim() {
         .await
         .unwrap();
     let keys: Vec<Vec<u8>> = rows.iter().map(|r| r.get(0)).collect();
-    assert_eq!(keys, vec![key(3).0.to_vec(), key(1).0.to_vec()]);
+    assert_eq!(
+        keys,
+        vec![agg(3).serialize().to_vec(), agg(1).serialize().to_vec()]
+    );
 }
 
 #[tokio::test]

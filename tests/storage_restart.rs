@@ -15,7 +15,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use sbtc_hsm_signer::storage::{postgres::PgStore, *};
+use sbtc_hsm_signer::storage::{
+    postgres::{migrations::latest_version, PgStore},
+    *,
+};
 use storage_support::*;
 
 fn pg_ctl_or_skip() -> Option<String> {
@@ -87,7 +90,7 @@ async fn server_down_at_start_and_restarted_midway() {
             .unwrap()
             .expect("connects once the server is up"),
     );
-    assert_eq!(store.check_schema().await.unwrap(), 1);
+    assert_eq!(store.check_schema().await.unwrap(), latest_version());
 
     // 2. The server restarts while 8 tasks write: every operation is acknowledged, and each is
     //    stored exactly once.
@@ -110,11 +113,11 @@ async fn server_down_at_start_and_restarted_midway() {
                     .await
                     .expect("append survives the restart");
                 ids.push(r.entry_id);
-                s.write_deposit_request(&deposit(n, 0), &BitcoinBlockHash(h(1)))
+                s.write_deposit_request(&deposit(n, 0), &bh(1))
                     .await
                     .expect("deposit write survives the restart");
                 let intent = SpendIntent {
-                    txid: BitcoinTxid(h(n + 7)),
+                    txid: txid(n + 7),
                     spends: vec![outpoint(n, 0)],
                     deposits: vec![outpoint(n, 0)],
                     withdrawals: vec![],

@@ -9,12 +9,13 @@
 use std::{collections::HashMap, sync::Arc};
 
 use async_trait::async_trait;
+use bitcoin::{hashes::Hash as _, OutPoint, Txid};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::{
     signing::{signing_key, Approver, DkgId, SighashRequest, SignerIndex, SpendKind},
-    storage::{BitcoinTxid, OutPoint, SpendIntent, Storage},
+    storage::{SpendIntent, Storage},
 };
 
 /// The fixed chain tip of a devnet without a Bitcoin chain: it picks the coordinator.
@@ -55,9 +56,9 @@ fn demo_intent(sighash: &[u8; 32]) -> SpendIntent {
         .finalize()
         .into();
     SpendIntent {
-        txid: BitcoinTxid(*sighash),
+        txid: Txid::from_byte_array(*sighash),
         spends: vec![OutPoint {
-            txid: BitcoinTxid(outpoint),
+            txid: Txid::from_byte_array(outpoint),
             vout: 0,
         }],
         deposits: Vec::new(),

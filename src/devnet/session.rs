@@ -6,6 +6,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use bitcoin::{hashes::Hash as _, BlockHash};
 use bytes::Bytes;
 use sbtc_custody::SealedBlob;
 use serde::{Deserialize, Serialize};
@@ -13,14 +14,14 @@ use serde::{Deserialize, Serialize};
 use super::demo::{self, DemoSignature, DevnetApprover, RunResult};
 use crate::{
     coordination::{Incoming, PeerTransport},
-    keys::Keys,
+    keys::{AggregateKey, Keys},
     peer::{message::StatementKind, PeerNode},
     signing::{
         run_dkg, verify_dkg, BatchCoordinator, BatchSigner, DkgId, DkgOutcome, DkgVerification,
         FileNonceLedger, InMemoryNonceLedger, MockKeySpend, NonceLedger, Participation,
         RoundMessage, SignerContext, SignerSet, Transport,
     },
-    storage::{BitcoinBlockHash, DkgShares, DkgSharesStatus, PublicKeyBytes, Storage},
+    storage::{DkgShares, DkgSharesStatus, Storage},
 };
 
 /// What a session needs besides the node.
@@ -114,20 +115,18 @@ pub async fn run_session(node: Arc<PeerNode>, p: SessionParams) -> Result<RunRes
     let aggregate = public.aggregate_public_key()?;
     let aggregate_hex = hex::encode(aggregate.serialize());
     tracing::info!(aggregate_key = %aggregate_hex, dkg_ms, "DKG done; storing sealed shares as unverified");
-    let key_bytes = PublicKeyBytes(aggregate.serialize());
+    let aggregate_key = AggregateKey::new(aggregate);
     p.storage
         .write_dkg_shares(&DkgShares {
-            aggregate_key: key_bytes,
+            aggregate_key,
+            dkg_id: sealed.dkg_id,
+            signer_index: sealed.signer,
             sealed_private_shares: SealedBlob::from_bytes(sealed.blob.clone()),
             public_shares: serde_json::to_vec(&public)?,
-            signer_set: set
-                .keys()
-                .iter()
-                .map(|k| PublicKeyBytes(k.serialize()))
-                .collect(),
+            signer_set: set.keys().to_vec(),
             threshold: u16::try_from(set.threshold())?,
             status: DkgSharesStatus::Unverified,
-            started_at_block_hash: BitcoinBlockHash(p.chain_tip),
+            started_at_block_hash: BlockHash::from_byte_array(p.chain_tip),
             started_at_block_height: p.chain_height,
         })
         .await?;
@@ -175,7 +174,9 @@ pub async fn run_session(node: Arc<PeerNode>, p: SessionParams) -> Result<RunRes
             DkgVerification::Verified => (DkgSharesStatus::Verified, None),
             DkgVerification::Failed(why) => (DkgSharesStatus::Failed, Some(why.clone())),
         };
-        p.storage.set_dkg_shares_status(&key_bytes, status).await?;
+        p.storage
+            .set_dkg_shares_status(&aggregate_key, status)
+            .await?;
         result.dkg_status = status.to_string();
         result.dkg_failure = detail.clone();
         tracing::info!(%status, "DKG verification done");
@@ -279,7 +280,9 @@ pub async fn run_session(node: Arc<PeerNode>, p: SessionParams) -> Result<RunRes
                     } else {
                         DkgSharesStatus::Failed
                     };
-                    p.storage.set_dkg_shares_status(&key_bytes, status).await?;
+                    p.storage
+                        .set_dkg_shares_status(&aggregate_key, status)
+                        .await?;
                     result.dkg_status = status.to_string();
                     result.dkg_failure = decision.detail;
                     tracing::info!(%status, "coordinator's DKG decision recorded");

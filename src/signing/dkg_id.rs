@@ -12,7 +12,8 @@ pub struct DkgId(pub u64);
 
 impl DkgId {
     /// The id of the `attempt`-th DKG (0, 1, ...) of `set` started at block `chain_tip`: the first
-    /// 8 bytes of SHA-256(domain || tip || set digest || attempt), never 0. Every signer computes
+    /// 8 bytes of SHA-256(domain || tip || set digest || attempt) with the top bit cleared (it is
+    /// stored as a signed 64-bit column), never 0. Every signer computes
     /// the same id without talking; a new tip, a new set or a retry gives a new id.
     pub fn derive(chain_tip: &[u8; 32], set: &SignerSet, attempt: u32) -> DkgId {
         let digest = Sha256::new()
@@ -23,7 +24,7 @@ impl DkgId {
             .finalize();
         let mut first = [0u8; 8];
         first.copy_from_slice(&digest[..8]);
-        DkgId(u64::from_be_bytes(first).max(1))
+        DkgId((u64::from_be_bytes(first) & (i64::MAX as u64)).max(1))
     }
 }
 
@@ -54,5 +55,6 @@ mod tests {
         assert_ne!(a, DkgId::derive(&[1; 32], &other, 0));
         assert_ne!(a, DkgId::derive(&[1; 32], &set, 1));
         assert_ne!(a.0, 0);
+        assert!(i64::try_from(a.0).is_ok());
     }
 }

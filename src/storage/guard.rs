@@ -3,14 +3,15 @@
 //! different transaction spending O is refused, unless it is a fee bump (RBF) of T: it pays the
 //! same requests to the same outputs, so its payment fingerprint is the same.
 
+use bitcoin::{hashes::Hash as _, OutPoint, Txid};
 use sha2::{Digest, Sha256};
 
-use super::model::{BitcoinTxid, OutPoint, PaymentFingerprint, WithdrawalPayment};
+use super::model::{PaymentFingerprint, WithdrawalPayment};
 
 /// What a signer is about to sign.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SpendIntent {
-    pub txid: BitcoinTxid,
+    pub txid: Txid,
     /// Every input of the transaction (the signers' UTXO and the deposits).
     pub spends: Vec<OutPoint>,
     /// The deposit requests the transaction sweeps.
@@ -34,15 +35,15 @@ impl SpendIntent {
         h.update(b"sbtc-hsm-signer/payment-fingerprint/v1");
         h.update((deposits.len() as u64).to_be_bytes());
         for d in &deposits {
-            h.update(d.txid.0);
+            h.update(d.txid.to_byte_array());
             h.update(d.vout.to_be_bytes());
         }
         h.update((withdrawals.len() as u64).to_be_bytes());
         for w in &withdrawals {
             h.update(w.request_id.to_be_bytes());
-            h.update((w.recipient.0.len() as u64).to_be_bytes());
-            h.update(&w.recipient.0);
-            h.update(w.amount.0.to_be_bytes());
+            h.update((w.recipient.len() as u64).to_be_bytes());
+            h.update(w.recipient.as_bytes());
+            h.update(w.amount.to_sat().to_be_bytes());
         }
         PaymentFingerprint(h.finalize().into())
     }
@@ -77,7 +78,7 @@ pub enum Approval {
     /// The same transaction was approved before (a retry or a second signing round).
     Repeat,
     /// A different transaction that pays the same requests to the same outputs: a fee bump.
-    FeeBump { original: BitcoinTxid },
+    FeeBump { original: Txid },
 }
 
 /// The guard's answer.
@@ -88,7 +89,7 @@ pub enum GuardDecision {
     /// Nothing was recorded for any input of the refused transaction.
     Refused {
         outpoint: OutPoint,
-        decided_txid: BitcoinTxid,
+        decided_txid: Txid,
     },
 }
 
@@ -103,24 +104,24 @@ impl GuardDecision {
 pub struct SpendDecision {
     pub outpoint: OutPoint,
     /// The first transaction approved to spend it.
-    pub txid: BitcoinTxid,
+    pub txid: Txid,
     pub fingerprint: PaymentFingerprint,
     /// Every approved transaction for this outpoint (the first one and its fee bumps), in order.
-    pub approved_txids: Vec<BitcoinTxid>,
+    pub approved_txids: Vec<Txid>,
 }
 
 /// The decision rule both stores share. `existing` is the recorded decision for one input, if any.
 pub(crate) enum Check {
     Free,
     Same,
-    FeeBump(BitcoinTxid),
-    Conflict(BitcoinTxid),
+    FeeBump(Txid),
+    Conflict(Txid),
 }
 
 pub(crate) fn check(
-    intent_txid: &BitcoinTxid,
+    intent_txid: &Txid,
     fingerprint: &PaymentFingerprint,
-    existing_txid: &BitcoinTxid,
+    existing_txid: &Txid,
     existing_fingerprint: &PaymentFingerprint,
     already_approved: bool,
 ) -> Check {
@@ -167,12 +168,13 @@ pub(crate) fn combine(outcomes: &[(OutPoint, Check)]) -> GuardDecision {
 
 #[cfg(test)]
 mod tests {
+    use bitcoin::{Amount, ScriptBuf};
+
     use super::*;
-    use crate::storage::model::{Amount, Script};
 
     fn op(b: u8, vout: u32) -> OutPoint {
         OutPoint {
-            txid: BitcoinTxid([b; 32]),
+            txid: Txid::from_byte_array([b; 32]),
             vout,
         }
     }
@@ -181,28 +183,50 @@ mod tests {
     fn fingerprint_ignores_order_but_not_payments() {
         let w = |id, amt| WithdrawalPayment {
             request_id: id,
-            recipient: Script(vec![0x51, id as u8]),
-            amount: Amount(amt),
+            recipient: ScriptBuf::from_bytes(vec![0x51, id as u8]),
+            amount: Amount::from_sat(amt),
         };
         let a = SpendIntent {
-            txid: BitcoinTxid([1; 32]),
+            txid: Txid::from_byte_array([1; 32]),
             spends: vec![op(9, 0), op(2, 0)],
             deposits: vec![op(2, 0), op(3, 1)],
             withdrawals: vec![w(1, 1000), w(2, 2000)],
         };
         let mut b = a.clone();
-        b.txid = BitcoinTxid([2; 32]);
+        b.txid = Txid::from_byte_array([2; 32]);
         b.deposits.reverse();
         b.withdrawals.reverse();
         assert_eq!(a.fingerprint(), b.fingerprint());
         let mut c = a.clone();
-        c.withdrawals[1].amount = Amount(1999);
+        c.withdrawals[1].amount = Amount::from_sat(1999);
         assert_ne!(a.fingerprint(), c.fingerprint());
         let mut d = a.clone();
-        d.withdrawals[0].recipient = Script(vec![0x52]);
+        d.withdrawals[0].recipient = ScriptBuf::from_bytes(vec![0x52]);
         assert_ne!(a.fingerprint(), d.fingerprint());
         let mut e = a.clone();
         e.deposits.pop();
         assert_ne!(a.fingerprint(), e.fingerprint());
+    }
+
+    /// Fingerprints are stored (`spend_decisions.payment_fingerprint`) and compared with those
+    /// of later fee bumps, so their encoding must never change: txids in internal byte order,
+    /// big-endian integers, satoshis. (Computed independently of this code.)
+    #[test]
+    fn fingerprint_encoding_is_stable() {
+        let w = |id, amt| WithdrawalPayment {
+            request_id: id,
+            recipient: ScriptBuf::from_bytes(vec![0x51, id as u8]),
+            amount: Amount::from_sat(amt),
+        };
+        let intent = SpendIntent {
+            txid: Txid::from_byte_array([1; 32]),
+            spends: vec![op(9, 0)],
+            deposits: vec![op(3, 1), op(2, 0)],
+            withdrawals: vec![w(2, 2000), w(1, 1000)],
+        };
+        assert_eq!(
+            intent.fingerprint().to_string(),
+            "145346a1459353f3913ca26e640661ad018285063b377241b49a2041051ec782"
+        );
     }
 }

@@ -8,6 +8,7 @@ use std::{
 };
 
 use async_trait::async_trait;
+use bitcoin::{secp256k1::PublicKey, BlockHash, OutPoint, TapSighash, Txid};
 
 use super::{
     audit::{self, AuditEntry, AuditRecord},
@@ -15,27 +16,28 @@ use super::{
     model::*,
     DbRead, DbWrite, Result,
 };
+use crate::keys::AggregateKey;
 
 #[derive(Default)]
 struct State {
-    bitcoin_blocks: HashMap<BitcoinBlockHash, BitcoinBlock>,
-    txids_by_block: HashMap<BitcoinBlockHash, Vec<BitcoinTxid>>,
-    tx_blocks: HashSet<(BitcoinTxid, BitcoinBlockHash)>,
+    bitcoin_blocks: HashMap<BlockHash, BitcoinBlock>,
+    txids_by_block: HashMap<BlockHash, Vec<Txid>>,
+    tx_blocks: HashSet<(Txid, BlockHash)>,
     stacks_blocks: HashMap<StacksBlockHash, StacksBlock>,
-    stacks_by_anchor: HashMap<BitcoinBlockHash, Vec<StacksBlockHash>>,
+    stacks_by_anchor: HashMap<BlockHash, Vec<StacksBlockHash>>,
     deposits: BTreeMap<OutPoint, DepositRequest>,
-    deposit_vouts: HashMap<BitcoinTxid, Vec<u32>>,
-    deposit_votes: BTreeMap<(OutPoint, PublicKeyBytes), DepositVote>,
+    deposit_vouts: HashMap<Txid, Vec<u32>>,
+    deposit_votes: BTreeMap<OutPoint, BTreeMap<PublicKey, DepositVote>>,
     withdrawals: BTreeMap<u64, WithdrawalRequest>,
     withdrawals_by_block: HashMap<StacksBlockHash, Vec<u64>>,
-    withdrawal_votes: BTreeMap<(u64, PublicKeyBytes), WithdrawalVote>,
+    withdrawal_votes: BTreeMap<u64, BTreeMap<PublicKey, WithdrawalVote>>,
     /// Shares and their insertion number (ties in `created_at` are broken by it).
-    dkg: HashMap<PublicKeyBytes, (StoredDkgShares, u64)>,
+    dkg: HashMap<AggregateKey, (StoredDkgShares, u64)>,
     dkg_inserted: u64,
-    sweeps: HashMap<BitcoinTxid, SweepTransaction>,
+    sweeps: HashMap<Txid, SweepTransaction>,
     swept_deposits: HashSet<OutPoint>,
     swept_withdrawals: HashSet<u64>,
-    sighashes: HashMap<Sighash, SighashDecision>,
+    sighashes: HashMap<TapSighash, SighashDecision>,
     spends: BTreeMap<OutPoint, SpendDecision>,
     stacks_txs: HashMap<StacksTxid, StacksTransaction>,
     rotations: Vec<SignerSetRotation>,
@@ -45,7 +47,7 @@ struct State {
 
 impl State {
     /// `tip` and up to `window - 1` ancestors that the store knows.
-    fn window(&self, tip: &BitcoinBlockHash, window: u32) -> Vec<BitcoinBlockHash> {
+    fn window(&self, tip: &BlockHash, window: u32) -> Vec<BlockHash> {
         let mut out = Vec::new();
         let mut next = self.bitcoin_blocks.get(tip);
         while let Some(b) = next {
@@ -80,7 +82,7 @@ impl MemoryStore {
 
 #[async_trait]
 impl DbRead for MemoryStore {
-    async fn get_bitcoin_block(&self, hash: &BitcoinBlockHash) -> Result<Option<BitcoinBlock>> {
+    async fn get_bitcoin_block(&self, hash: &BlockHash) -> Result<Option<BitcoinBlock>> {
         Ok(self.state().bitcoin_blocks.get(hash).cloned())
     }
 
@@ -93,11 +95,7 @@ impl DbRead for MemoryStore {
             .cloned())
     }
 
-    async fn in_canonical_chain(
-        &self,
-        tip: &BitcoinBlockHash,
-        block: &BitcoinBlockHash,
-    ) -> Result<bool> {
+    async fn in_canonical_chain(&self, tip: &BlockHash, block: &BlockHash) -> Result<bool> {
         let s = self.state();
         let mut next = s.bitcoin_blocks.get(tip);
         // Bounded by the number of blocks, so corrupt parent links cannot loop forever.
@@ -121,7 +119,7 @@ impl DbRead for MemoryStore {
 
     async fn get_pending_deposit_requests(
         &self,
-        tip: &BitcoinBlockHash,
+        tip: &BlockHash,
         window: u32,
     ) -> Result<Vec<DepositRequest>> {
         let s = self.state();
@@ -148,12 +146,13 @@ impl DbRead for MemoryStore {
     }
 
     async fn get_deposit_votes(&self, outpoint: &OutPoint) -> Result<Vec<DepositVote>> {
+        // PublicKey orders by its compressed encoding, as PostgreSQL orders the BYTEA column.
         Ok(self
             .state()
             .deposit_votes
-            .range((*outpoint, PublicKeyBytes([0; 33]))..=(*outpoint, PublicKeyBytes([0xff; 33])))
-            .map(|(_, v)| v.clone())
-            .collect())
+            .get(outpoint)
+            .map(|votes| votes.values().cloned().collect())
+            .unwrap_or_default())
     }
 
     async fn get_withdrawal_request(&self, request_id: u64) -> Result<Option<WithdrawalRequest>> {
@@ -162,7 +161,7 @@ impl DbRead for MemoryStore {
 
     async fn get_pending_withdrawal_requests(
         &self,
-        tip: &BitcoinBlockHash,
+        tip: &BlockHash,
         window: u32,
     ) -> Result<Vec<WithdrawalRequest>> {
         let s = self.state();
@@ -188,16 +187,23 @@ impl DbRead for MemoryStore {
         Ok(self
             .state()
             .withdrawal_votes
-            .range((request_id, PublicKeyBytes([0; 33]))..=(request_id, PublicKeyBytes([0xff; 33])))
-            .map(|(_, v)| v.clone())
-            .collect())
+            .get(&request_id)
+            .map(|votes| votes.values().cloned().collect())
+            .unwrap_or_default())
     }
 
     async fn get_dkg_shares(
         &self,
-        aggregate_key: &PublicKeyBytes,
+        aggregate_key: &AggregateKey,
     ) -> Result<Option<StoredDkgShares>> {
         Ok(self.state().dkg.get(aggregate_key).map(|(s, _)| s.clone()))
+    }
+
+    async fn get_all_dkg_shares(&self) -> Result<Vec<StoredDkgShares>> {
+        let s = self.state();
+        let mut all: Vec<&(StoredDkgShares, u64)> = s.dkg.values().collect();
+        all.sort_by(|(a, ai), (b, bi)| b.created_at.cmp(&a.created_at).then(bi.cmp(ai)));
+        Ok(all.into_iter().map(|(s, _)| s.clone()).collect())
     }
 
     async fn get_latest_verified_dkg_shares(&self) -> Result<Option<StoredDkgShares>> {
@@ -210,11 +216,11 @@ impl DbRead for MemoryStore {
             .map(|(s, _)| s.clone()))
     }
 
-    async fn get_sweep_transaction(&self, txid: &BitcoinTxid) -> Result<Option<SweepTransaction>> {
+    async fn get_sweep_transaction(&self, txid: &Txid) -> Result<Option<SweepTransaction>> {
         Ok(self.state().sweeps.get(txid).cloned())
     }
 
-    async fn get_sighash_decision(&self, sighash: &Sighash) -> Result<Option<SighashDecision>> {
+    async fn get_sighash_decision(&self, sighash: &TapSighash) -> Result<Option<SighashDecision>> {
         Ok(self.state().sighashes.get(sighash).cloned())
     }
 
@@ -245,11 +251,7 @@ impl DbWrite for MemoryStore {
         Ok(())
     }
 
-    async fn write_bitcoin_transaction(
-        &self,
-        txid: &BitcoinTxid,
-        block: &BitcoinBlockHash,
-    ) -> Result<()> {
+    async fn write_bitcoin_transaction(&self, txid: &Txid, block: &BlockHash) -> Result<()> {
         let mut s = self.state();
         if s.tx_blocks.insert((*txid, *block)) {
             s.txids_by_block.entry(*block).or_default().push(*txid);
@@ -273,8 +275,10 @@ impl DbWrite for MemoryStore {
     async fn write_deposit_request(
         &self,
         request: &DepositRequest,
-        confirmed_in: &BitcoinBlockHash,
+        confirmed_in: &BlockHash,
     ) -> Result<()> {
+        storable_sats(request.amount, "amount", "write_deposit_request")?;
+        storable_sats(request.max_fee, "max_fee", "write_deposit_request")?;
         let mut guard = self.state();
         let s = &mut *guard;
         let op = request.outpoint;
@@ -294,12 +298,16 @@ impl DbWrite for MemoryStore {
     async fn write_deposit_vote(&self, vote: &DepositVote) -> Result<()> {
         self.state()
             .deposit_votes
-            .entry((vote.outpoint, vote.signer))
+            .entry(vote.outpoint)
+            .or_default()
+            .entry(vote.signer)
             .or_insert_with(|| vote.clone());
         Ok(())
     }
 
     async fn write_withdrawal_request(&self, request: &WithdrawalRequest) -> Result<()> {
+        storable_sats(request.amount, "amount", "write_withdrawal_request")?;
+        storable_sats(request.max_fee, "max_fee", "write_withdrawal_request")?;
         let mut guard = self.state();
         let s = &mut *guard;
         if let btree_map::Entry::Vacant(e) = s.withdrawals.entry(request.request_id) {
@@ -315,12 +323,15 @@ impl DbWrite for MemoryStore {
     async fn write_withdrawal_vote(&self, vote: &WithdrawalVote) -> Result<()> {
         self.state()
             .withdrawal_votes
-            .entry((vote.request_id, vote.signer))
+            .entry(vote.request_id)
+            .or_default()
+            .entry(vote.signer)
             .or_insert_with(|| vote.clone());
         Ok(())
     }
 
     async fn write_dkg_shares(&self, shares: &DkgShares) -> Result<()> {
+        shares.storable_ids("write_dkg_shares")?;
         let mut s = self.state();
         if !s.dkg.contains_key(&shares.aggregate_key) {
             s.dkg_inserted += 1;
@@ -336,7 +347,7 @@ impl DbWrite for MemoryStore {
 
     async fn set_dkg_shares_status(
         &self,
-        aggregate_key: &PublicKeyBytes,
+        aggregate_key: &AggregateKey,
         status: DkgSharesStatus,
     ) -> Result<bool> {
         Ok(match self.state().dkg.get_mut(aggregate_key) {
@@ -349,6 +360,10 @@ impl DbWrite for MemoryStore {
     }
 
     async fn write_sweep_transaction(&self, sweep: &SweepTransaction) -> Result<()> {
+        storable_sats(sweep.fee, "fee", "write_sweep_transaction")?;
+        for w in &sweep.withdrawals {
+            storable_sats(w.amount, "withdrawal amount", "write_sweep_transaction")?;
+        }
         let mut guard = self.state();
         let s = &mut *guard;
         if let Entry::Vacant(e) = s.sweeps.entry(sweep.txid) {

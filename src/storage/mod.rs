@@ -17,6 +17,7 @@ pub mod postgres;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use bitcoin::{secp256k1::XOnlyPublicKey, BlockHash, OutPoint, TapSighash, Txid};
 
 pub use audit::{AuditEntry, AuditRecord, AuditVerification, ChainBreak};
 pub use config::StorageConfig;
@@ -24,20 +25,18 @@ pub use error::{Error, ErrorKind, Result};
 pub use guard::{Approval, GuardDecision, SpendDecision, SpendIntent};
 pub use model::*;
 
+use crate::keys::AggregateKey;
+
 /// Reads. Chain queries take the chain tip explicitly so a reorg is just a different tip.
 #[async_trait]
 pub trait DbRead: Send + Sync {
-    async fn get_bitcoin_block(&self, hash: &BitcoinBlockHash) -> Result<Option<BitcoinBlock>>;
+    async fn get_bitcoin_block(&self, hash: &BlockHash) -> Result<Option<BitcoinBlock>>;
 
     /// The highest block; between blocks of equal height, the lowest hash (so both stores agree).
     async fn get_bitcoin_canonical_tip(&self) -> Result<Option<BitcoinBlock>>;
 
     /// Whether `block` is `tip` or one of its ancestors.
-    async fn in_canonical_chain(
-        &self,
-        tip: &BitcoinBlockHash,
-        block: &BitcoinBlockHash,
-    ) -> Result<bool>;
+    async fn in_canonical_chain(&self, tip: &BlockHash, block: &BlockHash) -> Result<bool>;
 
     async fn get_stacks_block(&self, hash: &StacksBlockHash) -> Result<Option<StacksBlock>>;
 
@@ -47,7 +46,7 @@ pub trait DbRead: Send + Sync {
     /// recorded sweep, sorted by outpoint.
     async fn get_pending_deposit_requests(
         &self,
-        tip: &BitcoinBlockHash,
+        tip: &BlockHash,
         window: u32,
     ) -> Result<Vec<DepositRequest>>;
 
@@ -60,23 +59,40 @@ pub trait DbRead: Send + Sync {
     /// ancestors and not yet paid by any recorded sweep, sorted by request id.
     async fn get_pending_withdrawal_requests(
         &self,
-        tip: &BitcoinBlockHash,
+        tip: &BlockHash,
         window: u32,
     ) -> Result<Vec<WithdrawalRequest>>;
 
     async fn get_withdrawal_votes(&self, request_id: u64) -> Result<Vec<WithdrawalVote>>;
 
-    async fn get_dkg_shares(
-        &self,
-        aggregate_key: &PublicKeyBytes,
-    ) -> Result<Option<StoredDkgShares>>;
+    async fn get_dkg_shares(&self, aggregate_key: &AggregateKey)
+        -> Result<Option<StoredDkgShares>>;
 
     /// The newest verified shares: the current aggregate key.
     async fn get_latest_verified_dkg_shares(&self) -> Result<Option<StoredDkgShares>>;
 
-    async fn get_sweep_transaction(&self, txid: &BitcoinTxid) -> Result<Option<SweepTransaction>>;
+    /// Every DKG's shares, whatever their status, newest first.
+    async fn get_all_dkg_shares(&self) -> Result<Vec<StoredDkgShares>>;
 
-    async fn get_sighash_decision(&self, sighash: &Sighash) -> Result<Option<SighashDecision>>;
+    /// The shares for the key that locks a UTXO: the newest shares whose aggregate key is
+    /// `output_key` as a deposit's script-path key (x-only), or whose BIP-341 key-path output key
+    /// without a script tree is `output_key` (the peg UTXO). Whatever their status: whether
+    /// unverified or failed shares may sign is the caller's decision.
+    async fn get_dkg_shares_for_output_key(
+        &self,
+        output_key: &XOnlyPublicKey,
+    ) -> Result<Option<StoredDkgShares>> {
+        // One implementation for both stores; there are a handful of DKGs, not thousands.
+        Ok(self
+            .get_all_dkg_shares()
+            .await?
+            .into_iter()
+            .find(|s| s.shares.locks(output_key)))
+    }
+
+    async fn get_sweep_transaction(&self, txid: &Txid) -> Result<Option<SweepTransaction>>;
+
+    async fn get_sighash_decision(&self, sighash: &TapSighash) -> Result<Option<SighashDecision>>;
 
     /// What the guard recorded for an outpoint.
     async fn get_spend_decision(&self, outpoint: &OutPoint) -> Result<Option<SpendDecision>>;
@@ -107,11 +123,7 @@ pub trait DbWrite: Send + Sync {
     async fn write_bitcoin_block(&self, block: &BitcoinBlock) -> Result<()>;
 
     /// Records that `txid` was confirmed in `block` (once per fork it appears in).
-    async fn write_bitcoin_transaction(
-        &self,
-        txid: &BitcoinTxid,
-        block: &BitcoinBlockHash,
-    ) -> Result<()>;
+    async fn write_bitcoin_transaction(&self, txid: &Txid, block: &BlockHash) -> Result<()>;
 
     async fn write_stacks_block(&self, block: &StacksBlock) -> Result<()>;
 
@@ -119,7 +131,7 @@ pub trait DbWrite: Send + Sync {
     async fn write_deposit_request(
         &self,
         request: &DepositRequest,
-        confirmed_in: &BitcoinBlockHash,
+        confirmed_in: &BlockHash,
     ) -> Result<()>;
 
     async fn write_deposit_vote(&self, vote: &DepositVote) -> Result<()>;
@@ -133,7 +145,7 @@ pub trait DbWrite: Send + Sync {
     /// Returns false if there are no shares under `aggregate_key`.
     async fn set_dkg_shares_status(
         &self,
-        aggregate_key: &PublicKeyBytes,
+        aggregate_key: &AggregateKey,
         status: DkgSharesStatus,
     ) -> Result<bool>;
 

@@ -1,9 +1,21 @@
-//! What the signer remembers, as typed values. Hashes and keys are fixed-size newtypes so a block
-//! hash is never passed where a txid is expected, and amounts are satoshis in [`Amount`].
+//! What the signer remembers, as typed values. Bitcoin values are rust-bitcoin's types
+//! ([`BlockHash`], [`Txid`], [`OutPoint`], [`Amount`], [`ScriptBuf`], [`TapSighash`]) so a block
+//! hash is never passed where a txid is expected and satoshis are never a bare u64; signer keys
+//! are secp256k1 [`PublicKey`]s and aggregate keys [`AggregateKey`]. Only what rust-bitcoin has
+//! no type for (Stacks hashes, the guard's fingerprint) is a newtype here.
 
 use std::{fmt, time::SystemTime};
 
+use bitcoin::{
+    secp256k1::{PublicKey, XOnlyPublicKey},
+    Amount, BlockHash, OutPoint, ScriptBuf, TapSighash, Txid,
+};
 use sbtc_custody::SealedBlob;
+
+use crate::{
+    keys::AggregateKey,
+    signing::{DkgId, SealedShares, SignerIndex},
+};
 
 macro_rules! bytes_newtype {
     ($(#[$doc:meta])* $name:ident, $len:expr) => {
@@ -39,14 +51,6 @@ macro_rules! bytes_newtype {
 }
 
 bytes_newtype!(
-    /// A Bitcoin block hash (internal byte order).
-    BitcoinBlockHash, 32
-);
-bytes_newtype!(
-    /// A Bitcoin transaction id (internal byte order).
-    BitcoinTxid, 32
-);
-bytes_newtype!(
     /// A Stacks block id.
     StacksBlockHash, 32
 );
@@ -55,60 +59,41 @@ bytes_newtype!(
     StacksTxid, 32
 );
 bytes_newtype!(
-    /// A Bitcoin signature hash (what a signer signs for one input).
-    Sighash, 32
-);
-bytes_newtype!(
-    /// A compressed secp256k1 public key: a signer's key or an aggregate key.
-    PublicKeyBytes, 33
-);
-bytes_newtype!(
     /// SHA-256 over the requests a sweep pays and the outputs paying them (see `guard`).
     PaymentFingerprint, 32
 );
 
-/// An amount in satoshis.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
-pub struct Amount(pub u64);
+/// The largest amount either store accepts: PostgreSQL keeps satoshis in a BIGINT.
+pub const MAX_STORABLE_AMOUNT: Amount = Amount::from_sat(i64::MAX as u64);
 
-impl Amount {
-    pub fn from_sat(sat: u64) -> Self {
-        Amount(sat)
-    }
-
-    pub fn to_sat(self) -> u64 {
-        self.0
-    }
+/// An amount as the BIGINT column holds it; above [`MAX_STORABLE_AMOUNT`] is refused (by both
+/// stores, so they accept the same writes).
+pub(crate) fn storable_sats(
+    amount: Amount,
+    what: &str,
+    operation: &'static str,
+) -> super::Result<i64> {
+    i64::try_from(amount.to_sat()).map_err(|_| {
+        super::Error::new(
+            super::ErrorKind::OutOfRange,
+            operation,
+            format!(
+                "{what} of {} sat is above the largest amount storage keeps ({} sat, i64::MAX);                  nothing was written",
+                amount.to_sat(),
+                MAX_STORABLE_AMOUNT.to_sat()
+            ),
+        )
+        .hint(
+            "no real Bitcoin amount is this large (21 million BTC is 2.1e15 sat): the value              came from a bug or a malformed request; report it",
+        )
+    })
 }
-
-impl fmt::Display for Amount {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} sat", self.0)
-    }
-}
-
-/// A Bitcoin output: transaction id and output index.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct OutPoint {
-    pub txid: BitcoinTxid,
-    pub vout: u32,
-}
-
-impl fmt::Display for OutPoint {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}", self.txid, self.vout)
-    }
-}
-
-/// A Bitcoin output script (scriptPubKey or a redeem/tap script).
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
-pub struct Script(pub Vec<u8>);
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BitcoinBlock {
-    pub hash: BitcoinBlockHash,
+    pub hash: BlockHash,
     pub height: u64,
-    pub parent_hash: BitcoinBlockHash,
+    pub parent_hash: BlockHash,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -117,7 +102,7 @@ pub struct StacksBlock {
     pub height: u64,
     pub parent_hash: StacksBlockHash,
     /// The Bitcoin block this Stacks block is anchored to.
-    pub bitcoin_anchor: BitcoinBlockHash,
+    pub bitcoin_anchor: BlockHash,
 }
 
 /// A deposit request: a Bitcoin output locked to the signers' aggregate key.
@@ -128,17 +113,17 @@ pub struct DepositRequest {
     pub max_fee: Amount,
     /// The Stacks principal that receives sBTC.
     pub recipient: String,
-    pub deposit_script: Script,
-    pub reclaim_script: Script,
+    pub deposit_script: ScriptBuf,
+    pub reclaim_script: ScriptBuf,
     /// The aggregate key the deposit is locked to.
-    pub signers_public_key: PublicKeyBytes,
+    pub signers_public_key: AggregateKey,
 }
 
 /// One signer's view of one deposit request.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DepositVote {
     pub outpoint: OutPoint,
-    pub signer: PublicKeyBytes,
+    pub signer: PublicKey,
     pub can_accept: bool,
     pub can_sign: bool,
 }
@@ -149,7 +134,7 @@ pub struct WithdrawalRequest {
     pub request_id: u64,
     pub stacks_txid: StacksTxid,
     pub stacks_block_hash: StacksBlockHash,
-    pub recipient: Script,
+    pub recipient: ScriptBuf,
     pub amount: Amount,
     pub max_fee: Amount,
     /// The Stacks principal that asked for the withdrawal.
@@ -159,7 +144,7 @@ pub struct WithdrawalRequest {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WithdrawalVote {
     pub request_id: u64,
-    pub signer: PublicKeyBytes,
+    pub signer: PublicKey,
     pub is_accepted: bool,
 }
 
@@ -196,19 +181,74 @@ impl fmt::Display for DkgSharesStatus {
     }
 }
 
-/// The outcome of one DKG round. The private shares are sealed by `Custody`: storage only ever
-/// holds ciphertext.
+/// The outcome of one DKG round: everything a restarted signer needs to sign under the key
+/// again. The private shares are sealed by `Custody`: storage only ever holds ciphertext.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DkgShares {
-    pub aggregate_key: PublicKeyBytes,
+    pub aggregate_key: AggregateKey,
+    /// The round's id: the seal is bound to it (see `signing::shares_aad`).
+    pub dkg_id: DkgId,
+    /// This signer's index in the round's signer set: the seal is bound to it too.
+    pub signer_index: SignerIndex,
     pub sealed_private_shares: SealedBlob,
     /// The round's public shares, encoded by the DKG layer.
     pub public_shares: Vec<u8>,
-    pub signer_set: Vec<PublicKeyBytes>,
+    pub signer_set: Vec<PublicKey>,
     pub threshold: u16,
     pub status: DkgSharesStatus,
-    pub started_at_block_hash: BitcoinBlockHash,
+    pub started_at_block_hash: BlockHash,
     pub started_at_block_height: u64,
+}
+
+impl DkgShares {
+    /// The sealed shares to unseal for a signing round: the one mapping between this row and
+    /// [`SealedShares`].
+    pub fn sealed_shares(&self) -> SealedShares {
+        SealedShares {
+            dkg_id: self.dkg_id,
+            signer: self.signer_index,
+            aggregate_key: self.aggregate_key.serialize().to_vec(),
+            blob: self.sealed_private_shares.as_bytes().to_vec(),
+        }
+    }
+
+    /// The DKG id and signer index as their columns hold them (BIGINT > 0, INTEGER >= 0).
+    /// Both stores refuse what does not fit, so they accept the same rows.
+    pub(crate) fn storable_ids(&self, operation: &'static str) -> super::Result<(i64, i32)> {
+        if self.dkg_id.0 == 0 {
+            return Err(super::Error::new(
+                super::ErrorKind::InvalidInput,
+                operation,
+                format!(
+                    "shares for aggregate key {} have DKG id 0, which no DKG has (ids start at 1)",
+                    self.aggregate_key
+                ),
+            ));
+        }
+        let dkg_id = i64::try_from(self.dkg_id.0).map_err(|_| {
+            super::Error::new(
+                super::ErrorKind::OutOfRange,
+                operation,
+                format!("DKG id {} does not fit in BIGINT", self.dkg_id.0),
+            )
+        })?;
+        let signer_index = i32::try_from(self.signer_index).map_err(|_| {
+            super::Error::new(
+                super::ErrorKind::OutOfRange,
+                operation,
+                format!("signer index {} does not fit in INTEGER", self.signer_index),
+            )
+        })?;
+        Ok((dkg_id, signer_index))
+    }
+
+    /// Whether these shares sign for a UTXO locked to `output_key`: a deposit's script-path key
+    /// (the x-only aggregate key) or the peg UTXO's key-path output key (BIP-341 tweak, no
+    /// script tree).
+    pub fn locks(&self, output_key: &XOnlyPublicKey) -> bool {
+        self.aggregate_key.x_only() == *output_key
+            || self.aggregate_key.tap_tweaked(None).to_x_only_public_key() == *output_key
+    }
 }
 
 /// [`DkgShares`] as stored, with the time the store recorded them.
@@ -222,7 +262,7 @@ pub struct StoredDkgShares {
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct WithdrawalPayment {
     pub request_id: u64,
-    pub recipient: Script,
+    pub recipient: ScriptBuf,
     pub amount: Amount,
 }
 
@@ -230,20 +270,20 @@ pub struct WithdrawalPayment {
 /// the withdrawals.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SweepTransaction {
-    pub txid: BitcoinTxid,
+    pub txid: Txid,
     pub signers_prevout: OutPoint,
     pub deposits: Vec<OutPoint>,
     pub withdrawals: Vec<WithdrawalPayment>,
     pub fee: Amount,
     /// The Bitcoin chain tip the sweep was built on.
-    pub chain_tip: BitcoinBlockHash,
+    pub chain_tip: BlockHash,
 }
 
 /// This signer's decision for one sighash of a sweep.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SighashDecision {
-    pub sighash: Sighash,
-    pub txid: BitcoinTxid,
+    pub sighash: TapSighash,
+    pub txid: Txid,
     pub prevout: OutPoint,
     pub will_sign: bool,
 }
@@ -256,15 +296,15 @@ pub struct StacksTransaction {
     pub kind: String,
     pub nonce: u64,
     pub raw: Vec<u8>,
-    pub bitcoin_chain_tip: BitcoinBlockHash,
+    pub bitcoin_chain_tip: BlockHash,
 }
 
 /// One signer-set rotation, in the order they were recorded.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SignerSetRotation {
-    pub aggregate_key: PublicKeyBytes,
-    pub signer_set: Vec<PublicKeyBytes>,
+    pub aggregate_key: AggregateKey,
+    pub signer_set: Vec<PublicKey>,
     pub threshold: u16,
     pub stacks_txid: StacksTxid,
-    pub bitcoin_block_hash: BitcoinBlockHash,
+    pub bitcoin_block_hash: BlockHash,
 }

@@ -4,6 +4,9 @@
 
 use std::time::Duration;
 
+use bitcoin::hashes::Hash as _;
+use bitcoin::{secp256k1::PublicKey, Amount, BlockHash, OutPoint, ScriptBuf, Txid};
+use sbtc_hsm_signer::keys::AggregateKey;
 use sbtc_hsm_signer::storage::{
     config::{PgSettings, Target},
     postgres::PgStore,
@@ -128,43 +131,69 @@ pub fn h(n: u64) -> [u8; 32] {
     b
 }
 
+pub fn bh(n: u64) -> BlockHash {
+    BlockHash::from_byte_array(h(n))
+}
+
+pub fn txid(n: u64) -> Txid {
+    Txid::from_byte_array(h(n))
+}
+
 pub fn block(n: u64, height: u64, parent: u64) -> BitcoinBlock {
     BitcoinBlock {
-        hash: BitcoinBlockHash(h(n)),
+        hash: bh(n),
         height,
-        parent_hash: BitcoinBlockHash(h(parent)),
+        parent_hash: bh(parent),
     }
 }
 
-pub fn key(n: u8) -> PublicKeyBytes {
-    let mut k = [n; 33];
-    k[0] = 0x02;
-    PublicKeyBytes(k)
+/// A valid public key whose compressed encoding starts `02 n`, so keys sort by `n` (as the
+/// stores sort signers: by compressed encoding).
+pub fn key(n: u8) -> PublicKey {
+    let mut b = [0u8; 33];
+    b[0] = 0x02;
+    b[1] = n;
+    // About half of all x coordinates are on the curve; the first one found is fixed.
+    for i in 0..=u16::MAX {
+        b[31..].copy_from_slice(&i.to_be_bytes());
+        if let Ok(k) = PublicKey::from_slice(&b) {
+            return k;
+        }
+    }
+    unreachable!("no point with x = {n:02x}00..")
+}
+
+pub fn agg(n: u8) -> AggregateKey {
+    AggregateKey::new(key(n))
 }
 
 pub fn outpoint(n: u64, vout: u32) -> OutPoint {
     OutPoint {
-        txid: BitcoinTxid(h(n)),
+        txid: txid(n),
         vout,
     }
+}
+
+pub fn script(bytes: &[u8]) -> ScriptBuf {
+    ScriptBuf::from_bytes(bytes.to_vec())
 }
 
 pub fn deposit(n: u64, vout: u32) -> DepositRequest {
     DepositRequest {
         outpoint: outpoint(n, vout),
-        amount: Amount(100_000 + n),
-        max_fee: Amount(5_000),
+        amount: Amount::from_sat(100_000 + n),
+        max_fee: Amount::from_sat(5_000),
         recipient: format!("ST000000000000000000002AMW42H.contract-{n}"),
-        deposit_script: Script(vec![0x20, n as u8, 0xac]),
-        reclaim_script: Script(vec![0x51, vout as u8]),
-        signers_public_key: key(7),
+        deposit_script: script(&[0x20, n as u8, 0xac]),
+        reclaim_script: script(&[0x51, vout as u8]),
+        signers_public_key: agg(7),
     }
 }
 
 pub fn payment(id: u64, amount: u64) -> WithdrawalPayment {
     WithdrawalPayment {
         request_id: id,
-        recipient: Script(vec![0x00, 0x14, id as u8]),
-        amount: Amount(amount),
+        recipient: script(&[0x00, 0x14, id as u8]),
+        amount: Amount::from_sat(amount),
     }
 }

@@ -31,8 +31,13 @@ pub const MIGRATIONS: &[Migration] = &[
     },
     Migration {
         version: 2,
+        name: "dkg_shares_signer_position",
+        sql: include_str!("../migrations/0002_dkg_shares_signer_position.sql"),
+    },
+    Migration {
+        version: 3,
         name: "audit_outcome",
-        sql: include_str!("../migrations/0002_audit_outcome.sql"),
+        sql: include_str!("../migrations/0003_audit_outcome.sql"),
     },
 ];
 

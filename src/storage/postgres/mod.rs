@@ -16,6 +16,10 @@ use std::{
 };
 
 use async_trait::async_trait;
+use bitcoin::{
+    hashes::Hash as _, secp256k1::PublicKey, Amount, BlockHash, OutPoint, ScriptBuf, TapSighash,
+    Txid,
+};
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
 use sbtc_custody::SealedBlob;
 use tokio_postgres::{error::SqlState, NoTls, Row};
@@ -27,6 +31,7 @@ use super::{
     model::*,
     DbRead, DbWrite, Error, ErrorKind, Result,
 };
+use crate::{keys::AggregateKey, signing::DkgId};
 
 pub use migrations::{MigrationReport, MIGRATIONS};
 
@@ -120,6 +125,8 @@ trait RowExt {
     fn bytes(&self, col: &str) -> Attempt<Vec<u8>>;
     fn fixed<T>(&self, col: &str, f: fn(&[u8]) -> Option<T>) -> Attempt<T>;
     fn u64(&self, col: &str) -> Attempt<u64>;
+    fn amount(&self, col: &str) -> Attempt<Amount>;
+    fn script(&self, col: &str) -> Attempt<ScriptBuf>;
     fn get_as<'a, T: tokio_postgres::types::FromSql<'a>>(&'a self, col: &str) -> Attempt<T>;
 }
 
@@ -135,25 +142,60 @@ impl RowExt for Row {
         let v: i64 = self.get_as(col)?;
         u64::try_from(v).map_err(|_| corrupt(col))
     }
+    fn amount(&self, col: &str) -> Attempt<Amount> {
+        self.u64(col).map(Amount::from_sat)
+    }
+    fn script(&self, col: &str) -> Attempt<ScriptBuf> {
+        self.bytes(col).map(ScriptBuf::from_bytes)
+    }
     fn get_as<'a, T: tokio_postgres::types::FromSql<'a>>(&'a self, col: &str) -> Attempt<T> {
         self.try_get(col)
             .map_err(|e| Failure::Fatal(ErrorKind::Query, format!("column {col}: {e}")))
     }
 }
 
+// Column decoders for `RowExt::fixed`. Hashes are stored in internal byte order.
+fn parse_block_hash(b: &[u8]) -> Option<BlockHash> {
+    b.try_into().ok().map(BlockHash::from_byte_array)
+}
+
+fn parse_txid(b: &[u8]) -> Option<Txid> {
+    b.try_into().ok().map(Txid::from_byte_array)
+}
+
+fn parse_sighash(b: &[u8]) -> Option<TapSighash> {
+    b.try_into().ok().map(TapSighash::from_byte_array)
+}
+
+/// A compressed (33-byte) secp256k1 key; an uncompressed one is not what we write.
+fn parse_public_key(b: &[u8]) -> Option<PublicKey> {
+    (b.len() == 33)
+        .then(|| PublicKey::from_slice(b).ok())
+        .flatten()
+}
+
+fn parse_aggregate_key(b: &[u8]) -> Option<AggregateKey> {
+    AggregateKey::from_slice(b).ok()
+}
+
 fn outpoint(row: &Row, txid_col: &str, vout_col: &str) -> Attempt<OutPoint> {
     let vout = row.u64(vout_col)?;
     Ok(OutPoint {
-        txid: row.fixed(txid_col, BitcoinTxid::from_slice)?,
+        txid: row.fixed(txid_col, parse_txid)?,
         vout: u32::try_from(vout).map_err(|_| corrupt(vout_col))?,
     })
 }
 
-fn keys(row: &Row, col: &str) -> Attempt<Vec<PublicKeyBytes>> {
+fn keys(row: &Row, col: &str) -> Attempt<Vec<PublicKey>> {
     let raw: Vec<Vec<u8>> = row.get_as(col)?;
     raw.iter()
-        .map(|k| PublicKeyBytes::from_slice(k).ok_or_else(|| corrupt(col)))
+        .map(|k| parse_public_key(k).ok_or_else(|| corrupt(col)))
         .collect()
+}
+
+/// A signer set as the BYTEA[] column holds it: compressed keys.
+fn key_column(keys: &[PublicKey]) -> Vec<Vec<u8>> {
+    keys.iter().map(|k| k.serialize().to_vec()).collect()
 }
 
 fn u16_of(row: &Row, col: &str) -> Attempt<u16> {
@@ -345,21 +387,21 @@ const WINDOW_CTE: &str = "WITH RECURSIVE chain AS (
 
 fn bitcoin_block(r: &Row) -> Attempt<BitcoinBlock> {
     Ok(BitcoinBlock {
-        hash: r.fixed("block_hash", BitcoinBlockHash::from_slice)?,
+        hash: r.fixed("block_hash", parse_block_hash)?,
         height: r.u64("block_height")?,
-        parent_hash: r.fixed("parent_hash", BitcoinBlockHash::from_slice)?,
+        parent_hash: r.fixed("parent_hash", parse_block_hash)?,
     })
 }
 
 fn deposit(r: &Row) -> Attempt<DepositRequest> {
     Ok(DepositRequest {
         outpoint: outpoint(r, "txid", "output_index")?,
-        amount: Amount(r.u64("amount")?),
-        max_fee: Amount(r.u64("max_fee")?),
+        amount: r.amount("amount")?,
+        max_fee: r.amount("max_fee")?,
         recipient: r.get_as("recipient")?,
-        deposit_script: Script(r.bytes("deposit_script")?),
-        reclaim_script: Script(r.bytes("reclaim_script")?),
-        signers_public_key: r.fixed("signers_public_key", PublicKeyBytes::from_slice)?,
+        deposit_script: r.script("deposit_script")?,
+        reclaim_script: r.script("reclaim_script")?,
+        signers_public_key: r.fixed("signers_public_key", parse_aggregate_key)?,
     })
 }
 
@@ -368,34 +410,41 @@ fn withdrawal(r: &Row) -> Attempt<WithdrawalRequest> {
         request_id: r.u64("request_id")?,
         stacks_txid: r.fixed("txid", StacksTxid::from_slice)?,
         stacks_block_hash: r.fixed("block_hash", StacksBlockHash::from_slice)?,
-        recipient: Script(r.bytes("recipient")?),
-        amount: Amount(r.u64("amount")?),
-        max_fee: Amount(r.u64("max_fee")?),
+        recipient: r.script("recipient")?,
+        amount: r.amount("amount")?,
+        max_fee: r.amount("max_fee")?,
         sender: r.get_as("sender_address")?,
     })
 }
 
 fn dkg(r: &Row) -> Attempt<StoredDkgShares> {
     let status: String = r.get_as("status")?;
+    let dkg_id: i64 = r.get_as("dkg_id")?;
+    let signer_index: i32 = r.get_as("signer_index")?;
     Ok(StoredDkgShares {
         shares: DkgShares {
-            aggregate_key: r.fixed("aggregate_key", PublicKeyBytes::from_slice)?,
+            aggregate_key: r.fixed("aggregate_key", parse_aggregate_key)?,
+            dkg_id: DkgId(
+                u64::try_from(dkg_id)
+                    .ok()
+                    .filter(|id| *id > 0)
+                    .ok_or_else(|| corrupt("dkg_id"))?,
+            ),
+            signer_index: u32::try_from(signer_index).map_err(|_| corrupt("signer_index"))?,
             sealed_private_shares: SealedBlob::from_bytes(r.bytes("encrypted_private_shares")?),
             public_shares: r.bytes("public_shares")?,
             signer_set: keys(r, "signer_set_public_keys")?,
             threshold: u16_of(r, "signature_share_threshold")?,
             status: DkgSharesStatus::parse(&status).ok_or_else(|| corrupt("dkg_shares_status"))?,
-            started_at_block_hash: r.fixed(
-                "started_at_bitcoin_block_hash",
-                BitcoinBlockHash::from_slice,
-            )?,
+            started_at_block_hash: r.fixed("started_at_bitcoin_block_hash", parse_block_hash)?,
             started_at_block_height: r.u64("started_at_bitcoin_block_height")?,
         },
         created_at: r.get_as::<SystemTime>("created_at")?,
     })
 }
 
-const DKG_COLUMNS: &str = "aggregate_key, encrypted_private_shares, public_shares, \
+const DKG_COLUMNS: &str =
+    "aggregate_key, dkg_id, signer_index, encrypted_private_shares, public_shares, \
     signer_set_public_keys, signature_share_threshold, dkg_shares_status::TEXT AS status, \
     started_at_bitcoin_block_hash, started_at_bitcoin_block_height, created_at";
 
@@ -422,12 +471,12 @@ const AUDIT_COLUMNS: &str =
 
 #[async_trait]
 impl DbRead for PgStore {
-    async fn get_bitcoin_block(&self, hash: &BitcoinBlockHash) -> Result<Option<BitcoinBlock>> {
+    async fn get_bitcoin_block(&self, hash: &BlockHash) -> Result<Option<BitcoinBlock>> {
         self.run("get_bitcoin_block", |c| async move {
             let row = query_opt!(
                 c,
                 "SELECT block_hash, block_height, parent_hash FROM sbtc_signer.bitcoin_blocks WHERE block_hash = $1",
-                &[&hash.as_bytes().as_slice()]
+                &[&hash.as_byte_array().as_slice()]
             );
             row.as_ref().map(bitcoin_block).transpose()
         })
@@ -447,11 +496,7 @@ impl DbRead for PgStore {
         .await
     }
 
-    async fn in_canonical_chain(
-        &self,
-        tip: &BitcoinBlockHash,
-        block: &BitcoinBlockHash,
-    ) -> Result<bool> {
+    async fn in_canonical_chain(&self, tip: &BlockHash, block: &BlockHash) -> Result<bool> {
         self.run("in_canonical_chain", |c| async move {
             let rows = query!(
                 c,
@@ -463,7 +508,7 @@ impl DbRead for PgStore {
                      WHERE c.block_hash <> $2
                  )
                  SELECT 1 FROM chain WHERE block_hash = $2",
-                &[&tip.as_bytes().as_slice(), &block.as_bytes().as_slice()]
+                &[&tip.as_byte_array().as_slice(), &block.as_byte_array().as_slice()]
             );
             Ok(!rows.is_empty())
         })
@@ -482,7 +527,7 @@ impl DbRead for PgStore {
                     hash: r.fixed("block_hash", StacksBlockHash::from_slice)?,
                     height: r.u64("block_height")?,
                     parent_hash: r.fixed("parent_hash", StacksBlockHash::from_slice)?,
-                    bitcoin_anchor: r.fixed("bitcoin_anchor", BitcoinBlockHash::from_slice)?,
+                    bitcoin_anchor: r.fixed("bitcoin_anchor", parse_block_hash)?,
                 })
             })
             .transpose()
@@ -495,7 +540,7 @@ impl DbRead for PgStore {
             let row = query_opt!(
                 c,
                 "SELECT * FROM sbtc_signer.deposit_requests WHERE txid = $1 AND output_index = $2",
-                &[&op.txid.as_bytes().as_slice(), &i64::from(op.vout)]
+                &[&op.txid.as_byte_array().as_slice(), &i64::from(op.vout)]
             );
             row.as_ref().map(deposit).transpose()
         })
@@ -504,7 +549,7 @@ impl DbRead for PgStore {
 
     async fn get_pending_deposit_requests(
         &self,
-        tip: &BitcoinBlockHash,
+        tip: &BlockHash,
         window: u32,
     ) -> Result<Vec<DepositRequest>> {
         if window == 0 {
@@ -522,7 +567,11 @@ impl DbRead for PgStore {
         );
         let sql = sql.as_str();
         self.run("get_pending_deposit_requests", |c| async move {
-            let rows = query!(c, sql, &[&tip.as_bytes().as_slice(), &i64::from(window)]);
+            let rows = query!(
+                c,
+                sql,
+                &[&tip.as_byte_array().as_slice(), &i64::from(window)]
+            );
             rows.iter().map(deposit).collect()
         })
         .await
@@ -533,13 +582,13 @@ impl DbRead for PgStore {
             let rows = query!(
                 c,
                 "SELECT * FROM sbtc_signer.deposit_signers WHERE txid = $1 AND output_index = $2 ORDER BY signer_pub_key",
-                &[&op.txid.as_bytes().as_slice(), &i64::from(op.vout)]
+                &[&op.txid.as_byte_array().as_slice(), &i64::from(op.vout)]
             );
             rows.iter()
                 .map(|r| {
                     Ok(DepositVote {
                         outpoint: outpoint(r, "txid", "output_index")?,
-                        signer: r.fixed("signer_pub_key", PublicKeyBytes::from_slice)?,
+                        signer: r.fixed("signer_pub_key", parse_public_key)?,
                         can_accept: r.get_as("can_accept")?,
                         can_sign: r.get_as("can_sign")?,
                     })
@@ -564,7 +613,7 @@ impl DbRead for PgStore {
 
     async fn get_pending_withdrawal_requests(
         &self,
-        tip: &BitcoinBlockHash,
+        tip: &BlockHash,
         window: u32,
     ) -> Result<Vec<WithdrawalRequest>> {
         if window == 0 {
@@ -581,7 +630,11 @@ impl DbRead for PgStore {
         );
         let sql = sql.as_str();
         self.run("get_pending_withdrawal_requests", |c| async move {
-            let rows = query!(c, sql, &[&tip.as_bytes().as_slice(), &i64::from(window)]);
+            let rows = query!(
+                c,
+                sql,
+                &[&tip.as_byte_array().as_slice(), &i64::from(window)]
+            );
             rows.iter().map(withdrawal).collect()
         })
         .await
@@ -599,7 +652,7 @@ impl DbRead for PgStore {
                 .map(|r| {
                     Ok(WithdrawalVote {
                         request_id: r.u64("request_id")?,
-                        signer: r.fixed("signer_pub_key", PublicKeyBytes::from_slice)?,
+                        signer: r.fixed("signer_pub_key", parse_public_key)?,
                         is_accepted: r.get_as("is_accepted")?,
                     })
                 })
@@ -608,12 +661,12 @@ impl DbRead for PgStore {
         .await
     }
 
-    async fn get_dkg_shares(&self, key: &PublicKeyBytes) -> Result<Option<StoredDkgShares>> {
+    async fn get_dkg_shares(&self, key: &AggregateKey) -> Result<Option<StoredDkgShares>> {
         let sql =
             format!("SELECT {DKG_COLUMNS} FROM sbtc_signer.dkg_shares WHERE aggregate_key = $1");
         let sql = sql.as_str();
         self.run("get_dkg_shares", |c| async move {
-            let row = query_opt!(c, sql, &[&key.as_bytes().as_slice()]);
+            let row = query_opt!(c, sql, &[&key.serialize().as_slice()]);
             row.as_ref().map(dkg).transpose()
         })
         .await
@@ -632,9 +685,21 @@ impl DbRead for PgStore {
         .await
     }
 
-    async fn get_sweep_transaction(&self, txid: &BitcoinTxid) -> Result<Option<SweepTransaction>> {
+    async fn get_all_dkg_shares(&self) -> Result<Vec<StoredDkgShares>> {
+        let sql = format!(
+            "SELECT {DKG_COLUMNS} FROM sbtc_signer.dkg_shares ORDER BY created_at DESC, aggregate_key"
+        );
+        let sql = sql.as_str();
+        self.run("get_all_dkg_shares", |c| async move {
+            let rows = query!(c, sql, &[]);
+            rows.iter().map(dkg).collect()
+        })
+        .await
+    }
+
+    async fn get_sweep_transaction(&self, txid: &Txid) -> Result<Option<SweepTransaction>> {
         self.run("get_sweep_transaction", |c| async move {
-            let t = txid.as_bytes().as_slice();
+            let t = txid.as_byte_array().as_slice();
             let Some(row) = query_opt!(
                 c,
                 "SELECT * FROM sbtc_signer.sweep_transactions WHERE txid = $1",
@@ -653,7 +718,7 @@ impl DbRead for PgStore {
                 &[&t]
             );
             Ok(Some(SweepTransaction {
-                txid: row.fixed("txid", BitcoinTxid::from_slice)?,
+                txid: row.fixed("txid", parse_txid)?,
                 signers_prevout: outpoint(&row, "signers_prevout_txid", "signers_prevout_output_index")?,
                 deposits: deposits
                     .iter()
@@ -664,29 +729,29 @@ impl DbRead for PgStore {
                     .map(|r| {
                         Ok(WithdrawalPayment {
                             request_id: r.u64("request_id")?,
-                            recipient: Script(r.bytes("recipient")?),
-                            amount: Amount(r.u64("amount")?),
+                            recipient: r.script("recipient")?,
+                            amount: r.amount("amount")?,
                         })
                     })
                     .collect::<Attempt<_>>()?,
-                fee: Amount(row.u64("fee")?),
-                chain_tip: row.fixed("chain_tip", BitcoinBlockHash::from_slice)?,
+                fee: row.amount("fee")?,
+                chain_tip: row.fixed("chain_tip", parse_block_hash)?,
             }))
         })
         .await
     }
 
-    async fn get_sighash_decision(&self, sighash: &Sighash) -> Result<Option<SighashDecision>> {
+    async fn get_sighash_decision(&self, sighash: &TapSighash) -> Result<Option<SighashDecision>> {
         self.run("get_sighash_decision", |c| async move {
             let row = query_opt!(
                 c,
                 "SELECT * FROM sbtc_signer.sighash_decisions WHERE sighash = $1",
-                &[&sighash.as_bytes().as_slice()]
+                &[&sighash.as_byte_array().as_slice()]
             );
             row.map(|r| {
                 Ok(SighashDecision {
-                    sighash: r.fixed("sighash", Sighash::from_slice)?,
-                    txid: r.fixed("txid", BitcoinTxid::from_slice)?,
+                    sighash: r.fixed("sighash", parse_sighash)?,
+                    txid: r.fixed("txid", parse_txid)?,
                     prevout: outpoint(&r, "prevout_txid", "prevout_output_index")?,
                     will_sign: r.get_as("will_sign")?,
                 })
@@ -698,7 +763,7 @@ impl DbRead for PgStore {
 
     async fn get_spend_decision(&self, op: &OutPoint) -> Result<Option<SpendDecision>> {
         self.run("get_spend_decision", |c| async move {
-            let t = op.txid.as_bytes().as_slice();
+            let t = op.txid.as_byte_array().as_slice();
             let v = i64::from(op.vout);
             let Some(row) = query_opt!(
                 c,
@@ -716,11 +781,11 @@ impl DbRead for PgStore {
             );
             Ok(Some(SpendDecision {
                 outpoint: *op,
-                txid: row.fixed("txid", BitcoinTxid::from_slice)?,
+                txid: row.fixed("txid", parse_txid)?,
                 fingerprint: row.fixed("payment_fingerprint", PaymentFingerprint::from_slice)?,
                 approved_txids: approvals
                     .iter()
-                    .map(|r| r.fixed("txid", BitcoinTxid::from_slice))
+                    .map(|r| r.fixed("txid", parse_txid))
                     .collect::<Attempt<_>>()?,
             }))
         })
@@ -740,8 +805,7 @@ impl DbRead for PgStore {
                     kind: r.get_as("kind")?,
                     nonce: r.u64("nonce")?,
                     raw: r.bytes("raw")?,
-                    bitcoin_chain_tip: r
-                        .fixed("bitcoin_chain_tip", BitcoinBlockHash::from_slice)?,
+                    bitcoin_chain_tip: r.fixed("bitcoin_chain_tip", parse_block_hash)?,
                 })
             })
             .transpose()
@@ -759,12 +823,11 @@ impl DbRead for PgStore {
             rows.iter()
                 .map(|r| {
                     Ok(SignerSetRotation {
-                        aggregate_key: r.fixed("aggregate_key", PublicKeyBytes::from_slice)?,
+                        aggregate_key: r.fixed("aggregate_key", parse_aggregate_key)?,
                         signer_set: keys(r, "signer_set")?,
                         threshold: u16_of(r, "signature_threshold")?,
                         stacks_txid: r.fixed("stacks_txid", StacksTxid::from_slice)?,
-                        bitcoin_block_hash: r
-                            .fixed("bitcoin_block_hash", BitcoinBlockHash::from_slice)?,
+                        bitcoin_block_hash: r.fixed("bitcoin_block_hash", parse_block_hash)?,
                     })
                 })
                 .collect()
@@ -811,9 +874,9 @@ impl DbWrite for PgStore {
                 "INSERT INTO sbtc_signer.bitcoin_blocks (block_hash, block_height, parent_hash) \
                  VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
                 &[
-                    &block.hash.as_bytes().as_slice(),
+                    &block.hash.as_byte_array().as_slice(),
                     &height,
-                    &block.parent_hash.as_bytes().as_slice()
+                    &block.parent_hash.as_byte_array().as_slice()
                 ]
             );
             Ok(())
@@ -821,17 +884,16 @@ impl DbWrite for PgStore {
         .await
     }
 
-    async fn write_bitcoin_transaction(
-        &self,
-        txid: &BitcoinTxid,
-        block: &BitcoinBlockHash,
-    ) -> Result<()> {
+    async fn write_bitcoin_transaction(&self, txid: &Txid, block: &BlockHash) -> Result<()> {
         self.run("write_bitcoin_transaction", |c| async move {
             execute!(
                 c,
                 "INSERT INTO sbtc_signer.bitcoin_transactions (txid, block_hash) VALUES ($1, $2) \
                  ON CONFLICT DO NOTHING",
-                &[&txid.as_bytes().as_slice(), &block.as_bytes().as_slice()]
+                &[
+                    &txid.as_byte_array().as_slice(),
+                    &block.as_byte_array().as_slice()
+                ]
             );
             Ok(())
         })
@@ -849,7 +911,7 @@ impl DbWrite for PgStore {
                     &block.hash.as_bytes().as_slice(),
                     &height,
                     &block.parent_hash.as_bytes().as_slice(),
-                    &block.bitcoin_anchor.as_bytes().as_slice()
+                    &block.bitcoin_anchor.as_byte_array().as_slice()
                 ]
             );
             Ok(())
@@ -860,12 +922,14 @@ impl DbWrite for PgStore {
     async fn write_deposit_request(
         &self,
         request: &DepositRequest,
-        confirmed_in: &BitcoinBlockHash,
+        confirmed_in: &BlockHash,
     ) -> Result<()> {
+        let amount = storable_sats(request.amount, "amount", "write_deposit_request")?;
+        let max_fee = storable_sats(request.max_fee, "max_fee", "write_deposit_request")?;
+        let signers_key = request.signers_public_key.serialize();
+        let signers_key = signers_key.as_slice();
         self.run("write_deposit_request", |mut c| async move {
-            let amount = i64_of(request.amount.0, "amount")?;
-            let max_fee = i64_of(request.max_fee.0, "max_fee")?;
-            let txid = request.outpoint.txid.as_bytes().as_slice();
+            let txid = request.outpoint.txid.as_byte_array().as_slice();
             let tx = c.transaction().await?;
             execute!(
                 tx,
@@ -878,16 +942,16 @@ impl DbWrite for PgStore {
                     &amount,
                     &max_fee,
                     &request.recipient,
-                    &request.deposit_script.0,
-                    &request.reclaim_script.0,
-                    &request.signers_public_key.as_bytes().as_slice()
+                    &request.deposit_script.as_bytes(),
+                    &request.reclaim_script.as_bytes(),
+                    &signers_key
                 ]
             );
             execute!(
                 tx,
                 "INSERT INTO sbtc_signer.bitcoin_transactions (txid, block_hash) VALUES ($1, $2) \
                  ON CONFLICT DO NOTHING",
-                &[&txid, &confirmed_in.as_bytes().as_slice()]
+                &[&txid, &confirmed_in.as_byte_array().as_slice()]
             );
             tx.commit().await?;
             Ok(())
@@ -902,9 +966,9 @@ impl DbWrite for PgStore {
                 "INSERT INTO sbtc_signer.deposit_signers (txid, output_index, signer_pub_key, can_accept, can_sign) \
                  VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
                 &[
-                    &vote.outpoint.txid.as_bytes().as_slice(),
+                    &vote.outpoint.txid.as_byte_array().as_slice(),
                     &i64::from(vote.outpoint.vout),
-                    &vote.signer.as_bytes().as_slice(),
+                    &vote.signer.serialize().as_slice(),
                     &vote.can_accept,
                     &vote.can_sign
                 ]
@@ -915,10 +979,10 @@ impl DbWrite for PgStore {
     }
 
     async fn write_withdrawal_request(&self, w: &WithdrawalRequest) -> Result<()> {
+        let amount = storable_sats(w.amount, "amount", "write_withdrawal_request")?;
+        let max_fee = storable_sats(w.max_fee, "max_fee", "write_withdrawal_request")?;
         self.run("write_withdrawal_request", |c| async move {
             let id = i64_of(w.request_id, "request_id")?;
-            let amount = i64_of(w.amount.0, "amount")?;
-            let max_fee = i64_of(w.max_fee.0, "max_fee")?;
             execute!(
                 c,
                 "INSERT INTO sbtc_signer.withdrawal_requests (request_id, txid, block_hash, recipient, \
@@ -927,7 +991,7 @@ impl DbWrite for PgStore {
                     &id,
                     &w.stacks_txid.as_bytes().as_slice(),
                     &w.stacks_block_hash.as_bytes().as_slice(),
-                    &w.recipient.0,
+                    &w.recipient.as_bytes(),
                     &amount,
                     &max_fee,
                     &w.sender
@@ -945,7 +1009,7 @@ impl DbWrite for PgStore {
                 c,
                 "INSERT INTO sbtc_signer.withdrawal_signers (request_id, signer_pub_key, is_accepted) \
                  VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
-                &[&id, &vote.signer.as_bytes().as_slice(), &vote.is_accepted]
+                &[&id, &vote.signer.serialize().as_slice(), &vote.is_accepted]
             );
             Ok(())
         })
@@ -953,23 +1017,29 @@ impl DbWrite for PgStore {
     }
 
     async fn write_dkg_shares(&self, s: &DkgShares) -> Result<()> {
+        let (dkg_id, signer_index) = s.storable_ids("write_dkg_shares")?;
+        let signers = key_column(&s.signer_set);
+        let signers = &signers;
         self.run("write_dkg_shares", |c| async move {
             let height = i64_of(s.started_at_block_height, "block height")?;
-            let signers: Vec<&[u8]> = s.signer_set.iter().map(|k| k.as_bytes().as_slice()).collect();
             execute!(
                 c,
-                "INSERT INTO sbtc_signer.dkg_shares (aggregate_key, encrypted_private_shares, public_shares, \
+                "INSERT INTO sbtc_signer.dkg_shares (aggregate_key, dkg_id, signer_index, \
+                 encrypted_private_shares, public_shares, \
                  signer_set_public_keys, signature_share_threshold, dkg_shares_status, \
                  started_at_bitcoin_block_hash, started_at_bitcoin_block_height) \
-                 VALUES ($1, $2, $3, $4, $5, $6::TEXT::sbtc_signer.dkg_shares_status, $7, $8) ON CONFLICT DO NOTHING",
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8::TEXT::sbtc_signer.dkg_shares_status, $9, $10) \
+                 ON CONFLICT DO NOTHING",
                 &[
-                    &s.aggregate_key.as_bytes().as_slice(),
+                    &s.aggregate_key.serialize().as_slice(),
+                    &dkg_id,
+                    &signer_index,
                     &s.sealed_private_shares.as_bytes(),
                     &s.public_shares,
                     &signers,
                     &i32::from(s.threshold),
                     &s.status.as_str(),
-                    &s.started_at_block_hash.as_bytes().as_slice(),
+                    &s.started_at_block_hash.as_byte_array().as_slice(),
                     &height
                 ]
             );
@@ -980,7 +1050,7 @@ impl DbWrite for PgStore {
 
     async fn set_dkg_shares_status(
         &self,
-        key: &PublicKeyBytes,
+        key: &AggregateKey,
         status: DkgSharesStatus,
     ) -> Result<bool> {
         self.run("set_dkg_shares_status", |c| async move {
@@ -988,7 +1058,7 @@ impl DbWrite for PgStore {
                 c,
                 "UPDATE sbtc_signer.dkg_shares SET dkg_shares_status = $2::TEXT::sbtc_signer.dkg_shares_status \
                  WHERE aggregate_key = $1",
-                &[&key.as_bytes().as_slice(), &status.as_str()]
+                &[&key.serialize().as_slice(), &status.as_str()]
             );
             Ok(n > 0)
         })
@@ -996,9 +1066,15 @@ impl DbWrite for PgStore {
     }
 
     async fn write_sweep_transaction(&self, sweep: &SweepTransaction) -> Result<()> {
+        let fee = storable_sats(sweep.fee, "fee", "write_sweep_transaction")?;
+        let amounts = sweep
+            .withdrawals
+            .iter()
+            .map(|w| storable_sats(w.amount, "withdrawal amount", "write_sweep_transaction"))
+            .collect::<Result<Vec<i64>>>()?;
+        let amounts = amounts.as_slice();
         self.run("write_sweep_transaction", |mut c| async move {
-            let fee = i64_of(sweep.fee.0, "fee")?;
-            let txid = sweep.txid.as_bytes().as_slice();
+            let txid = sweep.txid.as_byte_array().as_slice();
             let tx = c.transaction().await?;
             let inserted = execute!(
                 tx,
@@ -1006,10 +1082,10 @@ impl DbWrite for PgStore {
                  signers_prevout_output_index, fee, chain_tip) VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
                 &[
                     &txid,
-                    &sweep.signers_prevout.txid.as_bytes().as_slice(),
+                    &sweep.signers_prevout.txid.as_byte_array().as_slice(),
                     &i64::from(sweep.signers_prevout.vout),
                     &fee,
-                    &sweep.chain_tip.as_bytes().as_slice()
+                    &sweep.chain_tip.as_byte_array().as_slice()
                 ]
             );
             if inserted == 1 {
@@ -1019,18 +1095,17 @@ impl DbWrite for PgStore {
                         tx,
                         "INSERT INTO sbtc_signer.swept_deposits (sweep_txid, position, deposit_txid, deposit_output_index) \
                          VALUES ($1, $2, $3, $4)",
-                        &[&txid, &pos, &d.txid.as_bytes().as_slice(), &i64::from(d.vout)]
+                        &[&txid, &pos, &d.txid.as_byte_array().as_slice(), &i64::from(d.vout)]
                     );
                 }
-                for (i, w) in sweep.withdrawals.iter().enumerate() {
+                for (i, (w, amount)) in sweep.withdrawals.iter().zip(amounts).enumerate() {
                     let pos = i32::try_from(i).map_err(|_| range("withdrawal position"))?;
                     let id = i64_of(w.request_id, "request_id")?;
-                    let amount = i64_of(w.amount.0, "amount")?;
                     execute!(
                         tx,
                         "INSERT INTO sbtc_signer.swept_withdrawals (sweep_txid, position, request_id, recipient, amount) \
                          VALUES ($1, $2, $3, $4, $5)",
-                        &[&txid, &pos, &id, &w.recipient.0, &amount]
+                        &[&txid, &pos, &id, &w.recipient.as_bytes(), amount]
                     );
                 }
             }
@@ -1047,9 +1122,9 @@ impl DbWrite for PgStore {
                 "INSERT INTO sbtc_signer.sighash_decisions (sighash, txid, prevout_txid, prevout_output_index, will_sign) \
                  VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
                 &[
-                    &d.sighash.as_bytes().as_slice(),
-                    &d.txid.as_bytes().as_slice(),
-                    &d.prevout.txid.as_bytes().as_slice(),
+                    &d.sighash.as_byte_array().as_slice(),
+                    &d.txid.as_byte_array().as_slice(),
+                    &d.prevout.txid.as_byte_array().as_slice(),
                     &i64::from(d.prevout.vout),
                     &d.will_sign
                 ]
@@ -1071,7 +1146,7 @@ impl DbWrite for PgStore {
                     &t.kind,
                     &nonce,
                     &t.raw,
-                    &t.bitcoin_chain_tip.as_bytes().as_slice()
+                    &t.bitcoin_chain_tip.as_byte_array().as_slice()
                 ]
             );
             Ok(())
@@ -1080,18 +1155,19 @@ impl DbWrite for PgStore {
     }
 
     async fn write_signer_set_rotation(&self, r: &SignerSetRotation) -> Result<()> {
+        let signers = key_column(&r.signer_set);
+        let signers = &signers;
         self.run("write_signer_set_rotation", |c| async move {
-            let signers: Vec<&[u8]> = r.signer_set.iter().map(|k| k.as_bytes().as_slice()).collect();
             execute!(
                 c,
                 "INSERT INTO sbtc_signer.signer_set_rotations (stacks_txid, aggregate_key, signer_set, \
                  signature_threshold, bitcoin_block_hash) VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
                 &[
                     &r.stacks_txid.as_bytes().as_slice(),
-                    &r.aggregate_key.as_bytes().as_slice(),
+                    &r.aggregate_key.serialize().as_slice(),
                     &signers,
                     &i32::from(r.threshold),
-                    &r.bitcoin_block_hash.as_bytes().as_slice()
+                    &r.bitcoin_block_hash.as_byte_array().as_slice()
                 ]
             );
             Ok(())
@@ -1151,7 +1227,7 @@ impl DbWrite for PgStore {
         let spends = intent.sorted_spends();
         let spends = spends.as_slice();
         self.run("guard_spend", |mut c| async move {
-            let txid = intent.txid.as_bytes().as_slice();
+            let txid = intent.txid.as_byte_array().as_slice();
             let fp = fingerprint.as_bytes().as_slice();
             let tx = c.transaction().await?;
             let mut outcomes = Vec::with_capacity(spends.len());
@@ -1159,7 +1235,7 @@ impl DbWrite for PgStore {
             // cannot deadlock. ON CONFLICT waits for a concurrent insert of the same outpoint to
             // commit, then the SELECT ... FOR UPDATE sees (and locks) the winner's row.
             for op in spends {
-                let t = op.txid.as_bytes().as_slice();
+                let t = op.txid.as_byte_array().as_slice();
                 let v = i64::from(op.vout);
                 let inserted = execute!(
                     tx,
@@ -1186,7 +1262,7 @@ impl DbWrite for PgStore {
                     &[&t, &v, &txid]
                 )
                 .is_some();
-                let existing_txid = row.fixed("txid", BitcoinTxid::from_slice)?;
+                let existing_txid = row.fixed("txid", parse_txid)?;
                 let existing_fp = row.fixed("payment_fingerprint", PaymentFingerprint::from_slice)?;
                 outcomes.push((
                     *op,
@@ -1204,7 +1280,7 @@ impl DbWrite for PgStore {
                         tx,
                         "INSERT INTO sbtc_signer.spend_approvals (prevout_txid, prevout_output_index, txid) \
                          VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
-                        &[&op.txid.as_bytes().as_slice(), &i64::from(op.vout), &txid]
+                        &[&op.txid.as_byte_array().as_slice(), &i64::from(op.vout), &txid]
                     );
                 }
             }
