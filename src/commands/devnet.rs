@@ -28,8 +28,8 @@ pub struct Devnet {
     /// link up with its peers and for each round phase (150 signers on 2 cores need ~900).
     #[arg(long, default_value_t = 180)]
     timeout: u64,
-    /// Where the signers' keys live: an encrypted keystore file each, or a SoftHSM2 token each
-    /// (in its own token dir).
+    /// Where the signers' keys live: an encrypted keystore file each, a SoftHSM2 token each (in
+    /// its own token dir), or `mixed` (both, alternating, in one signer set).
     #[arg(long, value_enum, default_value_t = DevnetBackend::Keystore)]
     backend: DevnetBackend,
     /// A PostgreSQL URL (`postgresql://user@host:port/db`, a role allowed to create databases;

@@ -20,6 +20,9 @@ pub struct Run {
     /// Sign a demo batch of K sighashes after the DKG is verified (coordinator only; 0 = none).
     #[arg(long, default_value_t = 0)]
     demo_batch: usize,
+    /// Have every signer of the set sign the demo batch, not only a threshold of them.
+    #[arg(long)]
+    demo_all: bool,
     /// Write this signer's result (aggregate key, verification, timings, signatures) as JSON here.
     #[arg(long)]
     result_file: Option<PathBuf>,
@@ -98,6 +101,11 @@ impl Run {
             connect_timeout: Duration::from_secs(self.connect_timeout),
             phase_timeout: Duration::from_secs(self.phase_timeout),
             nonce_ledger: self.nonce_ledger,
+            demo_participation: if self.demo_all {
+                crate::signing::Participation::All
+            } else {
+                crate::signing::Participation::Threshold
+            },
             exit_when_done: self.exit_when_done,
         };
         node::run(keys, storage, peer, opts)

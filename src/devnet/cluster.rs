@@ -26,6 +26,8 @@ use crate::{config::Config, node::Shutdown, signing::DkgId};
 pub enum DevnetBackend {
     Keystore,
     Softhsm,
+    /// Keystores and SoftHSM2 tokens, alternating, in one signer set.
+    Mixed,
 }
 
 /// The running children; dropping this stops every one still running.
@@ -245,8 +247,14 @@ pub async fn run(opts: ClusterOptions) -> Result<ExitCode, Box<dyn std::error::E
     for (i, port) in ports.iter().enumerate() {
         let dir = work.join(format!("signer-{i}"));
         fs::create_dir_all(&dir)?;
-        let (custody_section, env) = match opts.backend {
-            DevnetBackend::Keystore => {
+        let backend = match opts.backend {
+            // Even signers keep a keystore, odd ones a SoftHSM2 token: one set, both backends.
+            DevnetBackend::Mixed if i % 2 == 0 => DevnetBackend::Keystore,
+            DevnetBackend::Mixed => DevnetBackend::Softhsm,
+            other => other,
+        };
+        let (custody_section, env) = match backend {
+            DevnetBackend::Keystore | DevnetBackend::Mixed => {
                 write_private(&dir.join("passphrase"), random_hex(32).as_bytes())?;
                 (keystore_section(&dir)?, None)
             }

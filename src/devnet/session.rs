@@ -21,6 +21,7 @@ use crate::{
         FileNonceLedger, InMemoryNonceLedger, MockKeySpend, NonceLedger, Participation,
         RoundMessage, SignerContext, SignerSet, Transport,
     },
+    signing::{PublicShares, SealedShares},
     storage::{DkgShares, DkgSharesStatus, Storage},
 };
 
@@ -36,6 +37,55 @@ pub struct SessionParams {
     pub phase_timeout: Duration,
     /// Where the nonce ledger lives; None keeps it in memory (tests).
     pub nonce_ledger: Option<std::path::PathBuf>,
+    /// Who must sign the demo batch: the threshold (the others may be down) or every signer.
+    pub demo_participation: Participation,
+    /// End the session when the coordinator says so; else a signer keeps serving rounds until
+    /// the node stops (a restarted coordinator can then sign with it again).
+    pub exit_when_done: bool,
+}
+
+/// This signer's part of the newest verified DKG of `set`, from storage: what lets a restarted
+/// signer sign again without a new DKG. None if there is none for this set, or it is not ours.
+async fn stored_shares(
+    storage: &dyn Storage,
+    set: &SignerSet,
+    me: u32,
+) -> Result<Option<(PublicShares, SealedShares)>, SessionError> {
+    let Some(stored) = storage.get_latest_verified_dkg_shares().await? else {
+        return Ok(None);
+    };
+    let row = &stored.shares;
+    if row.signer_set.as_slice() != set.keys() || u32::from(row.threshold) != set.threshold() {
+        tracing::info!(
+            aggregate_key = %row.aggregate_key,
+            "the newest verified key shares belong to another signer set; running a new DKG"
+        );
+        return Ok(None);
+    }
+    if row.signer_index != me {
+        return Err(format!(
+            "the stored key shares of {} are for signer index {}, but this signer is index {me} \
+             of the same set: the database belongs to another signer",
+            row.aggregate_key, row.signer_index
+        )
+        .into());
+    }
+    let public: PublicShares = serde_json::from_slice(&row.public_shares).map_err(|e| {
+        format!(
+            "the stored public shares of {} do not decode ({e}); restore the database from backup",
+            row.aggregate_key
+        )
+    })?;
+    if public.dkg_id != row.dkg_id
+        || AggregateKey::from_point(&public.aggregate_key).ok() != Some(row.aggregate_key)
+    {
+        return Err(format!(
+            "the stored public shares of {} belong to another DKG; restore the database from backup",
+            row.aggregate_key
+        )
+        .into());
+    }
+    Ok(Some((public, row.sealed_shares())))
 }
 
 /// The coordinator's verdict on a DKG, sent to every signer as a signed decision.
@@ -98,7 +148,7 @@ pub async fn run_session(node: Arc<PeerNode>, p: SessionParams) -> Result<RunRes
         coordinator,
         signers = set.len(),
         threshold = set.threshold(),
-        "peers connected; starting DKG"
+        "peers connected"
     );
     let ctx = SignerContext {
         set: set.clone(),
@@ -110,26 +160,48 @@ pub async fn run_session(node: Arc<PeerNode>, p: SessionParams) -> Result<RunRes
     };
 
     let dkg_start = Instant::now();
-    let DkgOutcome { public, sealed } = run_dkg(&ctx, &mut transport, dkg_id, coordinator).await?;
+    let stored = stored_shares(p.storage.as_ref(), &set, me).await?;
+    let from_storage = stored.is_some();
+    let (public, sealed) = match stored {
+        Some(found) => {
+            tracing::info!(
+                dkg_id = %found.0.dkg_id,
+                "signing with the stored shares of this signer set's verified key (no new DKG)"
+            );
+            found
+        }
+        None => {
+            tracing::info!(%dkg_id, "starting DKG");
+            let DkgOutcome { public, sealed } =
+                run_dkg(&ctx, &mut transport, dkg_id, coordinator).await?;
+            (public, sealed)
+        }
+    };
+    let dkg_id = public.dkg_id;
     let dkg_ms = ms(dkg_start.elapsed());
     let aggregate = public.aggregate_public_key()?;
     let aggregate_hex = hex::encode(aggregate.serialize());
-    tracing::info!(aggregate_key = %aggregate_hex, dkg_ms, "DKG done; storing sealed shares as unverified");
     let aggregate_key = AggregateKey::new(aggregate);
-    p.storage
-        .write_dkg_shares(&DkgShares {
-            aggregate_key,
-            dkg_id: sealed.dkg_id,
-            signer_index: sealed.signer,
-            sealed_private_shares: SealedBlob::from_bytes(sealed.blob.clone()),
-            public_shares: serde_json::to_vec(&public)?,
-            signer_set: set.keys().to_vec(),
-            threshold: u16::try_from(set.threshold())?,
-            status: DkgSharesStatus::Unverified,
-            started_at_block_hash: BlockHash::from_byte_array(p.chain_tip),
-            started_at_block_height: p.chain_height,
-        })
-        .await?;
+    if !from_storage {
+        tracing::info!(aggregate_key = %aggregate_hex, dkg_ms, "DKG done; storing sealed shares as unverified");
+        p.storage
+            .write_dkg_shares(&DkgShares {
+                aggregate_key,
+                dkg_id: sealed.dkg_id,
+                signer_index: sealed.signer,
+                sealed_private_shares: SealedBlob::from_bytes(sealed.blob.clone()),
+                public_shares: serde_json::to_vec(&public)?,
+                signer_set: set.keys().to_vec(),
+                threshold: u16::try_from(set.threshold())?,
+                status: DkgSharesStatus::Unverified,
+                started_at_block_hash: BlockHash::from_byte_array(p.chain_tip),
+                started_at_block_height: p.chain_height,
+            })
+            .await?;
+        p.keys
+            .sign_audit_head(&format!("end of dkg {dkg_id}"))
+            .await?;
+    }
 
     let verification_request = MockKeySpend::new(dkg_id, &aggregate).request()?;
     let demo_requests = demo::demo_requests(dkg_id, &aggregate, p.demo_batch);
@@ -151,10 +223,15 @@ pub async fn run_session(node: Arc<PeerNode>, p: SessionParams) -> Result<RunRes
         threshold: set.threshold(),
         coordinator,
         dkg_id: dkg_id.0,
-        shares_from_storage: false,
+        shares_from_storage: from_storage,
         identity: hex::encode(me_key.serialize()),
         aggregate_key: aggregate_hex.clone(),
-        dkg_status: DkgSharesStatus::Unverified.to_string(),
+        dkg_status: if from_storage {
+            DkgSharesStatus::Verified
+        } else {
+            DkgSharesStatus::Unverified
+        }
+        .to_string(),
         dkg_failure: None,
         connect_ms: ms(connect),
         dkg_ms,
@@ -167,38 +244,21 @@ pub async fn run_session(node: Arc<PeerNode>, p: SessionParams) -> Result<RunRes
 
     if me == coordinator {
         let coord = BatchCoordinator::new(ctx.clone(), public.clone())?;
-        let start = Instant::now();
-        let verification = verify_dkg(&coord, &mut signer, &mut transport).await?;
-        result.verification_ms = Some(ms(start.elapsed()));
-        let (status, detail) = match &verification {
-            DkgVerification::Verified => (DkgSharesStatus::Verified, None),
-            DkgVerification::Failed(why) => (DkgSharesStatus::Failed, Some(why.clone())),
-        };
-        p.storage
-            .set_dkg_shares_status(&aggregate_key, status)
-            .await?;
-        result.dkg_status = status.to_string();
-        result.dkg_failure = detail.clone();
-        tracing::info!(%status, "DKG verification done");
-        let decision = DkgDecision {
-            aggregate_key: aggregate_hex.clone(),
-            verified: status == DkgSharesStatus::Verified,
-            detail,
-        };
-        let envelope = node
-            .signed_statement(
-                StatementKind::Decision,
-                transport.chain_tip(),
-                decision_round(dkg_id),
-                Bytes::from(serde_json::to_vec(&decision)?),
+        let status = if from_storage {
+            DkgSharesStatus::Verified
+        } else {
+            verify_and_announce(
+                &p,
+                &node,
+                &coord,
+                &mut signer,
+                &mut transport,
+                &mut result,
+                dkg_id,
+                &aggregate_key,
             )
-            .await?;
-        let down = transport
-            .broadcast_envelope(crate::peer::message::encode(&envelope))
-            .await;
-        if !down.is_empty() {
-            tracing::warn!(?down, "the DKG decision did not reach every signer");
-        }
+            .await?
+        };
         if status == DkgSharesStatus::Verified && !demo_requests.is_empty() {
             let start = Instant::now();
             let signed = coord
@@ -206,7 +266,7 @@ pub async fn run_session(node: Arc<PeerNode>, p: SessionParams) -> Result<RunRes
                     &mut signer,
                     &mut transport,
                     &demo_requests,
-                    Participation::Threshold,
+                    p.demo_participation,
                 )
                 .await;
             result.batch_ms = Some(ms(start.elapsed()));
@@ -231,12 +291,97 @@ pub async fn run_session(node: Arc<PeerNode>, p: SessionParams) -> Result<RunRes
                 }
                 Err(e) => tracing::error!(error = %e, "demo batch failed"),
             }
+            p.keys.sign_audit_head("end of the demo batch").await?;
         }
         coord.finish(&mut transport).await;
     } else {
-        // Serve the coordinator's requests until it says the session is over; a coordinator
-        // silent for several phase timeouts has failed, and waiting longer helps nobody.
-        let idle = p.phase_timeout * 4;
+        serve(
+            &p,
+            &mut signer,
+            &mut transport,
+            &mut result,
+            coordinator,
+            &aggregate_hex,
+            &aggregate_key,
+        )
+        .await?;
+    }
+    Ok(result)
+}
+
+/// The coordinator's DKG verification: a taproot key spend signed by every signer and checked by
+/// Bitcoin Core's script verifier; the verdict is stored and sent to every signer signed.
+#[allow(clippy::too_many_arguments)]
+async fn verify_and_announce(
+    p: &SessionParams,
+    node: &PeerNode,
+    coord: &BatchCoordinator,
+    signer: &mut BatchSigner,
+    transport: &mut PeerTransport,
+    result: &mut RunResult,
+    dkg_id: DkgId,
+    aggregate_key: &AggregateKey,
+) -> Result<DkgSharesStatus, SessionError> {
+    let aggregate_hex = aggregate_key.to_string();
+    {
+        let start = Instant::now();
+        let verification = verify_dkg(coord, signer, transport).await?;
+        result.verification_ms = Some(ms(start.elapsed()));
+        let (status, detail) = match &verification {
+            DkgVerification::Verified => (DkgSharesStatus::Verified, None),
+            DkgVerification::Failed(why) => (DkgSharesStatus::Failed, Some(why.clone())),
+        };
+        p.storage
+            .set_dkg_shares_status(aggregate_key, status)
+            .await?;
+        result.dkg_status = status.to_string();
+        result.dkg_failure = detail.clone();
+        tracing::info!(%status, "DKG verification done");
+        p.keys
+            .sign_audit_head(&format!("end of the verification of dkg {dkg_id}"))
+            .await?;
+        let decision = DkgDecision {
+            aggregate_key: aggregate_hex.clone(),
+            verified: status == DkgSharesStatus::Verified,
+            detail,
+        };
+        let envelope = node
+            .signed_statement(
+                StatementKind::Decision,
+                transport.chain_tip(),
+                decision_round(dkg_id),
+                Bytes::from(serde_json::to_vec(&decision)?),
+            )
+            .await?;
+        let down = transport
+            .broadcast_envelope(crate::peer::message::encode(&envelope))
+            .await;
+        if !down.is_empty() {
+            tracing::warn!(?down, "the DKG decision did not reach every signer");
+        }
+        Ok(status)
+    }
+}
+
+/// A signer that does not coordinate: serves the coordinator's requests until it says the session
+/// is over (with `exit_when_done`), or until the node stops.
+async fn serve(
+    p: &SessionParams,
+    signer: &mut BatchSigner,
+    transport: &mut PeerTransport,
+    result: &mut RunResult,
+    coordinator: u32,
+    aggregate_hex: &str,
+    aggregate_key: &AggregateKey,
+) -> Result<(), SessionError> {
+    {
+        // A coordinator silent for several phase timeouts has failed, and waiting longer helps
+        // nobody; a signer that serves until the node stops waits as long as it takes.
+        let idle = if p.exit_when_done {
+            p.phase_timeout * 4
+        } else {
+            Duration::MAX / 4
+        };
         loop {
             let incoming = match tokio::time::timeout(idle, transport.recv_any()).await {
                 Ok(Some(incoming)) => incoming,
@@ -253,13 +398,25 @@ pub async fn run_session(node: Arc<PeerNode>, p: SessionParams) -> Result<RunRes
                 Incoming::Round(env) => {
                     if matches!(env.msg.as_ref(), RoundMessage::Done) {
                         if env.from == coordinator {
-                            break;
+                            if p.exit_when_done {
+                                break;
+                            }
+                            tracing::info!("the coordinator ended its session; serving rounds until the node stops");
                         }
                         continue;
                     }
                     if let Some(reply) = signer.handle(env.from, &env.msg).await {
+                        let round_ended = match &reply {
+                            RoundMessage::ShareResponse(r) => Some(r.round),
+                            _ => None,
+                        };
                         if let Err(e) = transport.send(env.from, Arc::new(reply)).await {
                             tracing::warn!(error = %e, "reply not delivered");
+                        }
+                        if let Some(round) = round_ended {
+                            p.keys
+                                .sign_audit_head(&format!("end of round {round}"))
+                                .await?;
                         }
                     }
                 }
@@ -281,7 +438,7 @@ pub async fn run_session(node: Arc<PeerNode>, p: SessionParams) -> Result<RunRes
                         DkgSharesStatus::Failed
                     };
                     p.storage
-                        .set_dkg_shares_status(&aggregate_key, status)
+                        .set_dkg_shares_status(aggregate_key, status)
                         .await?;
                     result.dkg_status = status.to_string();
                     result.dkg_failure = decision.detail;
@@ -290,7 +447,7 @@ pub async fn run_session(node: Arc<PeerNode>, p: SessionParams) -> Result<RunRes
             }
         }
     }
-    Ok(result)
+    Ok(())
 }
 
 fn decision_round(dkg_id: DkgId) -> [u8; 32] {

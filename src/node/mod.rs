@@ -26,6 +26,8 @@ pub struct RunOptions {
     pub connect_timeout: Duration,
     pub phase_timeout: Duration,
     pub nonce_ledger: Option<PathBuf>,
+    /// Who must sign the demo batch.
+    pub demo_participation: crate::signing::Participation,
     pub exit_when_done: bool,
 }
 
@@ -72,6 +74,8 @@ pub async fn run(
         connect_timeout: opts.connect_timeout,
         phase_timeout: opts.phase_timeout,
         nonce_ledger: opts.nonce_ledger.clone(),
+        demo_participation: opts.demo_participation,
+        exit_when_done: opts.exit_when_done,
     };
     let session = devnet::run_session(node.clone(), params);
     let outcome = tokio::select! {
