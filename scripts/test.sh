@@ -21,6 +21,10 @@ mkdir -p "$WORK/tokens"
 printf 'directories.tokendir = %s/tokens\nobjectstore.backend = file\nlog.level = ERROR\n' "$WORK" > "$WORK/softhsm2.conf"
 export SOFTHSM2_CONF="$WORK/softhsm2.conf"
 
+# Everything the tests need is installed and started here: a test that finds PostgreSQL or
+# SoftHSM2 missing fails instead of skipping.
+export SBTC_TEST_REQUIRE=1
+
 echo "==> starting a private PostgreSQL server"
 eval "$(scripts/pg.sh start)"
 

@@ -11,6 +11,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+mod storage_support;
+
 const BIN: &str = env!("CARGO_BIN_EXE_sbtc-hsm-signer");
 
 /// Waits for `child` at most `limit`; kills it and fails the test past that.
@@ -214,9 +216,7 @@ fn a_node_whose_peers_never_come_up_fails_naming_them_and_stops_on_sigterm() {
     // SAFETY: plain kill(2) on our own child's pid.
     let rc = unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     assert_eq!(rc, 0);
-    let start = Instant::now();
     let status = wait_bounded(&mut child, Duration::from_secs(20));
-    assert!(start.elapsed() < Duration::from_secs(15));
     let stderr = seen + &read_pipe(Some(stderr_pipe));
     assert_eq!(status.code(), Some(130), "{stderr}");
     assert!(stderr.contains("shutting down"), "{stderr}");
@@ -225,12 +225,10 @@ fn a_node_whose_peers_never_come_up_fails_naming_them_and_stops_on_sigterm() {
 #[test]
 fn devnet_on_softhsm_tokens_forms_and_verifies_a_key() {
     if !Path::new("/usr/lib/softhsm/libsofthsm2.so").exists() {
-        assert_ne!(
-            std::env::var("CI").as_deref(),
-            Ok("true"),
-            "SoftHSM2 is missing but CI=true; scripts/test.sh installs it"
+        storage_support::skip_or_fail(
+            "devnet_on_softhsm_tokens_forms_and_verifies_a_key",
+            "SoftHSM2 is not installed (apt-get install softhsm2)",
         );
-        eprintln!("SKIPPED: SoftHSM2 is not installed (apt-get install softhsm2)");
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -266,13 +264,9 @@ fn devnet_on_softhsm_tokens_forms_and_verifies_a_key() {
 /// query finds the verified key there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn devnet_on_postgres_stores_verified_shares_per_signer() {
-    let Ok(admin_url) = std::env::var("SBTC_TEST_PG_URL") else {
-        assert_ne!(
-            std::env::var("CI").as_deref(),
-            Ok("true"),
-            "SBTC_TEST_PG_URL is not set but CI=true"
-        );
-        eprintln!("SKIPPED: SBTC_TEST_PG_URL is not set; run `eval \"$(scripts/pg.sh start)\"`");
+    let Some(admin_url) =
+        storage_support::pg_url_or_skip("devnet_on_postgres_stores_verified_shares_per_signer")
+    else {
         return;
     };
     let tmp = tempfile::tempdir().unwrap();

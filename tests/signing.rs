@@ -618,11 +618,14 @@ async fn sealed_shares_round_trip_through_custody_and_hide_the_plaintext() {
             }
             // And only its own custody can open it.
             let other = &f.cluster.signers[(i + 1) % N].ctx;
-            assert!(o
+            match o
                 .sealed
                 .unseal(other.custody.as_ref(), &other.seal_label)
                 .await
-                .is_err());
+            {
+                Err(SigningError::Custody(e)) => assert_eq!(e.kind(), ErrorKind::Tampered),
+                other => panic!("expected Tampered from another signer's seal key, got {other:?}"),
+            }
         }
     })
     .await
@@ -992,7 +995,6 @@ async fn a_signer_that_dies_after_sending_nonces_is_excluded_and_the_batch_retri
         ctx.phase_timeout = Duration::from_millis(700);
         let coord = BatchCoordinator::new(ctx, own.public().clone()).unwrap();
         let requests = mixed_requests(8);
-        let started = std::time::Instant::now();
         let got = coord
             .sign(
                 &mut own,
@@ -1011,12 +1013,9 @@ async fn a_signer_that_dies_after_sending_nonces_is_excluded_and_the_batch_retri
             "{:?}",
             got.excluded
         );
-        // One share-phase timeout, then the retry; the retry does not wait for the excluded signer.
-        assert!(
-            started.elapsed() < Duration::from_secs(5),
-            "{:?}",
-            started.elapsed()
-        );
+        // One share-phase timeout, then the retry; the retry does not wait for the excluded
+        // signer, so no phase of it times out.
+        assert_eq!(got.phase_timeouts, 1, "{got:?}");
         coord.finish(&mut transport).await;
         for s in servers {
             s.abort();
@@ -1047,8 +1046,13 @@ fn the_coordinator_is_a_pure_function_of_the_tip_and_the_set() {
         chosen.insert(a.coordinator_for(&tip));
     }
     assert_eq!(chosen.len(), 7, "every signer coordinates for some tip");
-    assert!(SignerSet::from_keys(vec![keys[0], keys[0]], 1).is_err());
-    assert!(SignerSet::from_keys(keys.clone(), 8).is_err());
+    let twice = SignerSet::from_keys(vec![keys[0], keys[0]], 1).unwrap_err();
+    assert!(twice.to_string().contains("appears twice"), "{twice}");
+    let over = SignerSet::from_keys(keys.clone(), 8).unwrap_err();
+    assert!(
+        over.to_string().contains("threshold 8 is outside"),
+        "{over}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1064,15 +1068,35 @@ async fn transport_key_endorsements_bind_signer_and_dkg() {
         .await
         .unwrap();
     assert!(e.verify(&cluster.set, DkgId(9), 0).is_ok());
-    // Relayed by another signer, replayed into another DKG, or claimed for another index: rejected.
-    assert!(e.verify(&cluster.set, DkgId(9), 1).is_err());
-    assert!(e.verify(&cluster.set, DkgId(10), 0).is_err());
+    // Relayed by another signer, replayed into another DKG, or claimed for another index: rejected,
+    // naming the sender and what was wrong.
+    let refused = |r: sbtc_hsm_signer::signing::Result<_>, who: u32, what: &str| match r {
+        Err(SigningError::Misbehaving { signer, detail }) => {
+            assert_eq!(signer, who, "{detail}");
+            assert!(detail.contains(what), "{detail}");
+        }
+        other => panic!("expected signer {who} named for `{what}`, got {other:?}"),
+    };
+    refused(
+        e.verify(&cluster.set, DkgId(9), 1),
+        1,
+        "for signer 0 over its own link",
+    );
+    refused(e.verify(&cluster.set, DkgId(10), 0), 0, "during DKG 10");
     let mut claimed = e.clone();
     claimed.signer = 1;
-    assert!(claimed.verify(&cluster.set, DkgId(9), 1).is_err());
+    refused(
+        claimed.verify(&cluster.set, DkgId(9), 1),
+        1,
+        "does not verify",
+    );
     let mut swapped = e.clone();
     swapped.transport_key = TransportKey::generate().unwrap().public().to_vec();
-    assert!(swapped.verify(&cluster.set, DkgId(9), 0).is_err());
+    refused(
+        swapped.verify(&cluster.set, DkgId(9), 0),
+        0,
+        "does not verify",
+    );
 }
 
 #[allow(dead_code)]

@@ -25,13 +25,10 @@ fn pg_ctl_or_skip() -> Option<String> {
     match std::env::var("SBTC_TEST_PG_CTL") {
         Ok(c) if !c.is_empty() => Some(c),
         _ => {
-            if std::env::var("CI").as_deref() == Ok("true") {
-                panic!(
-                    "SBTC_TEST_PG_CTL is not set but CI=true: the restart test must run. Use \
-                     `eval \"$(scripts/pg.sh start)\"`, which sets it"
-                );
-            }
-            eprintln!("SKIPPED storage_restart: SBTC_TEST_PG_CTL is not set (scripts/pg.sh start sets it)");
+            skip_or_fail(
+                "storage_restart",
+                "SBTC_TEST_PG_CTL is not set (`eval \"$(scripts/pg.sh start)\"` sets it)",
+            );
             None
         }
     }

@@ -168,7 +168,10 @@ mod tests {
         ));
         let mut no_tip = env.clone();
         no_tip.chain_tip = None;
-        assert!(decode(&encode(&no_tip), &key).is_err());
+        assert_eq!(
+            decode(&encode(&no_tip), &key),
+            Err(Invalid::Malformed("no chain tip"))
+        );
         let mut v2 = env;
         v2.version = 2;
         assert_eq!(

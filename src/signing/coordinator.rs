@@ -52,6 +52,8 @@ pub struct BatchSignatures {
     pub excluded: Vec<Exclusion>,
     /// Nonce rounds used (1 unless someone had to be excluded).
     pub rounds: u32,
+    /// Phases that ended because their timeout passed (someone stayed silent), over all rounds.
+    pub phase_timeouts: u32,
 }
 
 /// The coordinator side of batched signing.
@@ -88,9 +90,17 @@ impl BatchCoordinator {
         };
         let mut excluded: BTreeMap<SignerIndex, String> = BTreeMap::new();
         let max_rounds = n - self.public.threshold + 1;
+        let mut phase_timeouts = 0;
         for attempt in 1..=max_rounds {
             match self
-                .attempt(own, transport, requests, needed, &excluded)
+                .attempt(
+                    own,
+                    transport,
+                    requests,
+                    needed,
+                    &excluded,
+                    &mut phase_timeouts,
+                )
                 .await?
             {
                 Attempt::Signed(signatures) => {
@@ -101,6 +111,7 @@ impl BatchCoordinator {
                             .map(|(signer, reason)| Exclusion { signer, reason })
                             .collect(),
                         rounds: attempt,
+                        phase_timeouts,
                     })
                 }
                 Attempt::Exclude(bad) => {
@@ -129,6 +140,7 @@ impl BatchCoordinator {
         requests: &[SighashRequest],
         needed: u32,
         excluded: &BTreeMap<SignerIndex, String>,
+        phase_timeouts: &mut u32,
     ) -> Result<Attempt> {
         let n = self.ctx.set.len();
         let me = self.ctx.me;
@@ -161,7 +173,10 @@ impl BatchCoordinator {
         while (answered.len() as u32) < n {
             let env = match recv_until(transport, deadline, "nonce exchange", Vec::new).await {
                 Ok(env) => env,
-                Err(SigningError::Timeout { .. }) => break,
+                Err(SigningError::Timeout { .. }) => {
+                    *phase_timeouts += 1;
+                    break;
+                }
                 Err(e) => return Err(e),
             };
             if excluded.contains_key(&env.from) {
@@ -222,7 +237,10 @@ impl BatchCoordinator {
         while share_responses.len() + bad.len() < chosen.len() {
             let env = match recv_until(transport, deadline, "share exchange", Vec::new).await {
                 Ok(env) => env,
-                Err(SigningError::Timeout { .. }) => break,
+                Err(SigningError::Timeout { .. }) => {
+                    *phase_timeouts += 1;
+                    break;
+                }
                 Err(e) => return Err(e),
             };
             if !chosen.contains(&env.from) || share_responses.contains_key(&env.from) {

@@ -189,6 +189,9 @@ mod tests {
 
         let memory = InMemoryNonceLedger::default();
         memory.record(&round).await.unwrap();
-        assert!(memory.record(&round).await.is_err());
+        assert!(matches!(
+            memory.record(&round).await,
+            Err(LedgerError::AlreadyUsed(_))
+        ));
     }
 }

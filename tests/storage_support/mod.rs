@@ -13,20 +13,27 @@ use sbtc_hsm_signer::storage::{
     *,
 };
 
-/// Whether a missing server is a failure (CI) or a skip (a developer's machine).
+/// A test that cannot run here: a failure where everything must run (`scripts/test.sh` sets
+/// SBTC_TEST_REQUIRE=1; CI=true too), else a skip that the run's output shows (written to the
+/// process's stderr directly, past the test harness's capture).
+pub fn skip_or_fail(test: &str, why: &str) {
+    let required = std::env::var("SBTC_TEST_REQUIRE").as_deref() == Ok("1")
+        || std::env::var("CI").as_deref() == Ok("true");
+    if required {
+        panic!("{test} must run here (SBTC_TEST_REQUIRE=1 or CI=true), but {why}");
+    }
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {why}");
+}
+
+/// The test server's URL, or None after [`skip_or_fail`] said why there is none.
 pub fn pg_url_or_skip(test: &str) -> Option<String> {
     match std::env::var("SBTC_TEST_PG_URL") {
         Ok(url) if !url.is_empty() => Some(url),
         _ => {
-            if std::env::var("CI").as_deref() == Ok("true") {
-                panic!(
-                    "{test}: SBTC_TEST_PG_URL is not set but CI=true: the PostgreSQL tests must run. \
-                     Start a server with `eval \"$(scripts/pg.sh start)\"` (see README)"
-                );
-            }
-            eprintln!(
-                "SKIPPED {test}: SBTC_TEST_PG_URL is not set; run `eval \"$(scripts/pg.sh start)\"` \
-                 to run the PostgreSQL tests"
+            skip_or_fail(
+                test,
+                "SBTC_TEST_PG_URL is not set; start a server with `eval \"$(scripts/pg.sh start)\"` (see README)",
             );
             None
         }

@@ -53,6 +53,8 @@ struct Inner {
     /// Serialises writers in this process; the flock on `lock_path` serialises processes.
     writer: Mutex<()>,
     pool: BlockingPool,
+    /// Times the file was read and verified again because it changed on disk.
+    reloads: std::sync::atomic::AtomicU64,
 }
 
 /// The file as last read or written, and which version of it that was.
@@ -245,8 +247,17 @@ impl Keystore {
                 }),
                 writer: Mutex::new(()),
                 pool,
+                reloads: std::sync::atomic::AtomicU64::new(0),
             }),
         }
+    }
+
+    /// How many times this handle re-read and re-verified the file because another writer changed
+    /// it. An unchanged file costs one `stat` per operation and is never read again.
+    pub fn reloads(&self) -> u64 {
+        self.inner
+            .reloads
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The current file contents. A stat per call notices a rewrite by another process (or a
@@ -350,6 +361,8 @@ impl Inner {
     }
 
     fn reload(&self, op: Operation) -> Result<Arc<Document>> {
+        self.reloads
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let (doc, fingerprint) = self.read_verified(op)?;
         Ok(self.store(doc, fingerprint))
     }
