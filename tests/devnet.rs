@@ -77,7 +77,17 @@ fn devnet_forms_a_verified_threshold_key_signs_the_batch_and_leaves_no_process()
     let work = tmp.path().join("devnet");
     let (status, out, err) = devnet(
         &work,
-        &["--signers", "3", "--threshold", "2", "--batch", "5"],
+        // One set, both kinds of custody a devnet process can hold: keystores and SoftHSM2.
+        &[
+            "--signers",
+            "3",
+            "--threshold",
+            "2",
+            "--batch",
+            "5",
+            "--backend",
+            "mixed",
+        ],
     );
     assert!(status.success(), "devnet failed: {status}\n{out}\n{err}");
 
@@ -106,18 +116,25 @@ fn devnet_forms_a_verified_threshold_key_signs_the_batch_and_leaves_no_process()
         let rounds: std::collections::HashSet<&str> =
             ledger.lines().filter(|l| !l.trim().is_empty()).collect();
         assert!(rounds.len() >= 2, "signer {i} nonce ledger: {ledger:?}");
-        let mode = std::fs::metadata(work.join(format!("signer-{i}/passphrase")))
+        // Even signers hold a keystore (passphrase file), odd ones a SoftHSM2 token (PIN file).
+        let secret_file = if i % 2 == 0 {
+            assert!(work.join(format!("signer-{i}/keystore.json")).is_file());
+            work.join(format!("signer-{i}/passphrase"))
+        } else {
+            assert!(work.join(format!("signer-{i}/tokens")).is_dir());
+            work.join(format!("signer-{i}/pin"))
+        };
+        let mode = std::fs::metadata(&secret_file)
             .unwrap()
             .permissions()
             .mode();
         assert_eq!(
             mode & 0o077,
             0,
-            "passphrase file of signer {i} is readable by others"
+            "secret file of signer {i} is readable by others"
         );
-        // The passphrase never reaches a log.
-        let passphrase =
-            std::fs::read_to_string(work.join(format!("signer-{i}/passphrase"))).unwrap();
+        // The passphrase or PIN never reaches a log.
+        let passphrase = std::fs::read_to_string(&secret_file).unwrap();
         let log = std::fs::read_to_string(work.join(format!("signer-{i}/signer.log"))).unwrap();
         assert!(
             !log.contains(passphrase.trim()),

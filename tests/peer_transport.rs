@@ -1,4 +1,5 @@
-//! The signing rounds over real mTLS peer links in one process: `PeerTransport` stamps the wire
+//! The signing rounds over real mTLS peer links in one process, over a signer set that mixes the
+//! three custody backends (keystore, SoftHSM2, YubiHSM2 MockHsm): `PeerTransport` stamps the wire
 //! envelope with the chain tip and round id, the receiver learns the sender from the handshake,
 //! garbage payloads are dropped, and a whole DKG plus a batch runs over it.
 
@@ -26,11 +27,10 @@ fn seal() -> KeyLabel {
 }
 
 async fn cluster(dir: &std::path::Path, n: usize) -> (Vec<Arc<dyn Custody>>, Vec<Arc<PeerNode>>) {
-    let mut custodies = Vec::new();
-    for i in 0..n {
-        let c = common::keystore(dir, &format!("s{i}")).await;
+    // One set, every backend: keystores, SoftHSM2 tokens and YubiHSM2s (MockHsm).
+    let custodies = common::mixed(dir, n).await;
+    for c in &custodies {
         c.generate(&seal(), KeyKind::Seal).await.unwrap();
-        custodies.push(c);
     }
     let nodes = common::mesh(&custodies, common::test_limits()).await;
     common::wait_full_mesh(&nodes, Duration::from_secs(20)).await;

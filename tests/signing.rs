@@ -1,5 +1,8 @@
-//! Threshold signing end to end, in one process: N=5 signers with threshold 4, each with its own
-//! encrypted keystore as custody, over the in-process transport.
+//! Threshold signing end to end, in one process: N=5 signers with threshold 4 over the in-process
+//! transport, each with custody of its own from a mixed set (keystores, SoftHSM2 tokens and
+//! YubiHSM2 MockHsms).
+
+mod common;
 
 use std::{
     collections::HashSet,
@@ -10,8 +13,7 @@ use std::{
     time::Duration,
 };
 
-use sbtc_custody::{Custody, ErrorKind, KeyKind, KeyLabel, SecretString};
-use sbtc_custody_keystore::{KdfParams, Keystore};
+use sbtc_custody::{Custody, ErrorKind, KeyKind, KeyLabel};
 use sbtc_hsm_signer::signing::{
     signing_key, ApproveAll, ApproveListed, Approver, BatchCoordinator, BatchNonceRequest,
     BatchShareRequest, BatchSigner, DkgId, DkgOutcome, DkgVerification, FileNonceLedger,
@@ -39,26 +41,18 @@ struct Fixture {
     coordinator: u32,
 }
 
-async fn keystores(dir: &TempDir, n: usize) -> Vec<Arc<dyn Custody>> {
-    let mut out: Vec<Arc<dyn Custody>> = Vec::new();
-    for i in 0..n {
-        let ks = Keystore::create_with_passphrase(
-            dir.path().join(format!("signer-{i}.keystore")),
-            &SecretString::new(format!("passphrase {i}")),
-            KdfParams::insecure_for_tests(),
-        )
-        .await
-        .unwrap();
-        ks.generate(&identity(), KeyKind::Secp256k1).await.unwrap();
-        ks.generate(&seal(), KeyKind::Seal).await.unwrap();
-        out.push(Arc::new(ks));
+/// The signers' custody: the three backends in turn, each with an identity and a seal key.
+async fn mixed_custodies(dir: &TempDir, n: usize) -> Vec<Arc<dyn Custody>> {
+    let custodies = common::mixed(dir.path(), n).await;
+    for c in &custodies {
+        c.generate(&seal(), KeyKind::Seal).await.unwrap();
     }
-    out
+    custodies
 }
 
 async fn fixture() -> Fixture {
     let dir = TempDir::new().unwrap();
-    let custodies = keystores(&dir, N).await;
+    let custodies = mixed_custodies(&dir, N).await;
     let cluster = LocalCluster::new(custodies, &identity(), &seal(), T, Duration::from_secs(10))
         .await
         .unwrap();
@@ -636,7 +630,7 @@ async fn sealed_shares_round_trip_through_custody_and_hide_the_plaintext() {
 async fn a_dkg_with_a_signer_down_times_out_naming_it() {
     tokio::time::timeout(TEST_LIMIT, async {
         let dir = TempDir::new().unwrap();
-        let custodies = keystores(&dir, N).await;
+        let custodies = mixed_custodies(&dir, N).await;
         let cluster = LocalCluster::new(
             custodies,
             &identity(),
@@ -744,7 +738,7 @@ impl Custody for Counting {
 async fn custody_calls_are_constant_per_dkg_and_per_batch_not_per_sighash() {
     tokio::time::timeout(TEST_LIMIT, async {
         let dir = TempDir::new().unwrap();
-        let counters: Vec<Arc<Counting>> = keystores(&dir, N)
+        let counters: Vec<Arc<Counting>> = mixed_custodies(&dir, N)
             .await
             .into_iter()
             .map(|inner| {
@@ -844,7 +838,7 @@ impl Transport for Recording {
 async fn round_messages_survive_the_wire_and_private_shares_travel_encrypted() {
     tokio::time::timeout(TEST_LIMIT, async {
         let dir = TempDir::new().unwrap();
-        let custodies = keystores(&dir, N).await;
+        let custodies = mixed_custodies(&dir, N).await;
         let cluster =
             LocalCluster::new(custodies, &identity(), &seal(), T, Duration::from_secs(10))
                 .await
@@ -1058,7 +1052,7 @@ fn the_coordinator_is_a_pure_function_of_the_tip_and_the_set() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transport_key_endorsements_bind_signer_and_dkg() {
     let dir = TempDir::new().unwrap();
-    let custodies = keystores(&dir, 2).await;
+    let custodies = mixed_custodies(&dir, 2).await;
     let cluster = LocalCluster::new(custodies, &identity(), &seal(), 2, Duration::from_secs(5))
         .await
         .unwrap();

@@ -66,6 +66,39 @@ pub async fn softhsm() -> Arc<dyn Custody> {
     custody
 }
 
+/// A YubiHSM2 (the yubihsm crate's MockHsm, a simulated device of its own) with an identity and
+/// a TLS key.
+pub async fn mockhsm() -> Arc<dyn Custody> {
+    let backend = tokio::task::spawn_blocking(|| {
+        sbtc_custody_yubihsm::YubiHsmBackend::with_connector(
+            yubihsm::Connector::mockhsm(),
+            1,
+            SecretString::new("password".into()),
+            sbtc_custody_yubihsm::Options::default(),
+        )
+    })
+    .await
+    .unwrap()
+    .unwrap_or_else(|e| panic!("open MockHsm: {e}"));
+    let custody: Arc<dyn Custody> = Arc::new(backend);
+    add_keys(&custody).await;
+    custody
+}
+
+/// `n` signers' custody, the three backends in turn: a keystore, a SoftHSM2 token, a YubiHSM2
+/// (MockHsm), a keystore, ... Each has an identity and a TLS key.
+pub async fn mixed(dir: &Path, n: usize) -> Vec<Arc<dyn Custody>> {
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        out.push(match i % 3 {
+            0 => keystore(dir, &format!("mixed-{i}")).await,
+            1 => softhsm().await,
+            _ => mockhsm().await,
+        });
+    }
+    out
+}
+
 pub async fn add_keys(custody: &Arc<dyn Custody>) {
     custody
         .generate(&identity_label(), KeyKind::Secp256k1)
