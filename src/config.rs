@@ -151,6 +151,24 @@ mod tests {
     }
 
     #[test]
+    fn the_annotated_example_shows_every_section_the_signer_reads() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/signer.example.toml");
+        let c = Config::load(&path).unwrap();
+        assert!(c.custody.is_some());
+        let storage = c.storage.as_ref().unwrap();
+        assert!(storage.password_file.is_some() && storage.pool_size.is_some());
+        assert!(storage.connect_retry_secs.is_some() && storage.operation_retry_secs.is_some());
+        let peer = c.peer.as_ref().unwrap();
+        let set = peer.bootstrap_set().unwrap();
+        assert_eq!((set.len(), set.threshold()), (2, 2));
+        assert!(peer.public_endpoint.is_some() && peer.max_message_bytes.is_some());
+        let text = std::fs::read_to_string(&path).unwrap();
+        for section in ["[custody]", "[keys]", "[storage]", "[peer]", "[[peer.bootstrap]]"] {
+            assert!(text.contains(section), "{section} missing from {}", path.display());
+        }
+    }
+
+    #[test]
     fn storage_section_parses_and_rejects_typos() {
         let base = "[custody]\nbackend = \"keystore\"\n[custody.keystore]\npath = \"/tmp/k\"\npassphrase_env = \"P\"\n";
         let c = Config::parse(&format!(

@@ -319,7 +319,7 @@ async fn dkg_shares_carry_what_unsealing_needs(s: Store) {
     let sealed = SealedShares {
         dkg_id: DkgId(42),
         signer: 2,
-        aggregate_key: agg(4).serialize().to_vec(),
+        aggregate_key: agg(4),
         blob: vec![0x5e, 0xa1, 0xed, 4, 2],
     };
     let row = DkgShares {
@@ -1097,7 +1097,7 @@ async fn pg_dkg_shares_survive_a_restart_of_the_signer() {
         SealedShares {
             dkg_id: written.dkg_id,
             signer: written.signer_index,
-            aggregate_key: written.aggregate_key.serialize().to_vec(),
+            aggregate_key: written.aggregate_key,
             blob: written.sealed_private_shares.as_bytes().to_vec(),
         }
     );

@@ -15,6 +15,8 @@ use zeroize::Zeroizing;
 
 use sbtc_custody::{Custody, KeyLabel, SealedBlob};
 
+use crate::keys::AggregateKey;
+
 use super::{secret::wipe_scalar, DkgId, Result, SignerIndex, SigningError};
 
 const MAGIC: &[u8; 8] = b"SBTCWSTS";
@@ -117,14 +119,15 @@ impl KeyShares {
 
     /// Seals the shares under the seal key `label`, bound to this DKG, aggregate key and signer.
     pub async fn seal(&self, custody: &dyn Custody, label: &KeyLabel) -> Result<SealedShares> {
-        let aggregate_key = compressed(&self.aggregate_key);
-        let aad = shares_aad(self.dkg_id, &aggregate_key, self.signer);
+        let aggregate_key = AggregateKey::from_point(&self.aggregate_key)
+            .map_err(|e| SigningError::Internal(format!("the DKG's aggregate key: {e}")))?;
+        let aad = shares_aad(self.dkg_id, &aggregate_key.serialize(), self.signer);
         let plaintext = self.encode();
         let blob = custody.seal(label, &plaintext, &aad).await?;
         Ok(SealedShares {
             dkg_id: self.dkg_id,
             signer: self.signer,
-            aggregate_key: aggregate_key.to_vec(),
+            aggregate_key,
             blob: blob.into_bytes(),
         })
     }
@@ -195,8 +198,7 @@ pub fn shares_aad(dkg_id: DkgId, aggregate_key: &[u8; 33], signer: SignerIndex) 
 pub struct SealedShares {
     pub dkg_id: DkgId,
     pub signer: SignerIndex,
-    /// Compressed aggregate key (33 bytes).
-    pub aggregate_key: Vec<u8>,
+    pub aggregate_key: AggregateKey,
     /// The custody backend's sealed blob.
     pub blob: Vec<u8>,
 }
@@ -206,7 +208,7 @@ impl std::fmt::Debug for SealedShares {
         f.debug_struct("SealedShares")
             .field("dkg_id", &self.dkg_id)
             .field("signer", &self.signer)
-            .field("aggregate_key", &hex::encode(&self.aggregate_key))
+            .field("aggregate_key", &self.aggregate_key)
             .field("blob_len", &self.blob.len())
             .finish()
     }
@@ -216,11 +218,7 @@ impl SealedShares {
     /// Unseals for the length of one round; the caller drops the result (which wipes it) when the
     /// round ends.
     pub async fn unseal(&self, custody: &dyn Custody, label: &KeyLabel) -> Result<KeyShares> {
-        let key: [u8; 33] = self
-            .aggregate_key
-            .as_slice()
-            .try_into()
-            .map_err(|_| SigningError::Shares("stored aggregate key is not 33 bytes".into()))?;
+        let key = self.aggregate_key.serialize();
         let aad = shares_aad(self.dkg_id, &key, self.signer);
         let plain = custody
             .unseal(label, &SealedBlob::from_bytes(self.blob.clone()), &aad)
@@ -252,7 +250,12 @@ pub struct PublicShares {
 impl PublicShares {
     /// The aggregate key as a secp256k1 key (for taproot outputs and verification).
     pub fn aggregate_public_key(&self) -> Result<secp256k1::PublicKey> {
-        secp256k1::PublicKey::from_slice(&compressed(&self.aggregate_key))
+        Ok(self.key()?.public_key())
+    }
+
+    /// The aggregate key, in the one type the rest of the signer uses.
+    pub fn key(&self) -> Result<AggregateKey> {
+        AggregateKey::from_point(&self.aggregate_key)
             .map_err(|e| SigningError::Internal(format!("aggregate key: {e}")))
     }
 

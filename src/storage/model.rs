@@ -207,7 +207,7 @@ impl DkgShares {
         SealedShares {
             dkg_id: self.dkg_id,
             signer: self.signer_index,
-            aggregate_key: self.aggregate_key.serialize().to_vec(),
+            aggregate_key: self.aggregate_key,
             blob: self.sealed_private_shares.as_bytes().to_vec(),
         }
     }
