@@ -216,3 +216,37 @@ fn bad_config_is_a_clear_error() {
         "{err}"
     );
 }
+
+/// A config with only `[storage]`: the commands that need nothing else work, and every command
+/// that needs a missing section says which section and for which command.
+#[test]
+fn commands_name_the_config_section_they_miss() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("storage-only.toml");
+    std::fs::write(&config, "[storage]\nurl = \"memory\"\n").unwrap();
+    let s = Signer {
+        config,
+        dir,
+        env: Vec::new(),
+    };
+    let out = s.ok(&["migrate"]);
+    assert!(out.contains("no schema to migrate"), "{out}");
+    for (args, command, section) in [
+        (&["keys", "list"][..], "keys list", "[custody]"),
+        (&["keys", "check"][..], "keys check", "[custody]"),
+        (&["peer", "card"][..], "peer card", "[peer]"),
+        (&["run", "--ephemeral"][..], "run", "[peer]"),
+    ] {
+        let out = s.run(args);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(&format!("`{command}` needs a {section} section")),
+            "{args:?}: {err}"
+        );
+    }
+    std::fs::write(&s.config, "").unwrap();
+    let out = s.run(&["audit", "verify"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("`audit verify` needs a [storage] section"), "{err}");
+}
