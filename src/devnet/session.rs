@@ -6,13 +6,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use bytes::Bytes;
 use sbtc_custody::{Custody, KeyLabel, SealedBlob};
-use serde::{Deserialize, Serialize};
 
 use super::demo::{self, DemoSignature, DevnetApprover, RunResult};
 use crate::{
-    coordination::{Incoming, PeerTransport},
+    coordination::{DkgDecision, Incoming, PeerTransport},
     peer::{message::StatementKind, PeerNode},
     signing::{
         run_dkg, verify_dkg, BatchCoordinator, BatchSigner, DkgId, DkgOutcome, DkgVerification,
@@ -35,14 +33,6 @@ pub struct SessionParams {
     pub phase_timeout: Duration,
     /// Where the nonce ledger lives; None keeps it in memory (tests).
     pub nonce_ledger: Option<std::path::PathBuf>,
-}
-
-/// The coordinator's verdict on a DKG, sent to every signer as a signed decision.
-#[derive(Serialize, Deserialize)]
-struct DkgDecision {
-    aggregate_key: String,
-    verified: bool,
-    detail: Option<String>,
 }
 
 pub type SessionError = Box<dyn std::error::Error + Send + Sync>;
@@ -188,7 +178,7 @@ pub async fn run_session(node: Arc<PeerNode>, p: SessionParams) -> Result<RunRes
                 StatementKind::Decision,
                 transport.chain_tip(),
                 decision_round(dkg_id),
-                Bytes::from(serde_json::to_vec(&decision)?),
+                decision.to_bytes()?,
             )
             .await?;
         let down = transport
@@ -265,7 +255,7 @@ pub async fn run_session(node: Arc<PeerNode>, p: SessionParams) -> Result<RunRes
                     if s.from != coordinator || s.kind != StatementKind::Decision {
                         continue;
                     }
-                    let Ok(decision) = serde_json::from_slice::<DkgDecision>(&s.payload) else {
+                    let Ok(decision) = DkgDecision::from_bytes(&s.payload) else {
                         tracing::warn!("undecodable DKG decision dropped");
                         continue;
                     };

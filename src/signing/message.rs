@@ -43,7 +43,7 @@ pub struct BatchShareResponse {
 }
 
 /// Everything a signer sends to another in a DKG or signing round.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum RoundMessage {
     /// A per-DKG transport key, endorsed by the sender's identity key.
     TransportKey(TransportKeyEndorsement),
