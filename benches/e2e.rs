@@ -3,7 +3,7 @@
 //! - floor: `LocalCluster`, the whole signer set in one process over in-process tokio channels, the
 //!   same round code (`run_dkg`, `BatchCoordinator`/`BatchSigner`), custody in a software keystore;
 //! - e2e: the same signers (the same keystores, keys and signer set) over N real `PeerNode`s on
-//!   127.0.0.1 (mutual TLS 1.3, tonic gRPC, JSON round messages in peer envelopes) through
+//!   127.0.0.1 (mutual TLS 1.3, tonic gRPC, protobuf round messages in peer envelopes) through
 //!   `PeerTransport`.
 //!
 //! Both sides run each signer on its own OS thread with its own current-thread runtime (a signer
@@ -12,10 +12,11 @@
 //! the table shows medians. Peak RSS is VmHWM, reset before each step.
 //!
 //! `cargo bench --bench e2e` runs N=15, t=11 (DKG, batches of 1, 100 and 1,000 sighashes).
-//! `cargo bench --bench e2e -- 150` runs N=150, t=105 instead: 150 `sbtc-hsm-signer run` processes
-//! set up as `devnet` sets them up (one process holding a 150-node mesh needs 44,700 descriptors,
-//! over this machine's hard limit of 20,000), DKG plus one batch of 100, with wall time and the
-//! children's memory read from /proc while they run. `-- all` runs both.
+//! `cargo bench --bench e2e -- 150` runs N=150, t=105 instead: the in-process floor (150 signer
+//! threads, as `cargo bench --bench wsts -- 150`) against 150 `sbtc-hsm-signer run` processes set
+//! up as `devnet` sets them up (one process holding a 150-node mesh needs 44,700 descriptors, over
+//! this machine's hard limit of 20,000), DKG plus one batch of 100 with every signer signing, with
+//! wall time and the children's memory read from /proc while they run. `-- all` runs both.
 
 #[path = "support/mod.rs"]
 mod support;
@@ -35,7 +36,7 @@ use sbtc_custody::{Custody, KeyKind, KeyLabel, PublicKey, Role, SecretString};
 use sbtc_custody_keystore::{KdfParams, Keystore};
 use sbtc_hsm_signer::{
     config::Config,
-    coordination::PeerTransport,
+    coordination::{wire, PeerTransport},
     devnet::{demo, demo::RunResult},
     keys as custody,
     peer::{self, cert, Limits, Member, NodeParams, PeerNode},
@@ -292,8 +293,8 @@ fn small_set() {
     });
 }
 
-/// What the links add per share request: the JSON encoding once at the coordinator, and the
-/// decoding (with every nonce point decompressed) at each of the other N-1 signers.
+/// What the links add per share request: the protobuf encoding once at the coordinator, and the
+/// decoding (every nonce point checked to be on the curve) at each of the other N-1 signers.
 fn wire_cost(n: usize, t: usize, m: usize) {
     let mut rng = rand::rngs::OsRng;
     let point = |rng: &mut rand::rngs::OsRng| Point::from(Scalar::random(rng));
@@ -318,17 +319,17 @@ fn wire_cost(n: usize, t: usize, m: usize) {
     };
     let request = RoundMessage::ShareRequest(share_request.clone());
     let started = Instant::now();
-    let bytes = serde_json::to_vec(&request).expect("encode");
+    let bytes = wire::encode_round_bytes(&request).expect("encode");
     let encode = started.elapsed();
     let started = Instant::now();
-    let decoded: RoundMessage = serde_json::from_slice(&bytes).expect("decode");
+    let decoded = wire::decode_round_bytes(bytes.clone(), n).expect("decode");
     let decode = started.elapsed();
     assert!(
         matches!(&decoded, RoundMessage::ShareRequest(r) if *r == share_request),
         "round trip"
     );
     println!(
-        "share request for {m} sighashes with the nonces of {t} signers: {:.1} MB of JSON, encoded once in {:.0} ms, decoded in {:.0} ms by each of the other {} signers ({:.2} s of CPU in all)",
+        "share request for {m} sighashes with the nonces of {t} signers: {:.2} MB of protobuf, encoded once in {:.1} ms, decoded in {:.1} ms by each of the other {} signers ({:.2} s of CPU in all)",
         bytes.len() as f64 / 1e6,
         encode.as_secs_f64() * 1e3,
         decode.as_secs_f64() * 1e3,
@@ -442,17 +443,182 @@ fn e2e_sign(
     sign_on(cluster, outcomes, transports, requests)
 }
 
-/// N=150: 150 `sbtc-hsm-signer run` processes over real mTLS on 127.0.0.1, set up as
+/// N=150, t=105: the in-process floor and 150 `sbtc-hsm-signer run` processes, alternating
+/// (`E2E_ROUNDS_150=k` rounds of floor then processes, default 1), with the ratios of DKG and a
+/// batch of 100 (every signer signing) against the floor of the same run.
+fn large_set() {
+    let (n, t, batch) = (150usize, 105u32, 100usize);
+    let rounds: usize = std::env::var("E2E_ROUNDS_150")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1)
+        .clamp(1, 5);
+    eprintln!("== N={n} t={t}, batch of {batch}, {rounds} rounds");
+    let mut floors = Vec::new();
+    let mut runs = Vec::new();
+    for round in 0..rounds {
+        let floor = large_floor(n, t, batch);
+        eprintln!(
+            "round {round}: floor DKG {:?}, batch {:?}",
+            floor.dkg.wall, floor.batch.wall
+        );
+        floors.push(floor);
+        match large_e2e(n, t, batch) {
+            Ok(run) => {
+                eprintln!(
+                    "round {round}: e2e   DKG {:?} (coordinator {:?}), batch {:?}",
+                    run.dkg, run.dkg_coordinator, run.batch
+                );
+                runs.push(run);
+            }
+            Err(why) => {
+                println!("N={n}, t={t}: round {round} FAILED: {why}");
+                return;
+            }
+        }
+    }
+    let median_of = |mut v: Vec<Duration>| {
+        v.sort();
+        v[v.len() / 2]
+    };
+    let floor_dkg = median(&floors.iter().map(|f| f.dkg).collect::<Vec<_>>());
+    let floor_batch = median(&floors.iter().map(|f| f.batch).collect::<Vec<_>>());
+    let dkg = median_of(runs.iter().map(|r| r.dkg).collect());
+    let dkg_coordinator = median_of(runs.iter().map(|r| r.dkg_coordinator).collect());
+    let batch_time = median_of(runs.iter().map(|r| r.batch).collect());
+    let last = runs.last().expect("at least one round");
+    let ratio = |e: Duration, f: Duration| e.as_secs_f64() / f.as_secs_f64();
+    let each = |f: fn(&LargeFloor) -> Duration, e: fn(&LargeRun) -> Duration| {
+        floors
+            .iter()
+            .zip(&runs)
+            .map(|(fl, r)| format!("{:.2}", ratio(e(r), f(fl))))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    println!();
+    println!(
+        "N={n}, t={t}: floor = {n} signers in this process over in-process channels; e2e = {n} `run` processes over real mTLS; median of {rounds} alternating rounds"
+    );
+    println!("| step | floor (in-process) | e2e (150 processes) | e2e/floor | floor peak (start) RSS | e2e peak RSS, sum of processes | all e2e/floor |");
+    println!("|---|---:|---:|---:|---:|---:|---|");
+    println!(
+        "| DKG, from the last signer's start | {:.3} s | {:.3} s | {:.2}x | {} ({}) MiB | {} MiB | {} |",
+        floor_dkg.wall.as_secs_f64(),
+        dkg.as_secs_f64(),
+        ratio(dkg, floor_dkg.wall),
+        floor_dkg.peak_kib / 1024,
+        floor_dkg.start_kib / 1024,
+        last.sum_hwm_kib / 1024,
+        each(|f| f.dkg.wall, |r| r.dkg),
+    );
+    println!(
+        "| DKG, coordinator's clock (waits for the last signer's mesh) | {:.3} s | {:.3} s | {:.2}x | | | {} |",
+        floor_dkg.wall.as_secs_f64(),
+        dkg_coordinator.as_secs_f64(),
+        ratio(dkg_coordinator, floor_dkg.wall),
+        each(|f| f.dkg.wall, |r| r.dkg_coordinator),
+    );
+    println!(
+        "| batch of {batch}, all {n} signing | {:.3} s | {:.3} s | {:.2}x | {} ({}) MiB | | {} |",
+        floor_batch.wall.as_secs_f64(),
+        batch_time.as_secs_f64(),
+        ratio(batch_time, floor_batch.wall),
+        floor_batch.peak_kib / 1024,
+        floor_batch.start_kib / 1024,
+        each(|f| f.batch.wall, |r| r.batch),
+    );
+    println!(
+        "last round: {n} processes done {:.1} s after the first start; mesh {:.1} s at the coordinator, {:.1} s at the slowest signer; DKG verification {:.1} s; DKG verified by {}/{n}, signatures valid {}/{batch}",
+        last.wall.as_secs_f64(),
+        last.mesh_coordinator.as_secs_f64(),
+        last.mesh_slowest.as_secs_f64(),
+        last.verification.as_secs_f64(),
+        last.verified,
+        last.valid,
+    );
+    println!(
+        "memory: sum of the {n} processes' peak RSS (VmHWM) {} MiB (largest {} MiB, mean {} MiB); largest sum of RSS at one instant {} MiB (at {:.0} s)",
+        last.sum_hwm_kib / 1024,
+        last.max_hwm_kib / 1024,
+        last.sum_hwm_kib / 1024 / n as u64,
+        last.peak_sum_rss_kib / 1024,
+        last.peak_sum_at.as_secs_f64(),
+    );
+    wire_cost(n, n, batch);
+}
+
+/// The floor at N=150: the same round code with every signer on its own thread in this process.
+struct LargeFloor {
+    dkg: Sample,
+    batch: Sample,
+}
+
+fn large_floor(n: usize, t: u32, batch: usize) -> LargeFloor {
+    let dir = tempfile::TempDir::new().expect("temp dir");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let identity = label("identity");
+    let seal = label("seal");
+    let cluster = rt.block_on(async {
+        let mut custodies: Vec<Arc<dyn Custody>> = Vec::new();
+        for i in 0..n {
+            let ks = Keystore::create_with_passphrase(
+                dir.path().join(format!("s{i}.keystore")),
+                &SecretString::new(format!("bench {i}")),
+                KdfParams::insecure_for_tests(),
+            )
+            .await
+            .expect("keystore");
+            ks.generate(&identity, KeyKind::Secp256k1)
+                .await
+                .expect("key");
+            ks.generate(&seal, KeyKind::Seal).await.expect("key");
+            custodies.push(Arc::new(ks));
+        }
+        LocalCluster::new(custodies, &identity, &seal, t, Duration::from_secs(3600))
+            .await
+            .expect("cluster")
+    });
+    let (outcomes, dkg) = measure(|| floor_dkg(&cluster, DkgId(1)));
+    let requests = requests(batch);
+    let ((), batch) = measure(|| floor_sign(&cluster, &outcomes, &requests));
+    LargeFloor { dkg, batch }
+}
+
+/// One run of 150 signer processes.
+struct LargeRun {
+    wall: Duration,
+    mesh_coordinator: Duration,
+    mesh_slowest: Duration,
+    /// From the moment the last signer started its DKG to the coordinator's "DKG done".
+    dkg: Duration,
+    /// The coordinator's own DKG time, from its start (it waits for the slowest mesh).
+    dkg_coordinator: Duration,
+    verification: Duration,
+    batch: Duration,
+    verified: usize,
+    valid: usize,
+    sum_hwm_kib: u64,
+    max_hwm_kib: u64,
+    peak_sum_rss_kib: u64,
+    peak_sum_at: Duration,
+}
+
+/// 150 `sbtc-hsm-signer run` processes over real mTLS on 127.0.0.1, set up as
 /// `sbtc-hsm-signer devnet` does (keystore with a cheap KDF per signer, config with every signer in
 /// the bootstrap set, in-memory storage, the devnet's demo batch and checks), but with the `run`
 /// timeouts raised: the devnet leaves `run --connect-timeout` at 60 s, and 150 processes starting
-/// at once on 2 cores need longer than that to complete all 22,350 handshakes.
-fn large_set() {
-    let (n, t, batch) = (150usize, 105u32, 100usize);
+/// at once on 2 cores need longer than that to complete all 22,350 handshakes. Memory is read
+/// from /proc every 250 ms; the DKG start of every signer and the coordinator's end of DKG come
+/// from the timestamps of their logs.
+fn large_e2e(n: usize, t: u32, batch: usize) -> Result<LargeRun, String> {
     let connect_timeout = 900u64;
     let phase_timeout = 300u64;
     let overall = Duration::from_secs(1500);
-    eprintln!("== N={n} t={t}: {n} `run` processes, batch of {batch}");
     let work = tempfile::TempDir::new().expect("temp dir");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -535,6 +701,7 @@ fn large_set() {
             .args(["--connect-timeout", &connect_timeout.to_string()])
             .args(["--phase-timeout", &phase_timeout.to_string()])
             .env("SBTC_LOG", "info")
+            .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
@@ -584,33 +751,70 @@ fn large_set() {
     }
     let wall = started.elapsed();
     children.stop_all();
-
-    println!();
-    println!(
-        "N={n}, t={t}, batch of {batch}: {n} signer processes {} after {:.1} s wall (process start to last exit: mesh, DKG, verification, batch)",
-        failed.as_deref().unwrap_or("all exited cleanly"),
-        wall.as_secs_f64()
-    );
-    if let Some(why) = &failed {
+    if let Some(why) = failed {
         let logs = work.keep();
-        eprintln!("{why}; logs kept in {}", logs.display());
-        return;
+        return Err(format!("{why}; logs kept in {}", logs.display()));
     }
-    match check_results(work.path(), n, batch) {
-        Ok(line) => println!("  {line}"),
-        Err(e) => println!("  results: FAILED: {e}"),
+    let checked = check_results(work.path(), n, batch)?;
+    let dkg = dkg_after_last_start(work.path(), n, checked.coordinator)?;
+    let ms = Duration::from_millis;
+    Ok(LargeRun {
+        wall,
+        mesh_coordinator: ms(checked.coordinator_result.connect_ms),
+        mesh_slowest: ms(checked.slowest_connect_ms),
+        dkg,
+        dkg_coordinator: ms(checked.coordinator_result.dkg_ms),
+        verification: ms(checked.coordinator_result.verification_ms.unwrap_or(0)),
+        batch: ms(checked.coordinator_result.batch_ms.unwrap_or(0)),
+        verified: checked.verified,
+        valid: checked.valid,
+        sum_hwm_kib: hwm.values().sum(),
+        max_hwm_kib: hwm.values().copied().max().unwrap_or(0),
+        peak_sum_rss_kib: peak_sum_rss,
+        peak_sum_at,
+    })
+}
+
+/// From the last signer's "starting DKG" to the coordinator's "DKG done", by their log
+/// timestamps: the DKG as the floor measures it, every signer ready at its start.
+fn dkg_after_last_start(work: &Path, n: usize, coordinator: usize) -> Result<Duration, String> {
+    let log = |i: usize| {
+        let path = work.join(format!("signer-{i}")).join("signer.log");
+        std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))
+    };
+    let mut last_start = f64::MIN;
+    for i in 0..n {
+        let at = log_time(&log(i)?, "starting DKG")
+            .ok_or_else(|| format!("signer {i}: no \"starting DKG\" in its log"))?;
+        last_start = last_start.max(at);
     }
-    let sum_hwm: u64 = hwm.values().sum();
-    let max_hwm = hwm.values().copied().max().unwrap_or(0);
-    println!(
-        "  memory: sum of the {} signers' peak RSS (VmHWM) {} MiB (largest {} MiB, mean {} MiB); largest sum of RSS at one instant {} MiB (at {:.0} s)",
-        hwm.len(),
-        sum_hwm / 1024,
-        max_hwm / 1024,
-        sum_hwm / 1024 / (hwm.len().max(1) as u64),
-        peak_sum_rss / 1024,
-        peak_sum_at.as_secs_f64(),
+    let done = log_time(&log(coordinator)?, "DKG done")
+        .ok_or("the coordinator's log has no \"DKG done\"")?;
+    Ok(Duration::from_secs_f64((done - last_start).max(0.0)))
+}
+
+/// Seconds since the epoch of the first log line containing `what` (tracing's RFC 3339 UTC
+/// timestamp, `2026-11-21T20:21:20.123456Z`, at the start of the line).
+fn log_time(log: &str, what: &str) -> Option<f64> {
+    let line = log.lines().find(|l| l.contains(what))?;
+    let ts = line.split_whitespace().next()?.trim_end_matches('Z');
+    let (date, time) = ts.split_once('T')?;
+    let mut d = date.split('-').map(|x| x.parse::<i64>());
+    let (y, m, day) = (d.next()?.ok()?, d.next()?.ok()?, d.next()?.ok()?);
+    let mut t = time.split(':');
+    let (h, mi) = (
+        t.next()?.parse::<f64>().ok()?,
+        t.next()?.parse::<f64>().ok()?,
     );
+    let sec = t.next()?.parse::<f64>().ok()?;
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * ((m + 9) % 12) + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(days as f64 * 86_400.0 + h * 3600.0 + mi * 60.0 + sec)
 }
 
 /// The running signer processes; dropping this stops every one still running.
@@ -666,9 +870,17 @@ fn config_text(
     t
 }
 
-/// Checks the result files as the devnet does (one key, verified by all, every demo signature
-/// valid under it) and returns the coordinator's timings.
-fn check_results(work: &Path, n: usize, batch: usize) -> Result<String, String> {
+/// What the result files say, checked as the devnet checks them (one key, verified by all,
+/// every demo signature valid under it).
+struct Checked {
+    coordinator: usize,
+    coordinator_result: RunResult,
+    slowest_connect_ms: u64,
+    verified: usize,
+    valid: usize,
+}
+
+fn check_results(work: &Path, n: usize, batch: usize) -> Result<Checked, String> {
     let mut results = Vec::with_capacity(n);
     for i in 0..n {
         let path = work.join(format!("signer-{i}")).join("result.json");
@@ -686,14 +898,15 @@ fn check_results(work: &Path, n: usize, batch: usize) -> Result<String, String> 
         .iter()
         .filter(|r| r.dkg_status == "verified")
         .count();
-    let coordinator = results
+    let (coordinator, coordinator_result) = results
         .iter()
-        .find(|r| r.signer_index == r.coordinator)
+        .enumerate()
+        .find(|(_, r)| r.signer_index == r.coordinator)
         .ok_or("no result from the coordinator")?;
     let key = hex::decode(&first.aggregate_key).map_err(|e| e.to_string())?;
     let key = secp256k1::PublicKey::from_slice(&key).map_err(|e| e.to_string())?;
-    let expected = demo::demo_requests(DkgId(coordinator.dkg_id), &key, batch);
-    let good = coordinator
+    let expected = demo::demo_requests(DkgId(coordinator_result.dkg_id), &key, batch);
+    let valid = coordinator_result
         .signatures
         .iter()
         .zip(&expected)
@@ -701,16 +914,18 @@ fn check_results(work: &Path, n: usize, batch: usize) -> Result<String, String> 
             hex::encode(r.sighash) == s.sighash && demo::verify_demo_signature(&key, s).is_ok()
         })
         .count();
-    let slowest_connect = results.iter().map(|r| r.connect_ms).max().unwrap_or(0);
-    let opt = |v: Option<u64>| v.map_or("-".to_string(), |v| format!("{:.1} s", v as f64 / 1000.0));
-    Ok(format!(
-        "DKG verified by {verified}/{n}; signatures valid {good}/{batch}; coordinator: mesh {:.1} s (slowest signer {:.1} s), DKG {:.1} s, verification {}, batch of {batch} {}",
-        coordinator.connect_ms as f64 / 1000.0,
-        slowest_connect as f64 / 1000.0,
-        coordinator.dkg_ms as f64 / 1000.0,
-        opt(coordinator.verification_ms),
-        opt(coordinator.batch_ms),
-    ))
+    if verified != n || valid != batch {
+        return Err(format!(
+            "DKG verified by {verified}/{n}, signatures valid {valid}/{batch}"
+        ));
+    }
+    Ok(Checked {
+        coordinator,
+        coordinator_result: coordinator_result.clone(),
+        slowest_connect_ms: results.iter().map(|r| r.connect_ms).max().unwrap_or(0),
+        verified,
+        valid,
+    })
 }
 
 /// (VmRSS, VmHWM) of `pid` in KiB.

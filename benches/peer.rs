@@ -296,7 +296,7 @@ async fn two_nodes(dir: &std::path::Path) {
     let mut inbox = nodes[1].take_inbox().expect("inbox");
     for size in [256usize, 4096] {
         let count = 100_000;
-        let env = message::round(tip(), [1; 32], Bytes::from(vec![7u8; size]));
+        let env = message::opaque_round(tip(), [1; 32], Bytes::from(vec![7u8; size]));
         let bytes = message::encode(&env);
         let start = Instant::now();
         let receiver = async {
@@ -391,7 +391,7 @@ async fn mesh(dir: &std::path::Path, n: usize, per_node: usize) {
             let _ = done.send(()).await;
         });
     }
-    let env = message::round(tip(), [2; 32], Bytes::from(vec![7u8; 256]));
+    let env = message::opaque_round(tip(), [2; 32], Bytes::from(vec![7u8; 256]));
     let bytes = message::encode(&env);
     let start = Instant::now();
     for round in 0..per_node {
@@ -570,7 +570,7 @@ async fn mesh_child(
             let _ = done.send(()).await;
         });
     }
-    let env = message::round(tip(), [2; 32], Bytes::from(vec![7u8; 256]));
+    let env = message::opaque_round(tip(), [2; 32], Bytes::from(vec![7u8; 256]));
     let bytes = message::encode(&env);
     let started = Instant::now();
     for _ in 0..per_node {

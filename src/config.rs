@@ -163,8 +163,18 @@ mod tests {
         assert_eq!((set.len(), set.threshold()), (2, 2));
         assert!(peer.public_endpoint.is_some() && peer.max_message_bytes.is_some());
         let text = std::fs::read_to_string(&path).unwrap();
-        for section in ["[custody]", "[keys]", "[storage]", "[peer]", "[[peer.bootstrap]]"] {
-            assert!(text.contains(section), "{section} missing from {}", path.display());
+        for section in [
+            "[custody]",
+            "[keys]",
+            "[storage]",
+            "[peer]",
+            "[[peer.bootstrap]]",
+        ] {
+            assert!(
+                text.contains(section),
+                "{section} missing from {}",
+                path.display()
+            );
         }
     }
 

@@ -248,5 +248,8 @@ fn commands_name_the_config_section_they_miss() {
     std::fs::write(&s.config, "").unwrap();
     let out = s.run(&["audit", "verify"]);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("`audit verify` needs a [storage] section"), "{err}");
+    assert!(
+        err.contains("`audit verify` needs a [storage] section"),
+        "{err}"
+    );
 }

@@ -61,7 +61,7 @@ async fn five_node_mesh_with_a_softhsm_node_delivers_round_and_signed_messages()
 
     // Round traffic: each node broadcasts once; each receives one from every other node.
     for (i, node) in nodes.iter().enumerate() {
-        let env = message::round(tip(), [i as u8; 32], Bytes::from(vec![i as u8; 100]));
+        let env = message::opaque_round(tip(), [i as u8; 32], Bytes::from(vec![i as u8; 100]));
         assert_eq!(node.broadcast(&env).unwrap(), 4);
     }
     for (i, inbox) in inboxes.iter_mut().enumerate() {
@@ -79,11 +79,9 @@ async fn five_node_mesh_with_a_softhsm_node_delivers_round_and_signed_messages()
             let env = &m.envelope;
             assert_eq!(env.version, message::VERSION);
             assert_eq!(env.chain_tip.as_ref().unwrap().height, 840_000);
-            let Some(Body::Round(r)) = &env.body else {
-                panic!("round message")
-            };
+            let payload = message::opaque_payload(env).expect("round message");
             assert_eq!(
-                env.round_id[0], r.payload[0],
+                env.round_id[0], payload[0],
                 "round id travels with the payload"
             );
         }
@@ -310,7 +308,13 @@ async fn malformed_and_oversized_messages_are_dropped_and_counted_and_the_link_s
         .dial(na.identity(), &na.local_addr().to_string())
         .await
         .unwrap();
-    let good = |i: u8| message::encode(&message::round(tip(), [i; 32], Bytes::from_static(b"ok")));
+    let good = |i: u8| {
+        message::encode(&message::opaque_round(
+            tip(),
+            [i; 32],
+            Bytes::from_static(b"ok"),
+        ))
+    };
     let mut bad_sig = nb
         .signed_statement(
             StatementKind::Ack,
@@ -419,7 +423,7 @@ async fn a_flooding_peer_is_rate_limited_and_a_dead_peer_has_a_bounded_queue() {
         .unwrap();
     let frames: Vec<_> = (0..200u8)
         .map(|i| sbtc_hsm_signer::peer::proto::Frame {
-            envelope: message::encode(&message::round(tip(), [i; 32], Bytes::new())),
+            envelope: message::encode(&message::opaque_round(tip(), [i; 32], Bytes::new())),
         })
         .collect();
     let started = std::time::Instant::now();
@@ -436,7 +440,7 @@ async fn a_flooding_peer_is_rate_limited_and_a_dead_peer_has_a_bounded_queue() {
     assert!(m.rate_limited > 0, "{m:?}");
 
     // A's only link goes to a dead peer: its queue holds 8, the rest is dropped and counted.
-    let env = message::round(tip(), [1; 32], Bytes::from_static(b"x"));
+    let env = message::opaque_round(tip(), [1; 32], Bytes::from_static(b"x"));
     let queued: usize = (0..100).map(|_| na.broadcast(&env).unwrap()).sum();
     assert!(queued <= 9, "queued {queued}");
     assert!(na.metrics().queue_full >= 91, "{:?}", na.metrics());
@@ -464,7 +468,7 @@ async fn a_restarted_node_is_readmitted_and_a_removed_node_is_disconnected() {
     nodes.push(restarted);
     wait_full_mesh(&nodes, WAIT).await;
     let mut inboxes: Vec<_> = nodes.iter().map(|n| n.take_inbox().unwrap()).collect();
-    let env = message::round(tip(), [4; 32], Bytes::from_static(b"back"));
+    let env = message::opaque_round(tip(), [4; 32], Bytes::from_static(b"back"));
     assert_eq!(nodes[4].broadcast(&env).unwrap(), 4);
     for inbox in inboxes.iter_mut().take(4) {
         let got = recv_n(inbox, 1).await;
@@ -493,9 +497,9 @@ async fn a_restarted_node_is_readmitted_and_a_removed_node_is_disconnected() {
         nodes[0].metrics().refused("not_in_set") >= 1
     })
     .await;
-    let env = message::round(tip(), [3; 32], Bytes::from_static(b"still here?"));
+    let env = message::opaque_round(tip(), [3; 32], Bytes::from_static(b"still here?"));
     nodes[3].broadcast(&env).unwrap();
-    let marker = message::round(tip(), [9; 32], Bytes::from_static(b"marker"));
+    let marker = message::opaque_round(tip(), [9; 32], Bytes::from_static(b"marker"));
     nodes[1].broadcast(&marker).unwrap();
     let got = recv_n(&mut inboxes[0], 1).await;
     assert_eq!(
@@ -634,7 +638,7 @@ async fn nodes_started_from_config_mesh_with_the_bootstrap_set() {
     wait_full_mesh(&nodes, WAIT).await;
     let mut inbox = nodes[2].take_inbox().unwrap();
     nodes[0]
-        .broadcast(&message::round(
+        .broadcast(&message::opaque_round(
             tip(),
             [1; 32],
             Bytes::from_static(b"from config"),
@@ -731,7 +735,11 @@ async fn a_frame_that_is_not_protobuf_is_dropped_and_counted_and_the_connection_
     // The same connection still carries good frames.
     let mut client =
         sbtc_hsm_signer::peer::proto::signer_peer_client::SignerPeerClient::new(channel);
-    let good = message::encode(&message::round(tip(), [8; 32], Bytes::from_static(b"ok")));
+    let good = message::encode(&message::opaque_round(
+        tip(),
+        [8; 32],
+        Bytes::from_static(b"ok"),
+    ));
     client
         .open(tokio_stream::iter(vec![
             sbtc_hsm_signer::peer::proto::Frame { envelope: good },

@@ -89,15 +89,28 @@ async fn garbage_payloads_are_dropped_and_the_next_message_gets_through() {
         let set = signing_set(&nodes, 2);
         let a = PeerTransport::new(nodes[0].clone(), set.clone(), TIP, HEIGHT).unwrap();
         let mut b = PeerTransport::new(nodes[1].clone(), set.clone(), TIP, HEIGHT).unwrap();
-        let garbage = message::round(
-            message::ChainTip {
-                height: HEIGHT,
-                block_hash: Bytes::copy_from_slice(&TIP),
-            },
+        let tip = message::ChainTip {
+            height: HEIGHT,
+            block_hash: Bytes::copy_from_slice(&TIP),
+        };
+        // A well-formed envelope whose round body does not hold (a share list of 33 bytes), one
+        // with an empty body, and a round body made of JSON (what release 1 sent).
+        nodes[0]
+            .broadcast(&message::opaque_round(
+                tip.clone(),
+                [0u8; 32],
+                Bytes::from(vec![1u8; 33]),
+            ))
+            .unwrap();
+        let empty = message::round(
+            tip.clone(),
             [0u8; 32],
-            Bytes::from_static(b"{not a round message"),
+            message::rounds::RoundMessage::default(),
         );
-        nodes[0].broadcast(&garbage).unwrap();
+        nodes[0].broadcast(&empty).unwrap();
+        nodes[0]
+            .broadcast_encoded(Bytes::from_static(b"{\"NonceRequest\":{}}"))
+            .unwrap();
         a.broadcast(Arc::new(RoundMessage::Done)).await;
         let env = tokio::time::timeout(Duration::from_secs(10), b.recv())
             .await
@@ -105,6 +118,8 @@ async fn garbage_payloads_are_dropped_and_the_next_message_gets_through() {
             .unwrap();
         assert!(matches!(env.msg.as_ref(), RoundMessage::Done));
         assert_eq!(env.from, a.me());
+        // The JSON frame is not even an envelope: the link counts it.
+        assert_eq!(nodes[1].metrics().malformed, 1);
     })
     .await
     .expect("test finished in time");

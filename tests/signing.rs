@@ -13,7 +13,9 @@ use std::{
     time::Duration,
 };
 
+use bytes::Bytes;
 use sbtc_custody::{Custody, ErrorKind, KeyKind, KeyLabel};
+use sbtc_hsm_signer::coordination::wire;
 use sbtc_hsm_signer::signing::{
     signing_key, ApproveAll, ApproveListed, Approver, BatchCoordinator, BatchNonceRequest,
     BatchShareRequest, BatchSigner, DkgId, DkgOutcome, DkgVerification, FileNonceLedger,
@@ -799,16 +801,16 @@ async fn custody_calls_are_constant_per_dkg_and_per_batch_not_per_sighash() {
     .expect("test finished in time");
 }
 
-/// Records every message a signer sends, as the peer links would put it on the wire.
+/// Records every message a signer sends, as the peer links put it on the wire.
 struct Recording {
     inner: InProcessTransport,
-    wire: Arc<std::sync::Mutex<Vec<String>>>,
+    wire: Arc<std::sync::Mutex<Vec<(RoundMessage, Bytes)>>>,
 }
 
 impl Recording {
     fn record(&self, msg: &RoundMessage) {
-        let json = serde_json::to_string(msg).expect("every round message serializes");
-        self.wire.lock().unwrap().push(json);
+        let bytes = wire::encode_round_bytes(msg).expect("every round message encodes");
+        self.wire.lock().unwrap().push((msg.clone(), bytes));
     }
 }
 
@@ -900,14 +902,10 @@ async fn round_messages_survive_the_wire_and_private_shares_travel_encrypted() {
         let wire = wire.lock().unwrap().clone();
         let mut kinds = HashSet::new();
         let mut private_share_messages = 0;
-        for json in &wire {
-            let msg: RoundMessage = serde_json::from_str(json).expect("deserializes");
+        for (sent, bytes) in &wire {
+            let msg = wire::decode_round_bytes(bytes.clone(), N).expect("decodes");
             kinds.insert(msg.kind());
-            // Compared as JSON values: WSTS' share maps have no fixed order.
-            let again: serde_json::Value =
-                serde_json::from_str(&serde_json::to_string(&msg).unwrap()).unwrap();
-            let first: serde_json::Value = serde_json::from_str(json).unwrap();
-            assert_eq!(again, first, "round trip");
+            assert_eq!(&msg, sent, "round trip");
             if let RoundMessage::Dkg(wsts::net::Message::DkgPrivateShares(shares)) = msg {
                 private_share_messages += 1;
                 for (_, to_keys) in &shares.shares {
@@ -941,8 +939,10 @@ async fn round_messages_survive_the_wire_and_private_shares_travel_encrypted() {
                 .await
                 .unwrap();
             let plain = shares.expose_secret_bytes();
-            let secret_hex = hex::encode(&plain[plain.len() - 32..]);
-            assert!(wire.iter().all(|json| !json.contains(&secret_hex)));
+            let secret = &plain[plain.len() - 32..];
+            assert!(wire
+                .iter()
+                .all(|(_, bytes)| !bytes.windows(32).any(|w| w == secret)));
         }
     })
     .await

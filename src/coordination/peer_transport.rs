@@ -1,9 +1,10 @@
 //! [`PeerTransport`]: the signing rounds' [`Transport`] over the mTLS peer links.
 //!
-//! Round messages travel as the payload of a peer `Round` envelope (JSON; the link authenticates
-//! them), stamped with this node's chain tip and a round id. The sender index the rounds see is
-//! derived from the identity key the TLS handshake proved, never from the message. Signed
-//! statements (proposals, acks, decisions) arriving on the same links are kept aside for the node.
+//! Round messages travel typed (protobuf, [`wire`]) as the body of a peer `Round` envelope (the
+//! link authenticates them), stamped with this node's chain tip and a round id. The sender index
+//! the rounds see is derived from the identity key the TLS handshake proved, never from the
+//! message. Signed statements (proposals, acks, decisions) arriving on the same links are kept
+//! aside for the node.
 
 use std::{collections::VecDeque, sync::Arc};
 
@@ -12,6 +13,7 @@ use bytes::Bytes;
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
+use super::wire;
 use crate::{
     peer::{
         message::{self, Body, ChainTip, StatementKind},
@@ -89,11 +91,11 @@ impl PeerTransport {
     }
 
     fn encode(&self, msg: &RoundMessage) -> Option<Bytes> {
-        match serde_json::to_vec(msg) {
-            Ok(payload) => Some(message::encode(&message::round(
+        match wire::encode_round(msg) {
+            Ok(body) => Some(message::encode(&message::round(
                 self.tip.clone(),
                 round_id(msg),
-                Bytes::from(payload),
+                body,
             ))),
             Err(e) => {
                 tracing::error!(kind = msg.kind(), error = %e, "cannot encode a round message");
@@ -145,7 +147,7 @@ impl PeerTransport {
             };
             let round_id = inbound.envelope.round_id.to_vec();
             let (kind, statement) = match inbound.envelope.body {
-                Some(Body::Round(r)) => match serde_json::from_slice::<RoundMessage>(&r.payload) {
+                Some(Body::Round(r)) => match wire::decode_round(r, self.set.len() as usize) {
                     Ok(msg) => {
                         return Some(Incoming::Round(Envelope {
                             from,

@@ -7,13 +7,11 @@ use std::{
 };
 
 use bitcoin::{hashes::Hash as _, BlockHash};
-use bytes::Bytes;
 use sbtc_custody::SealedBlob;
-use serde::{Deserialize, Serialize};
 
 use super::demo::{self, DemoSignature, DevnetApprover, RunResult};
 use crate::{
-    coordination::{Incoming, PeerTransport},
+    coordination::{DkgDecision, Incoming, PeerTransport},
     keys::{AggregateKey, Keys},
     peer::{message::StatementKind, PeerNode},
     signing::{
@@ -86,14 +84,6 @@ async fn stored_shares(
         .into());
     }
     Ok(Some((public, row.sealed_shares())))
-}
-
-/// The coordinator's verdict on a DKG, sent to every signer as a signed decision.
-#[derive(Serialize, Deserialize)]
-struct DkgDecision {
-    aggregate_key: String,
-    verified: bool,
-    detail: Option<String>,
 }
 
 pub type SessionError = Box<dyn std::error::Error + Send + Sync>;
@@ -350,7 +340,7 @@ async fn verify_and_announce(
                 StatementKind::Decision,
                 transport.chain_tip(),
                 decision_round(dkg_id),
-                Bytes::from(serde_json::to_vec(&decision)?),
+                decision.to_bytes()?,
             )
             .await?;
         let down = transport
@@ -424,7 +414,7 @@ async fn serve(
                     if s.from != coordinator || s.kind != StatementKind::Decision {
                         continue;
                     }
-                    let Ok(decision) = serde_json::from_slice::<DkgDecision>(&s.payload) else {
+                    let Ok(decision) = DkgDecision::from_bytes(&s.payload) else {
                         tracing::warn!("undecodable DKG decision dropped");
                         continue;
                     };

@@ -37,8 +37,14 @@ pub use node::{Inbound, NodeParams, PeerNode};
 pub use set::{Member, SharedSet, SignerSet};
 pub use stream::PeerConnInfo;
 
-/// Generated gRPC code for proto/peer.proto.
+/// Generated gRPC code for proto/peer.proto, and the round messages it carries.
 #[allow(clippy::all, missing_docs)]
 pub mod proto {
     tonic::include_proto!("sbtc.peer.v1");
+
+    /// proto/rounds.proto: the typed round messages of an envelope's `round` body. The links only
+    /// carry them; `coordination::wire` converts and checks them.
+    pub mod rounds {
+        tonic::include_proto!("sbtc.rounds.v1");
+    }
 }

@@ -241,7 +241,7 @@ impl Shared {
             Metrics::inc(&m.oversized);
             return;
         }
-        let envelope = match message::decode(&bytes, &info.identity) {
+        let envelope = match message::decode(bytes, &info.identity) {
             Ok(env) => env,
             Err(message::Invalid::BadSignature) => {
                 Metrics::inc(&m.bad_signature);

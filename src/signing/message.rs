@@ -1,7 +1,6 @@
 //! The messages of a round, as the round logic sees them. On the wire they travel as protobuf
 //! (see `coordination::wire`); here they are plain values.
 
-use serde::{Deserialize, Serialize};
 use wsts::{common::PublicNonce, curve::scalar::Scalar};
 
 use super::{
@@ -10,7 +9,7 @@ use super::{
     DkgId, SignerIndex,
 };
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct BatchNonceRequest {
     pub dkg_id: DkgId,
     pub round: RoundId,
@@ -18,14 +17,14 @@ pub struct BatchNonceRequest {
 }
 
 /// One nonce per requested sighash; `None` where the signer does not approve it.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct BatchNonceResponse {
     pub round: RoundId,
     pub signer: SignerIndex,
     pub nonces: Vec<Option<PublicNonce>>,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct BatchShareRequest {
     pub dkg_id: DkgId,
     pub round: RoundId,
@@ -35,7 +34,7 @@ pub struct BatchShareRequest {
 }
 
 /// One share per requested sighash; `None` where the signer gave no nonce.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct BatchShareResponse {
     pub round: RoundId,
     pub signer: SignerIndex,
@@ -43,7 +42,7 @@ pub struct BatchShareResponse {
 }
 
 /// Everything a signer sends to another in a DKG or signing round.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum RoundMessage {
     /// A per-DKG transport key, endorsed by the sender's identity key.
     TransportKey(TransportKeyEndorsement),

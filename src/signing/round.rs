@@ -4,13 +4,12 @@
 use std::fmt;
 
 use rand::RngCore as _;
-use serde::{Deserialize, Serialize};
 
 /// Most sighashes one batch may carry (a sweep has at most a few thousand inputs).
 pub const MAX_BATCH: usize = 10_000;
 
 /// A signing round, chosen at random by its coordinator.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct RoundId(pub [u8; 32]);
 
 impl RoundId {
@@ -39,7 +38,7 @@ impl fmt::Debug for RoundId {
 }
 
 /// How an input is spent, which decides the key its signature must verify under.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum SpendKind {
     /// Key path: BIP-341 tap-tweaked aggregate key (the peg UTXO; `merkle_root` None = no scripts).
     KeySpend { merkle_root: Option<[u8; 32]> },
@@ -48,7 +47,7 @@ pub enum SpendKind {
 }
 
 /// One sighash to sign.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct SighashRequest {
     pub sighash: [u8; 32],
     pub kind: SpendKind,

@@ -3,7 +3,6 @@
 //! polynomial shares to these keys (ECDH + AES-GCM in `wsts::util`). The identity key never does
 //! ECDH, so a backend needs only ECDSA and seal/unseal.
 
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use wsts::curve::{ecdsa, point::Point, scalar::Scalar};
 
@@ -66,7 +65,7 @@ pub fn endorsement_digest(
 }
 
 /// A transport key and its endorsement by the signer's identity key.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TransportKeyEndorsement {
     pub dkg_id: DkgId,
     pub signer: SignerIndex,
