@@ -6,7 +6,8 @@
 #   scripts/pg.sh restart | stop | status
 #
 # Settings (environment): SBTC_PG_DIR (data dir, default /tmp/sbtc-hsm-signer-pg),
-# SBTC_PG_PORT (default: the first free port from 55432, kept in the data dir so later calls agree),
+# SBTC_PG_PORT (default: the first port from 15432 that the server can bind, kept in the data dir so
+# later calls agree; below the kernel's ephemeral range, where outgoing connections take ports),
 # SBTC_PG_BIN (default: newest /usr/lib/postgresql/*/bin).
 # Exports printed by `start`:
 #   SBTC_TEST_PG_URL   superuser URL the tests use to create one fresh database per test
@@ -23,7 +24,7 @@ elif [ -f "$DIR/data/postgresql.conf" ] && grep -q '^port = ' "$DIR/data/postgre
   PORT="$(sed -n 's/^port = //p' "$DIR/data/postgresql.conf" | tail -n 1)"
 else
   # Another server (a second checkout's tests) may hold the usual port: take the next free one.
-  PORT=55432
+  PORT=15432
   while port_in_use "$PORT"; do PORT=$((PORT + 1)); done
 fi
 if [ -z "${SBTC_PG_BIN:-}" ]; then
@@ -81,8 +82,19 @@ start() {
   init
   ensure_password_rule
   if ! "${PG_CTL[@]}" status >/dev/null 2>&1; then
-    "${PG_CTL[@]}" -l "$LOG" start >/dev/null \
-      || { echo "pg.sh: the server did not start; see $LOG" >&2; exit 1; }
+    local tries=0
+    until "${PG_CTL[@]}" -l "$LOG" start >/dev/null 2>&1; do
+      tries=$((tries + 1))
+      # A port nobody listens on can still be taken (bound by another socket): unless the port
+      # was given, move to the next one and try again.
+      if [ -n "${SBTC_PG_PORT:-}" ] || [ "$tries" -ge 20 ] || ! grep -q "could not bind" "$LOG"; then
+        echo "pg.sh: the server did not start; see $LOG" >&2
+        exit 1
+      fi
+      PORT=$((PORT + 1))
+      sed -i "s/^port = .*/port = $PORT/" "$DIR/data/postgresql.conf"
+      echo "$PORT" > "$DIR/port"
+    done
   fi
   for _ in $(seq 1 60); do
     if "$BIN/pg_isready" -q -h 127.0.0.1 -p "$PORT"; then break; fi

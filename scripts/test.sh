@@ -26,7 +26,8 @@ export SOFTHSM2_CONF="$WORK/softhsm2.conf"
 export SBTC_TEST_REQUIRE=1
 
 echo "==> starting a private PostgreSQL server"
-eval "$(scripts/pg.sh start)"
+PG_ENV="$(scripts/pg.sh start)" || { echo "test.sh: PostgreSQL did not start" >&2; exit 1; }
+eval "$PG_ENV"
 
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check
