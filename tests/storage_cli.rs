@@ -217,3 +217,99 @@ async fn memory_storage_has_nothing_to_migrate() {
         text(&out)
     );
 }
+
+/// `keys check` with `[storage]`: its self-test signatures, seal and unseal are in the audit log
+/// with their reason and outcome, followed by a head signed with the identity key, and
+/// `audit verify` with the same config checks the head against that key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_check_is_audited() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let Some(db) = TestDb::create("keys_check_is_audited").await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let pass = dir.path().join("passphrase");
+    std::fs::write(&pass, "correct horse battery staple\n").unwrap();
+    std::fs::set_permissions(&pass, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let config = format!(
+        "[custody]\nbackend = \"keystore\"\n[custody.keystore]\npath = \"{}\"\npassphrase_file = \"{}\"\n\
+         [custody.keystore.kdf]\ninsecure_test_kdf = true\nmemory_kib = 1024\niterations = 1\nparallelism = 1\n\
+         [storage]\nurl = \"{}\"\n",
+        dir.path().join("keystore").display(),
+        pass.display(),
+        db.url
+    );
+    let cli = Cli::new(&config);
+    for args in [
+        &["keys", "init"][..],
+        &["keys", "generate", "--role", "identity"],
+        &["keys", "generate", "--role", "tls"],
+        &["keys", "generate", "--role", "seal"],
+        &["migrate"],
+        &["keys", "check"],
+    ] {
+        let out = cli.run(args).await;
+        assert!(out.status.success(), "{args:?}: {}", text(&out));
+    }
+    let log = db.store().await.get_audit_log().await.unwrap();
+    let rows: Vec<(&str, &str, &str, &str)> = log
+        .iter()
+        .map(|e| {
+            (
+                e.record.key_label.as_str(),
+                e.record.operation.as_str(),
+                e.record.reason.as_str(),
+                e.record.outcome.as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        rows,
+        vec![
+            (
+                "identity",
+                "sign_secp256k1_prehash",
+                "keys check: self-test of the identity key",
+                "ok"
+            ),
+            (
+                "tls",
+                "sign_p256_prehash",
+                "keys check: self-test of the tls key",
+                "ok"
+            ),
+            (
+                "seal",
+                "seal",
+                "keys check: self-test of the seal key",
+                "ok"
+            ),
+            (
+                "seal",
+                "unseal",
+                "keys check: self-test of the seal key",
+                "ok"
+            ),
+            // The self-test also proves a wrong AAD is refused: a failed unseal, recorded too.
+            (
+                "seal",
+                "unseal",
+                "keys check: self-test of the seal key",
+                "error: authentication of sealed data failed"
+            ),
+            ("identity", "sign_audit_head", "end of `keys check`", "ok"),
+        ]
+    );
+    let out = cli.run(&["audit", "verify"]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("1 signed heads, the newest covering entry #5"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        text(&out).contains("(the identity key 'identity' in [custody])"),
+        "{}",
+        text(&out)
+    );
+}
