@@ -700,7 +700,10 @@ fn large_e2e(n: usize, t: u32, batch: usize) -> Result<LargeRun, String> {
             .arg("--ephemeral")
             .args(["--connect-timeout", &connect_timeout.to_string()])
             .args(["--phase-timeout", &phase_timeout.to_string()])
-            .env("SBTC_LOG", "info")
+            .env(
+                "SBTC_LOG",
+                std::env::var("E2E_SIGNER_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
@@ -757,6 +760,9 @@ fn large_e2e(n: usize, t: u32, batch: usize) -> Result<LargeRun, String> {
     }
     let checked = check_results(work.path(), n, batch)?;
     let dkg = dkg_after_last_start(work.path(), n, checked.coordinator)?;
+    if std::env::var_os("E2E_KEEP_LOGS").is_some() {
+        eprintln!("signer logs kept in {}", work.keep().display());
+    }
     let ms = Duration::from_millis;
     Ok(LargeRun {
         wall,
