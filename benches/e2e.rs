@@ -9,7 +9,11 @@
 //! Both sides run each signer on its own OS thread with its own current-thread runtime (a signer
 //! process each, in miniature), on the same 2 cores; the peer nodes' link tasks share one 2-worker
 //! runtime. Floor and e2e alternate step by step, each step repeated (`E2E_ROUNDS`, default 3), and
-//! the table shows medians. Peak RSS is VmHWM, reset before each step.
+//! the table shows medians. Peak RSS is VmHWM, reset before each step. Beside wall time, each step
+//! reports the CPU time (user + system) it took, the bench's own process for the floor and the N=15
+//! e2e, the sum over the 150 processes for N=150: other tenants of the machine stretch wall time
+//! but hardly change what a step costs in CPU, so the CPU ratio says what the links cost even in a
+//! noisy run.
 //!
 //! `cargo bench --bench e2e` runs N=15, t=11 (DKG, batches of 1, 100 and 1,000 sighashes).
 //! `cargo bench --bench e2e -- 150` runs N=150, t=105 instead: the in-process floor (150 signer
@@ -77,6 +81,9 @@ fn label(s: &str) -> KeyLabel {
 #[derive(Clone, Copy)]
 struct Sample {
     wall: Duration,
+    /// CPU time (user + system) of this process during the step: what the step cost, whatever
+    /// else ran on the machine meanwhile.
+    cpu: Duration,
     peak_kib: u64,
     start_kib: u64,
 }
@@ -84,6 +91,7 @@ struct Sample {
 fn measure<R>(f: impl FnOnce() -> R) -> (R, Sample) {
     reset_peak();
     let start_kib = rss_kib();
+    let cpu_start = self_cpu();
     let started = Instant::now();
     let r = f();
     let wall = started.elapsed();
@@ -91,6 +99,7 @@ fn measure<R>(f: impl FnOnce() -> R) -> (R, Sample) {
         r,
         Sample {
             wall,
+            cpu: self_cpu().saturating_sub(cpu_start),
             peak_kib: peak_kib(),
             start_kib,
         },
@@ -101,6 +110,25 @@ fn median(samples: &[Sample]) -> Sample {
     let mut s = samples.to_vec();
     s.sort_by_key(|x| x.wall);
     s[s.len() / 2]
+}
+
+fn median_cpu(samples: &[Sample]) -> Duration {
+    let mut s: Vec<Duration> = samples.iter().map(|x| x.cpu).collect();
+    s.sort();
+    s[s.len() / 2]
+}
+
+/// User + system CPU time of this process so far.
+fn self_cpu() -> Duration {
+    // SAFETY: getrusage fills the struct it is given; a zeroed rusage is a valid value.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {
+        return Duration::ZERO;
+    }
+    let tv = |t: libc::timeval| {
+        Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
+    };
+    tv(usage.ru_utime) + tv(usage.ru_stime)
 }
 
 fn small_set() {
@@ -255,8 +283,8 @@ fn small_set() {
         .sum();
     println!();
     println!("N={N}, t={T}: mesh of {N} real mTLS nodes formed in {mesh_time:.2?}; median of {rounds} alternating rounds; links dropped {dropped} messages");
-    println!("| step | floor (in-process) | e2e (mTLS) | e2e/floor | floor peak (start) RSS | e2e peak (start) RSS | all e2e/floor |");
-    println!("|---|---:|---:|---:|---:|---:|---|");
+    println!("| step | floor (in-process) | e2e (mTLS) | e2e/floor | all e2e/floor | CPU floor / e2e | CPU e2e/floor | floor peak (start) RSS | e2e peak (start) RSS |");
+    println!("|---|---:|---:|---:|---|---:|---:|---:|---:|");
     let steps =
         std::iter::once("DKG".to_string()).chain(BATCHES.iter().map(|m| format!("batch of {m}")));
     for step in steps {
@@ -269,16 +297,20 @@ fn small_set() {
             .zip(e)
             .map(|(f, e)| format!("{:.2}", e.wall.as_secs_f64() / f.wall.as_secs_f64()))
             .collect();
+        let (fc, ec) = (median_cpu(f), median_cpu(e));
         println!(
-            "| {step} | {:.3} s | {:.3} s | {:.2}x | {} ({}) MiB | {} ({}) MiB | {} |",
+            "| {step} | {:.3} s | {:.3} s | {:.2}x | {} | {:.2} s / {:.2} s | {:.2}x | {} ({}) MiB | {} ({}) MiB |",
             fm.wall.as_secs_f64(),
             em.wall.as_secs_f64(),
             em.wall.as_secs_f64() / fm.wall.as_secs_f64(),
+            each.join(", "),
+            fc.as_secs_f64(),
+            ec.as_secs_f64(),
+            ec.as_secs_f64() / fc.as_secs_f64(),
             fm.peak_kib / 1024,
             fm.start_kib / 1024,
             em.peak_kib / 1024,
             em.start_kib / 1024,
-            each.join(", "),
         );
     }
     // The coordinator waits for every signer's nonces, so all N are in the request.
@@ -477,56 +509,85 @@ fn large_set() {
             }
         }
     }
-    let median_of = |mut v: Vec<Duration>| {
-        v.sort();
-        v[v.len() / 2]
+    // Each round's floor and processes run minutes apart at most, so the headline ratio is the
+    // median of the rounds' own ratios (other tenants' builds come and go on this machine).
+    let mid = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        let k = v.len();
+        if k % 2 == 1 {
+            v[k / 2]
+        } else {
+            (v[k / 2 - 1] + v[k / 2]) / 2.0
+        }
     };
-    let floor_dkg = median(&floors.iter().map(|f| f.dkg).collect::<Vec<_>>());
-    let floor_batch = median(&floors.iter().map(|f| f.batch).collect::<Vec<_>>());
-    let dkg = median_of(runs.iter().map(|r| r.dkg).collect());
-    let dkg_coordinator = median_of(runs.iter().map(|r| r.dkg_coordinator).collect());
-    let batch_time = median_of(runs.iter().map(|r| r.batch).collect());
+    let secs = |d: Duration| d.as_secs_f64();
     let last = runs.last().expect("at least one round");
-    let ratio = |e: Duration, f: Duration| e.as_secs_f64() / f.as_secs_f64();
-    let each = |f: fn(&LargeFloor) -> Duration, e: fn(&LargeRun) -> Duration| {
-        floors
+    type Pick<T> = fn(&T) -> Duration;
+    let row = |step: &str,
+               (f, fc): (Pick<LargeFloor>, Option<Pick<LargeFloor>>),
+               (e, ec): (Pick<LargeRun>, Option<Pick<LargeRun>>),
+               mem: String| {
+        let ratios: Vec<f64> = floors
             .iter()
             .zip(&runs)
-            .map(|(fl, r)| format!("{:.2}", ratio(e(r), f(fl))))
-            .collect::<Vec<_>>()
-            .join(", ")
+            .map(|(fl, r)| secs(e(r)) / secs(f(fl)))
+            .collect();
+        let cpu = match (fc, ec) {
+            (Some(fc), Some(ec)) => {
+                let cpu_ratios: Vec<f64> = floors
+                    .iter()
+                    .zip(&runs)
+                    .map(|(fl, r)| secs(ec(r)) / secs(fc(fl)))
+                    .collect();
+                format!(
+                    "{:.1} s / {:.1} s | {:.2}x",
+                    mid(floors.iter().map(|fl| secs(fc(fl))).collect()),
+                    mid(runs.iter().map(|r| secs(ec(r))).collect()),
+                    mid(cpu_ratios),
+                )
+            }
+            _ => " | ".to_string(),
+        };
+        println!(
+            "| {step} | {:.3} s | {:.3} s | {:.2}x | {} | {cpu} | {mem} |",
+            mid(floors.iter().map(|fl| secs(f(fl))).collect()),
+            mid(runs.iter().map(|r| secs(e(r))).collect()),
+            mid(ratios.clone()),
+            ratios
+                .iter()
+                .map(|r| format!("{r:.2}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+        );
     };
+    let peak = |s: &Sample| format!("{} ({}) MiB", s.peak_kib / 1024, s.start_kib / 1024);
     println!();
     println!(
-        "N={n}, t={t}: floor = {n} signers in this process over in-process channels; e2e = {n} `run` processes over real mTLS; median of {rounds} alternating rounds"
+        "N={n}, t={t}: floor = {n} signers in this process over in-process channels; e2e = {n} `run` processes over real mTLS; {rounds} alternating rounds, medians (e2e/floor: median of the rounds' ratios)"
     );
-    println!("| step | floor (in-process) | e2e (150 processes) | e2e/floor | floor peak (start) RSS | e2e peak RSS, sum of processes | all e2e/floor |");
-    println!("|---|---:|---:|---:|---:|---:|---|");
-    println!(
-        "| DKG, from the last signer's start | {:.3} s | {:.3} s | {:.2}x | {} ({}) MiB | {} MiB | {} |",
-        floor_dkg.wall.as_secs_f64(),
-        dkg.as_secs_f64(),
-        ratio(dkg, floor_dkg.wall),
-        floor_dkg.peak_kib / 1024,
-        floor_dkg.start_kib / 1024,
-        last.sum_hwm_kib / 1024,
-        each(|f| f.dkg.wall, |r| r.dkg),
+    println!("| step | floor (in-process) | e2e (150 processes) | e2e/floor | each round's e2e/floor | CPU floor / e2e | CPU e2e/floor | floor peak (start) RSS; e2e sum of peak RSS |");
+    println!("|---|---:|---:|---:|---|---:|---:|---:|");
+    row(
+        "DKG, from the last signer's start",
+        (|f| f.dkg.wall, Some(|f| f.dkg.cpu)),
+        (|r| r.dkg, Some(|r| r.dkg_cpu)),
+        format!(
+            "{}; {} MiB",
+            peak(&floors[floors.len() - 1].dkg),
+            last.sum_hwm_kib / 1024
+        ),
     );
-    println!(
-        "| DKG, coordinator's clock (waits for the last signer's mesh) | {:.3} s | {:.3} s | {:.2}x | | | {} |",
-        floor_dkg.wall.as_secs_f64(),
-        dkg_coordinator.as_secs_f64(),
-        ratio(dkg_coordinator, floor_dkg.wall),
-        each(|f| f.dkg.wall, |r| r.dkg_coordinator),
+    row(
+        "DKG, coordinator's clock (waits for the last signer's mesh)",
+        (|f| f.dkg.wall, None),
+        (|r| r.dkg_coordinator, None),
+        String::new(),
     );
-    println!(
-        "| batch of {batch}, all {n} signing | {:.3} s | {:.3} s | {:.2}x | {} ({}) MiB | | {} |",
-        floor_batch.wall.as_secs_f64(),
-        batch_time.as_secs_f64(),
-        ratio(batch_time, floor_batch.wall),
-        floor_batch.peak_kib / 1024,
-        floor_batch.start_kib / 1024,
-        each(|f| f.batch.wall, |r| r.batch),
+    row(
+        &format!("batch of {batch}, all {n} signing"),
+        (|f| f.batch.wall, Some(|f| f.batch.cpu)),
+        (|r| r.batch, Some(|r| r.batch_cpu)),
+        peak(&floors[floors.len() - 1].batch),
     );
     println!(
         "last round: {n} processes done {:.1} s after the first start; mesh {:.1} s at the coordinator, {:.1} s at the slowest signer; DKG verification {:.1} s; DKG verified by {}/{n}, signatures valid {}/{batch}",
@@ -600,6 +661,10 @@ struct LargeRun {
     dkg_coordinator: Duration,
     verification: Duration,
     batch: Duration,
+    /// CPU time (user + system) of all 150 processes during the DKG (same window as `dkg`) and
+    /// during the batch (from the coordinator's end of verification to its signed batch).
+    dkg_cpu: Duration,
+    batch_cpu: Duration,
     verified: usize,
     valid: usize,
     sum_hwm_kib: u64,
@@ -700,7 +765,10 @@ fn large_e2e(n: usize, t: u32, batch: usize) -> Result<LargeRun, String> {
             .arg("--ephemeral")
             .args(["--connect-timeout", &connect_timeout.to_string()])
             .args(["--phase-timeout", &phase_timeout.to_string()])
-            .env("SBTC_LOG", "info")
+            .env(
+                "SBTC_LOG",
+                std::env::var("E2E_SIGNER_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
@@ -709,8 +777,11 @@ fn large_e2e(n: usize, t: u32, batch: usize) -> Result<LargeRun, String> {
             .expect("signer process");
         children.0.push(child);
     }
-    // Each signer's VmHWM, last read (it only grows), and the largest sum of VmRSS seen at once.
+    // Each signer's VmHWM, last read (it only grows), and the largest sum of VmRSS seen at once;
+    // each signer's CPU time, last read, and their sum over time (wall clock, to match the logs).
     let mut hwm: HashMap<u32, u64> = HashMap::new();
+    let mut cpu: HashMap<u32, Duration> = HashMap::new();
+    let mut cpu_series: Vec<(f64, Duration)> = Vec::new();
     let mut peak_sum_rss = 0u64;
     let mut peak_sum_at = Duration::ZERO;
     let deadline = started + overall;
@@ -724,6 +795,9 @@ fn large_e2e(n: usize, t: u32, batch: usize) -> Result<LargeRun, String> {
                 sum += rss;
                 let e = hwm.entry(pid).or_default();
                 *e = (*e).max(peak);
+            }
+            if let Some(c) = cpu_of(pid) {
+                cpu.insert(pid, c);
             }
             match child.try_wait() {
                 Ok(None) => running += 1,
@@ -740,6 +814,7 @@ fn large_e2e(n: usize, t: u32, batch: usize) -> Result<LargeRun, String> {
             peak_sum_rss = sum;
             peak_sum_at = started.elapsed();
         }
+        cpu_series.push((unix_now(), cpu.values().sum()));
         if running == 0 || failed.is_some() {
             break;
         }
@@ -756,7 +831,13 @@ fn large_e2e(n: usize, t: u32, batch: usize) -> Result<LargeRun, String> {
         return Err(format!("{why}; logs kept in {}", logs.display()));
     }
     let checked = check_results(work.path(), n, batch)?;
-    let dkg = dkg_after_last_start(work.path(), n, checked.coordinator)?;
+    let phases = phases(work.path(), n, checked.coordinator)?;
+    let dkg = Duration::from_secs_f64((phases.dkg_done - phases.last_dkg_start).max(0.0));
+    let cpu_between =
+        |from: f64, to: f64| cpu_at(&cpu_series, to).saturating_sub(cpu_at(&cpu_series, from));
+    if std::env::var_os("E2E_KEEP_LOGS").is_some() {
+        eprintln!("signer logs kept in {}", work.keep().display());
+    }
     let ms = Duration::from_millis;
     Ok(LargeRun {
         wall,
@@ -766,6 +847,8 @@ fn large_e2e(n: usize, t: u32, batch: usize) -> Result<LargeRun, String> {
         dkg_coordinator: ms(checked.coordinator_result.dkg_ms),
         verification: ms(checked.coordinator_result.verification_ms.unwrap_or(0)),
         batch: ms(checked.coordinator_result.batch_ms.unwrap_or(0)),
+        dkg_cpu: cpu_between(phases.last_dkg_start, phases.dkg_done),
+        batch_cpu: cpu_between(phases.verification_done, phases.batch_done),
         verified: checked.verified,
         valid: checked.valid,
         sum_hwm_kib: hwm.values().sum(),
@@ -775,22 +858,72 @@ fn large_e2e(n: usize, t: u32, batch: usize) -> Result<LargeRun, String> {
     })
 }
 
-/// From the last signer's "starting DKG" to the coordinator's "DKG done", by their log
-/// timestamps: the DKG as the floor measures it, every signer ready at its start.
-fn dkg_after_last_start(work: &Path, n: usize, coordinator: usize) -> Result<Duration, String> {
+/// When the phases began and ended, by the log timestamps (seconds since the epoch): the last
+/// signer's "starting DKG" (from then on every signer is ready, as in the floor), and the
+/// coordinator's "DKG done", "DKG verification done" and "demo batch signed".
+struct Phases {
+    last_dkg_start: f64,
+    dkg_done: f64,
+    verification_done: f64,
+    batch_done: f64,
+}
+
+fn phases(work: &Path, n: usize, coordinator: usize) -> Result<Phases, String> {
     let log = |i: usize| {
         let path = work.join(format!("signer-{i}")).join("signer.log");
         std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))
     };
-    let mut last_start = f64::MIN;
+    let mut last_dkg_start = f64::MIN;
     for i in 0..n {
         let at = log_time(&log(i)?, "starting DKG")
             .ok_or_else(|| format!("signer {i}: no \"starting DKG\" in its log"))?;
-        last_start = last_start.max(at);
+        last_dkg_start = last_dkg_start.max(at);
     }
-    let done = log_time(&log(coordinator)?, "DKG done")
-        .ok_or("the coordinator's log has no \"DKG done\"")?;
-    Ok(Duration::from_secs_f64((done - last_start).max(0.0)))
+    let coordinator_log = log(coordinator)?;
+    let at = |what: &str| {
+        log_time(&coordinator_log, what).ok_or(format!("the coordinator's log has no \"{what}\""))
+    };
+    Ok(Phases {
+        last_dkg_start,
+        dkg_done: at("DKG done")?,
+        verification_done: at("DKG verification done")?,
+        batch_done: at("demo batch signed")?,
+    })
+}
+
+/// The summed CPU time of the signers at `t` (seconds since the epoch), interpolated between the
+/// readings around it.
+fn cpu_at(series: &[(f64, Duration)], t: f64) -> Duration {
+    let after = series.partition_point(|(at, _)| *at < t);
+    match (after.checked_sub(1).map(|i| series[i]), series.get(after)) {
+        (Some((t0, c0)), Some(&(t1, c1))) if t1 > t0 => {
+            let f = ((t - t0) / (t1 - t0)).clamp(0.0, 1.0);
+            c0 + c1.saturating_sub(c0).mul_f64(f)
+        }
+        (Some((_, c)), _) | (None, Some(&(_, c))) => c,
+        (None, None) => Duration::ZERO,
+    }
+}
+
+/// User + system CPU time of process `pid` (fields 14 and 15 of /proc/pid/stat, in clock ticks).
+fn cpu_of(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces; the fields after it are plain.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) })
+        .ok()
+        .filter(|h| *h > 0)?;
+    Some(Duration::from_secs_f64(ticks as f64 / hz as f64))
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
 }
 
 /// Seconds since the epoch of the first log line containing `what` (tracing's RFC 3339 UTC

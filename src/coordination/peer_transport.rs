@@ -149,10 +149,11 @@ impl PeerTransport {
             let (kind, statement) = match inbound.envelope.body {
                 Some(Body::Round(r)) => match wire::decode_round(r, self.set.len() as usize) {
                     Ok(msg) => {
+                        tracing::debug!(from, kind = msg.kind(), "round message received");
                         return Some(Incoming::Round(Envelope {
                             from,
                             msg: Arc::new(msg),
-                        }))
+                        }));
                     }
                     Err(e) => {
                         tracing::warn!(from, error = %e, "undecodable round message dropped");
@@ -224,6 +225,12 @@ impl Transport for PeerTransport {
             return Err(TransportError::UnknownPeer(to));
         }
         let bytes = self.encode(&msg).ok_or(TransportError::PeerDown(to))?;
+        tracing::debug!(
+            to,
+            kind = msg.kind(),
+            bytes = bytes.len(),
+            "round message sent"
+        );
         self.send_bytes(to, bytes).await
     }
 
@@ -231,6 +238,11 @@ impl Transport for PeerTransport {
         let Some(bytes) = self.encode(&msg) else {
             return (0..self.set.len()).filter(|i| *i != self.me).collect();
         };
+        tracing::debug!(
+            kind = msg.kind(),
+            bytes = bytes.len(),
+            "round message broadcast"
+        );
         self.broadcast_envelope(bytes).await
     }
 

@@ -1073,6 +1073,15 @@ mod tests {
         }
         for msg in every_message() {
             let bytes = encode_round_bytes(&msg).unwrap();
+            // Flipped bytes anywhere: any outcome but a panic.
+            for _ in 0..300 {
+                let mut mutated = bytes.to_vec();
+                for _ in 0..rng().gen_range(1..4) {
+                    let at = rng().gen_range(0..mutated.len());
+                    mutated[at] ^= 1 << rng().gen_range(0..8);
+                }
+                let _ = decode_round_bytes(Bytes::from(mutated), SIGNERS);
+            }
             for cut in 0..bytes.len() {
                 assert!(
                     decode_round_bytes(bytes.slice(..cut), SIGNERS).is_err(),

@@ -37,6 +37,31 @@ impl Default for Limits {
     }
 }
 
+/// Dead links are found by the kernel's TCP keepalive: probes after this much silence, then every
+/// [`TCP_KEEPALIVE_INTERVAL`], [`TCP_KEEPALIVE_RETRIES`] unanswered ones close the connection (about
+/// a minute in all). The kernel answers them without waking the process.
+pub const TCP_KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
+pub const TCP_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+pub const TCP_KEEPALIVE_RETRIES: u32 = 3;
+/// HTTP/2 pings, the backstop for a peer whose kernel is alive but whose node is wedged, and for
+/// paths that drop TCP keepalives. Each ping wakes both processes and crosses TLS twice: at a
+/// 30 s interval a 150-signer mesh on one 2-core machine spent 12% of its CPU on them while the
+/// rounds computed (docs/performance.md), hence the long interval.
+pub const HTTP2_PING_INTERVAL: Duration = Duration::from_secs(300);
+pub const HTTP2_PING_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Turns on TCP keepalive on a peer connection (see [`TCP_KEEPALIVE_IDLE`]); a socket that
+/// refuses it still works, it is only found dead later.
+pub(crate) fn tcp_keepalive(tcp: &tokio::net::TcpStream) {
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(TCP_KEEPALIVE_IDLE)
+        .with_interval(TCP_KEEPALIVE_INTERVAL)
+        .with_retries(TCP_KEEPALIVE_RETRIES);
+    if let Err(e) = socket2::SockRef::from(tcp).set_tcp_keepalive(&keepalive) {
+        tracing::debug!(error = %e, "TCP keepalive not set on a peer connection");
+    }
+}
+
 /// A token bucket: `rate` tokens a second, at most `burst` saved up.
 #[derive(Debug)]
 pub struct TokenBucket {

@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint, Uri};
 
 use super::{
-    limits::backoff,
+    limits::{backoff, tcp_keepalive, HTTP2_PING_INTERVAL, HTTP2_PING_TIMEOUT},
     metrics::Metrics,
     node::Shared,
     proto::{signer_peer_client::SignerPeerClient, Frame},
@@ -170,8 +170,8 @@ pub(crate) async fn dial_channel(
     // No tonic connect timeout: `connect` bounds TCP and the handshake itself, and an outer
     // timeout would abort handshakes that are merely slow under load (and waste their signature).
     let channel = Endpoint::from_static("http://sbtc-peer")
-        .http2_keep_alive_interval(Duration::from_secs(30))
-        .keep_alive_timeout(Duration::from_secs(10))
+        .http2_keep_alive_interval(HTTP2_PING_INTERVAL)
+        .keep_alive_timeout(HTTP2_PING_TIMEOUT)
         .connect_with_connector(connector)
         .await
         .map_err(|e| PeerError::Link {
@@ -214,6 +214,7 @@ async fn connect(
         .map_err(|e| link_err(format!("cannot connect to {endpoint}: {e}")))?;
     let remote = tcp.peer_addr().ok();
     let _ = tcp.set_nodelay(true);
+    tcp_keepalive(&tcp);
     let connector = TlsConnector::from(shared.client_tls.clone());
     let tls = match tokio::time::timeout(
         shared.limits.handshake_timeout,

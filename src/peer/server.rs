@@ -13,7 +13,9 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::{
-    cert, message,
+    cert,
+    limits::{tcp_keepalive, HTTP2_PING_INTERVAL, HTTP2_PING_TIMEOUT},
+    message,
     metrics::Metrics,
     node::{Inbound, Shared},
     proto::{
@@ -64,6 +66,7 @@ pub(crate) async fn accept_loop(
         tokio::spawn(async move {
             let _permit = permit;
             let _ = tcp.set_nodelay(true);
+            tcp_keepalive(&tcp);
             let tls =
                 match tokio::time::timeout(shared.limits.handshake_timeout, acceptor.accept(tcp))
                     .await
@@ -150,8 +153,8 @@ pub(crate) async fn serve(
     let shutdown = shared.shutdown.clone();
     let result = tonic::transport::Server::builder()
         .max_concurrent_streams(Some(16))
-        .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .http2_keepalive_interval(Some(HTTP2_PING_INTERVAL))
+        .http2_keepalive_timeout(Some(HTTP2_PING_TIMEOUT))
         .add_service(service)
         .serve_with_incoming_shutdown(ReceiverStream::new(admitted), shutdown.cancelled_owned())
         .await;
