@@ -25,6 +25,7 @@
 #[path = "support/mod.rs"]
 mod support;
 
+use bitcoin::hashes::Hash as _;
 use std::{
     collections::HashMap,
     os::unix::fs::PermissionsExt as _,
@@ -59,7 +60,10 @@ use wsts::{
 const N: usize = 15;
 const T: u32 = 11;
 const BATCHES: [usize; 3] = [1, 100, 1000];
-const TIP: [u8; 32] = [2u8; 32];
+/// The chain tip the rounds are stamped with (it picks the coordinator).
+fn tip() -> bitcoin::BlockHash {
+    bitcoin::BlockHash::from_byte_array([2u8; 32])
+}
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -235,7 +239,8 @@ fn small_set() {
     // One transport per signer for the whole run (it owns the node's inbox), by signer index.
     let mut transports: Vec<Option<PeerTransport>> = (0..N).map(|_| None).collect();
     for node in &nodes {
-        let t = PeerTransport::new(node.clone(), cluster.set.clone(), TIP, 812).expect("transport");
+        let t =
+            PeerTransport::new(node.clone(), cluster.set.clone(), tip(), 812).expect("transport");
         let me = t.me() as usize;
         transports[me] = Some(t);
     }
@@ -387,7 +392,7 @@ async fn dkg_on<X: Transport>(
 }
 
 fn floor_dkg(cluster: &LocalCluster, id: DkgId) -> Vec<DkgOutcome> {
-    let coordinator = cluster.set.coordinator_for(&TIP);
+    let coordinator = cluster.set.coordinator_for(&tip());
     let (transports, _) = cluster.network();
     let inputs: Vec<_> = contexts(cluster).into_iter().zip(transports).collect();
     on_threads(inputs, move |(ctx, t)| dkg_on(ctx, t, id, coordinator))
@@ -401,7 +406,7 @@ fn e2e_dkg(
     transports: Vec<PeerTransport>,
     id: DkgId,
 ) -> (Vec<DkgOutcome>, Vec<PeerTransport>) {
-    let coordinator = cluster.set.coordinator_for(&TIP);
+    let coordinator = cluster.set.coordinator_for(&tip());
     let inputs: Vec<_> = contexts(cluster).into_iter().zip(transports).collect();
     on_threads(inputs, move |(ctx, t)| dkg_on(ctx, t, id, coordinator))
         .into_iter()
@@ -415,7 +420,7 @@ fn sign_on<X: Transport + Send + 'static>(
     transports: Vec<X>,
     requests: &[SighashRequest],
 ) -> Vec<X> {
-    let coordinator = cluster.set.coordinator_for(&TIP);
+    let coordinator = cluster.set.coordinator_for(&tip());
     let n = cluster.signers.len();
     let m = requests.len();
     let signers = cluster.batch_signers(

@@ -15,6 +15,7 @@
 #[path = "support/mod.rs"]
 mod support;
 
+use bitcoin::hashes::Hash as _;
 use std::{
     sync::Arc,
     thread,
@@ -185,7 +186,9 @@ fn row(
 }
 
 fn ours_dkg(cluster: &LocalCluster) -> Vec<DkgOutcome> {
-    let coordinator = cluster.set.coordinator_for(&[1u8; 32]);
+    let coordinator = cluster
+        .set
+        .coordinator_for(&bitcoin::BlockHash::from_byte_array([1u8; 32]));
     let (transports, _) = cluster.network();
     let inputs: Vec<_> = cluster
         .signers
@@ -201,7 +204,9 @@ fn ours_dkg(cluster: &LocalCluster) -> Vec<DkgOutcome> {
 }
 
 fn ours_sign(cluster: &LocalCluster, outcomes: &[DkgOutcome], requests: &[SighashRequest]) {
-    let coordinator = cluster.set.coordinator_for(&[2u8; 32]);
+    let coordinator = cluster
+        .set
+        .coordinator_for(&bitcoin::BlockHash::from_byte_array([2u8; 32]));
     let n = cluster.signers.len();
     let m = requests.len();
     let (transports, _) = cluster.network();

@@ -5,6 +5,7 @@
 
 mod common;
 
+use bitcoin::hashes::Hash as _;
 use std::{sync::Arc, time::Duration};
 
 use bytes::Bytes;
@@ -19,7 +20,10 @@ use sbtc_hsm_signer::{
     },
 };
 
-const TIP: [u8; 32] = [7u8; 32];
+/// The chain tip the rounds are stamped with (it picks the coordinator).
+fn tip() -> bitcoin::BlockHash {
+    bitcoin::BlockHash::from_byte_array([7u8; 32])
+}
 const HEIGHT: u64 = 812;
 
 fn seal() -> KeyLabel {
@@ -47,7 +51,7 @@ async fn envelopes_carry_tip_and_round_and_the_sender_comes_from_the_link() {
         let dir = tempfile::tempdir().unwrap();
         let (_custodies, nodes) = cluster(dir.path(), 2).await;
         let set = signing_set(&nodes, 2);
-        let a = PeerTransport::new(nodes[0].clone(), set.clone(), TIP, HEIGHT).unwrap();
+        let a = PeerTransport::new(nodes[0].clone(), set.clone(), tip(), HEIGHT).unwrap();
         // The receiver reads the raw wire envelopes.
         let mut raw = nodes[1].take_inbox().unwrap();
         let round = RoundId([3u8; 32]);
@@ -67,9 +71,9 @@ async fn envelopes_carry_tip_and_round_and_the_sender_comes_from_the_link() {
         .unwrap();
         let inbound = raw.recv().await.unwrap();
         assert_eq!(inbound.from, nodes[0].identity());
-        let tip = inbound.envelope.chain_tip.unwrap();
-        assert_eq!(tip.height, HEIGHT);
-        assert_eq!(tip.block_hash.as_ref(), &TIP);
+        let stamped = inbound.envelope.chain_tip.unwrap();
+        assert_eq!(stamped.height, HEIGHT);
+        assert_eq!(stamped.block_hash.as_ref(), tip().as_byte_array());
         assert_eq!(inbound.envelope.round_id.as_ref(), &round.0);
         // A signer cannot send to itself through the links.
         assert!(matches!(
@@ -87,11 +91,11 @@ async fn garbage_payloads_are_dropped_and_the_next_message_gets_through() {
         let dir = tempfile::tempdir().unwrap();
         let (_custodies, nodes) = cluster(dir.path(), 2).await;
         let set = signing_set(&nodes, 2);
-        let a = PeerTransport::new(nodes[0].clone(), set.clone(), TIP, HEIGHT).unwrap();
-        let mut b = PeerTransport::new(nodes[1].clone(), set.clone(), TIP, HEIGHT).unwrap();
+        let a = PeerTransport::new(nodes[0].clone(), set.clone(), tip(), HEIGHT).unwrap();
+        let mut b = PeerTransport::new(nodes[1].clone(), set.clone(), tip(), HEIGHT).unwrap();
         let tip = message::ChainTip {
             height: HEIGHT,
-            block_hash: Bytes::copy_from_slice(&TIP),
+            block_hash: Bytes::copy_from_slice(tip().as_byte_array()),
         };
         // A well-formed envelope whose round body does not hold (a share list of 33 bytes), one
         // with an empty body, and a round body made of JSON (what release 1 sent).
@@ -131,10 +135,11 @@ async fn dkg_and_a_batch_run_over_the_peer_links() {
         let dir = tempfile::tempdir().unwrap();
         let (custodies, nodes) = cluster(dir.path(), 3).await;
         let set = signing_set(&nodes, 2);
-        let coordinator = set.coordinator_for(&TIP);
+        let coordinator = set.coordinator_for(&tip());
         let mut tasks = Vec::new();
         for (custody, node) in custodies.iter().zip(&nodes) {
-            let mut transport = PeerTransport::new(node.clone(), set.clone(), TIP, HEIGHT).unwrap();
+            let mut transport =
+                PeerTransport::new(node.clone(), set.clone(), tip(), HEIGHT).unwrap();
             let ctx = SignerContext {
                 set: set.clone(),
                 me: transport.me(),

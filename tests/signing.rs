@@ -4,6 +4,7 @@
 
 mod common;
 
+use bitcoin::hashes::Hash as _;
 use std::{
     collections::HashSet,
     sync::{
@@ -58,7 +59,9 @@ async fn fixture() -> Fixture {
     let cluster = LocalCluster::new(custodies, &identity(), &seal(), T, Duration::from_secs(10))
         .await
         .unwrap();
-    let coordinator = cluster.set.coordinator_for(&[7u8; 32]);
+    let coordinator = cluster
+        .set
+        .coordinator_for(&bitcoin::BlockHash::from_byte_array([7u8; 32]));
     let outcomes = cluster.run_dkg(DkgId(1), coordinator).await.unwrap();
     Fixture {
         _dir: dir,
@@ -642,7 +645,9 @@ async fn a_dkg_with_a_signer_down_times_out_naming_it() {
         )
         .await
         .unwrap();
-        let coordinator = cluster.set.coordinator_for(&[3u8; 32]);
+        let coordinator = cluster
+            .set
+            .coordinator_for(&bitcoin::BlockHash::from_byte_array([3u8; 32]));
         let down = (coordinator + 1) % N as u32;
         let (transports, _) = cluster.network();
         let mut tasks = Vec::new();
@@ -760,7 +765,9 @@ async fn custody_calls_are_constant_per_dkg_and_per_batch_not_per_sighash() {
             LocalCluster::new(custodies, &identity(), &seal(), T, Duration::from_secs(10))
                 .await
                 .unwrap();
-        let coordinator = cluster.set.coordinator_for(&[4u8; 32]);
+        let coordinator = cluster
+            .set
+            .coordinator_for(&bitcoin::BlockHash::from_byte_array([4u8; 32]));
         let outcomes = cluster.run_dkg(DkgId(3), coordinator).await.unwrap();
         for c in &counters {
             assert_eq!(c.signs.load(Ordering::SeqCst), 1, "one endorsement per DKG");
@@ -845,7 +852,9 @@ async fn round_messages_survive_the_wire_and_private_shares_travel_encrypted() {
             LocalCluster::new(custodies, &identity(), &seal(), T, Duration::from_secs(10))
                 .await
                 .unwrap();
-        let coordinator = cluster.set.coordinator_for(&[5u8; 32]);
+        let coordinator = cluster
+            .set
+            .coordinator_for(&bitcoin::BlockHash::from_byte_array([5u8; 32]));
         let wire = Arc::new(std::sync::Mutex::new(Vec::new()));
         let (transports, _) = cluster.network();
         let mut tasks = Vec::new();
@@ -1031,7 +1040,7 @@ fn the_coordinator_is_a_pure_function_of_the_tip_and_the_set() {
     let b = SignerSet::from_keys(reversed, 5).unwrap();
     let mut chosen = HashSet::new();
     for tip in 0u8..=200 {
-        let tip = [tip; 32];
+        let tip = bitcoin::BlockHash::from_byte_array([tip; 32]);
         assert_eq!(a.coordinator_for(&tip), b.coordinator_for(&tip));
         assert_eq!(
             a.key(a.coordinator_for(&tip)),

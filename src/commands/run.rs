@@ -56,10 +56,9 @@ impl Run {
     pub async fn run(self, config: &Config) -> CommandResult {
         let chain_tip = match &self.chain_tip {
             None => node::devnet_chain_tip(),
-            Some(h) => hex::decode(h)
-                .ok()
-                .and_then(|b| <[u8; 32]>::try_from(b).ok())
-                .ok_or("--chain-tip must be 64 hex characters (a block hash)")?,
+            Some(h) => h.parse::<bitcoin::BlockHash>().map_err(|_| {
+                format!("--chain-tip {h:?} is not a block hash (64 hex characters, as bitcoind prints it)")
+            })?,
         };
         let peer = config.needs_peer("run")?;
         let storage_config = match (&config.storage, self.ephemeral) {

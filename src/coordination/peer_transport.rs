@@ -6,6 +6,7 @@
 //! message. Signed statements (proposals, acks, decisions) arriving on the same links are kept
 //! aside for the node.
 
+use bitcoin::{hashes::Hash as _, BlockHash};
 use std::{collections::VecDeque, sync::Arc};
 
 use async_trait::async_trait;
@@ -62,7 +63,7 @@ impl PeerTransport {
     pub fn new(
         node: Arc<PeerNode>,
         set: Arc<SignerSet>,
-        tip: [u8; 32],
+        tip: BlockHash,
         height: u64,
     ) -> Result<Self, PeerTransportError> {
         let me = set
@@ -76,7 +77,7 @@ impl PeerTransport {
             inbox,
             tip: ChainTip {
                 height,
-                block_hash: Bytes::copy_from_slice(&tip),
+                block_hash: Bytes::copy_from_slice(tip.as_byte_array()),
             },
             statements: VecDeque::new(),
         })

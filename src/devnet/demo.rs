@@ -19,8 +19,11 @@ use crate::{
 };
 
 /// The fixed chain tip of a devnet without a Bitcoin chain: it picks the coordinator.
-pub fn devnet_chain_tip() -> [u8; 32] {
-    Sha256::digest(b"sbtc-hsm-signer/devnet/chain-tip/v1").into()
+pub fn devnet_chain_tip() -> bitcoin::BlockHash {
+    use bitcoin::hashes::Hash as _;
+    bitcoin::BlockHash::from_byte_array(
+        Sha256::digest(b"sbtc-hsm-signer/devnet/chain-tip/v1").into(),
+    )
 }
 
 /// The `i`-th demo sighash for this DKG: even ones are key spends of the tap-tweaked aggregate key

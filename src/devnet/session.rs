@@ -6,7 +6,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use bitcoin::{hashes::Hash as _, BlockHash};
+use bitcoin::BlockHash;
 use sbtc_custody::SealedBlob;
 
 use super::demo::{self, DemoSignature, DevnetApprover, RunResult};
@@ -28,7 +28,7 @@ pub struct SessionParams {
     /// Custody (audited in a real node) and the key labels.
     pub keys: Keys,
     pub storage: Arc<dyn Storage>,
-    pub chain_tip: [u8; 32],
+    pub chain_tip: BlockHash,
     pub chain_height: u64,
     pub demo_batch: usize,
     pub connect_timeout: Duration,
@@ -184,7 +184,7 @@ pub async fn run_session(node: Arc<PeerNode>, p: SessionParams) -> Result<RunRes
                 signer_set: set.keys().to_vec(),
                 threshold: u16::try_from(set.threshold())?,
                 status: DkgSharesStatus::Unverified,
-                started_at_block_hash: BlockHash::from_byte_array(p.chain_tip),
+                started_at_block_hash: p.chain_tip,
                 started_at_block_height: p.chain_height,
             })
             .await?;

@@ -2,7 +2,7 @@
 //! handshake; rounds read the numbering, the threshold and the coordinator from it. It comes from
 //! the bootstrap config today and from the chain (the registry's signer set) later.
 
-use bitcoin::secp256k1::PublicKey;
+use bitcoin::{hashes::Hash as _, secp256k1::PublicKey, BlockHash};
 use sha2::{Digest, Sha256};
 
 /// A signer's position in the sorted set (its WSTS signer id; its key id is this + 1).
@@ -147,11 +147,11 @@ impl SignerSet {
     /// The coordinator for the block `chain_tip`: SHA-256(domain || tip) read as a big-endian
     /// number, modulo the number of signers. A pure function of the tip and the (sorted) set, so
     /// every honest signer agrees on who coordinates without talking.
-    pub fn coordinator_for(&self, chain_tip: &[u8; 32]) -> SignerIndex {
+    pub fn coordinator_for(&self, chain_tip: &BlockHash) -> SignerIndex {
         let n = u64::from(self.len().max(1));
         let digest = Sha256::new()
             .chain_update(b"sbtc-hsm-signer/coordinator/v1")
-            .chain_update(chain_tip)
+            .chain_update(chain_tip.as_byte_array())
             .finalize();
         let rem = digest
             .iter()

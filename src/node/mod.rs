@@ -22,7 +22,7 @@ pub struct RunOptions {
     pub threshold: Option<u32>,
     pub demo_batch: usize,
     pub result_file: Option<PathBuf>,
-    pub chain_tip: [u8; 32],
+    pub chain_tip: bitcoin::BlockHash,
     pub connect_timeout: Duration,
     pub phase_timeout: Duration,
     pub nonce_ledger: Option<PathBuf>,
@@ -145,7 +145,7 @@ pub async fn run(
 }
 
 /// The devnet's fixed tip, for a node that has no chain yet.
-pub fn devnet_chain_tip() -> [u8; 32] {
+pub fn devnet_chain_tip() -> bitcoin::BlockHash {
     demo::devnet_chain_tip()
 }
 

@@ -1,6 +1,7 @@
 //! DKG ids: unique per DKG, derived from what every signer already agrees on (the chain tip the
 //! DKG starts at, the signer set, and the attempt at that tip), never a constant.
 
+use bitcoin::{hashes::Hash as _, BlockHash};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -15,10 +16,10 @@ impl DkgId {
     /// 8 bytes of SHA-256(domain || tip || set digest || attempt) with the top bit cleared (it is
     /// stored as a signed 64-bit column), never 0. Every signer computes
     /// the same id without talking; a new tip, a new set or a retry gives a new id.
-    pub fn derive(chain_tip: &[u8; 32], set: &SignerSet, attempt: u32) -> DkgId {
+    pub fn derive(chain_tip: &BlockHash, set: &SignerSet, attempt: u32) -> DkgId {
         let digest = Sha256::new()
             .chain_update(b"sbtc-hsm-signer/dkg-id/v1")
-            .chain_update(chain_tip)
+            .chain_update(chain_tip.as_byte_array())
             .chain_update(set.digest())
             .chain_update(attempt.to_be_bytes())
             .finalize();
@@ -38,6 +39,10 @@ impl std::fmt::Display for DkgId {
 mod tests {
     use super::*;
 
+    fn tip(n: u8) -> BlockHash {
+        BlockHash::from_byte_array([n; 32])
+    }
+
     #[test]
     fn ids_differ_by_tip_set_and_attempt() {
         let keys: Vec<_> = (1u8..=3)
@@ -49,11 +54,11 @@ mod tests {
             .collect();
         let set = SignerSet::from_keys(keys.clone(), 2).unwrap();
         let other = SignerSet::from_keys(keys[..2].to_vec(), 2).unwrap();
-        let a = DkgId::derive(&[1; 32], &set, 0);
-        assert_eq!(a, DkgId::derive(&[1; 32], &set, 0));
-        assert_ne!(a, DkgId::derive(&[2; 32], &set, 0));
-        assert_ne!(a, DkgId::derive(&[1; 32], &other, 0));
-        assert_ne!(a, DkgId::derive(&[1; 32], &set, 1));
+        let a = DkgId::derive(&tip(1), &set, 0);
+        assert_eq!(a, DkgId::derive(&tip(1), &set, 0));
+        assert_ne!(a, DkgId::derive(&tip(2), &set, 0));
+        assert_ne!(a, DkgId::derive(&tip(1), &other, 0));
+        assert_ne!(a, DkgId::derive(&tip(1), &set, 1));
         assert_ne!(a.0, 0);
         assert!(i64::try_from(a.0).is_ok());
     }
