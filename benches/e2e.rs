@@ -611,6 +611,13 @@ fn large_set() {
         last.peak_sum_rss_kib / 1024,
         last.peak_sum_at.as_secs_f64(),
     );
+    let (json_time, json_len) = floors[floors.len() - 1].public_shares_json;
+    println!(
+        "storing the public shares after the DKG (src/devnet/session.rs, JSON), which the floor does not: {:.1} MB and {:.0} ms per signer ({:.1} s of CPU for all {n})",
+        json_len as f64 / 1e6,
+        json_time.as_secs_f64() * 1e3,
+        json_time.as_secs_f64() * n as f64,
+    );
     wire_cost(n, n, batch);
 }
 
@@ -618,6 +625,9 @@ fn large_set() {
 struct LargeFloor {
     dkg: Sample,
     batch: Sample,
+    /// What every e2e signer does after its DKG and the floor does not: encode its public shares
+    /// for storage (src/devnet/session.rs stores them as JSON); time and bytes for one signer.
+    public_shares_json: (Duration, usize),
 }
 
 fn large_floor(n: usize, t: u32, batch: usize) -> LargeFloor {
@@ -650,9 +660,16 @@ fn large_floor(n: usize, t: u32, batch: usize) -> LargeFloor {
             .expect("cluster")
     });
     let (outcomes, dkg) = measure(|| floor_dkg(&cluster, DkgId(1)));
+    let started = Instant::now();
+    let json = serde_json::to_vec(&outcomes[0].public).expect("public shares as JSON");
+    let public_shares_json = (started.elapsed(), json.len());
     let requests = requests(batch);
     let ((), batch) = measure(|| floor_sign(&cluster, &outcomes, &requests));
-    LargeFloor { dkg, batch }
+    LargeFloor {
+        dkg,
+        batch,
+        public_shares_json,
+    }
 }
 
 /// One run of 150 signer processes.

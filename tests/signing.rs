@@ -808,16 +808,19 @@ async fn custody_calls_are_constant_per_dkg_and_per_batch_not_per_sighash() {
     .expect("test finished in time");
 }
 
+/// One recorded message: its recipient (`None`: a broadcast), the message, and its wire bytes.
+type Recorded = (Option<u32>, RoundMessage, Bytes);
+
 /// Records every message a signer sends, as the peer links put it on the wire.
 struct Recording {
     inner: InProcessTransport,
-    wire: Arc<std::sync::Mutex<Vec<(RoundMessage, Bytes)>>>,
+    wire: Arc<std::sync::Mutex<Vec<Recorded>>>,
 }
 
 impl Recording {
-    fn record(&self, msg: &RoundMessage) {
+    fn record(&self, to: Option<u32>, msg: &RoundMessage) {
         let bytes = wire::encode_round_bytes(msg).expect("every round message encodes");
-        self.wire.lock().unwrap().push((msg.clone(), bytes));
+        self.wire.lock().unwrap().push((to, msg.clone(), bytes));
     }
 }
 
@@ -831,11 +834,11 @@ impl Transport for Recording {
         to: u32,
         msg: Arc<RoundMessage>,
     ) -> Result<(), sbtc_hsm_signer::signing::TransportError> {
-        self.record(&msg);
+        self.record(Some(to), &msg);
         self.inner.send(to, msg).await
     }
     async fn broadcast(&self, msg: Arc<RoundMessage>) -> Vec<u32> {
-        self.record(&msg);
+        self.record(None, &msg);
         self.inner.broadcast(msg).await
     }
     async fn recv(&mut self) -> Option<sbtc_hsm_signer::signing::Envelope> {
@@ -911,14 +914,22 @@ async fn round_messages_survive_the_wire_and_private_shares_travel_encrypted() {
         let wire = wire.lock().unwrap().clone();
         let mut kinds = HashSet::new();
         let mut private_share_messages = 0;
-        for (sent, bytes) in &wire {
+        for (to, sent, bytes) in &wire {
             let msg = wire::decode_round_bytes(bytes.clone(), N).expect("decodes");
             kinds.insert(msg.kind());
             assert_eq!(&msg, sent, "round trip");
             if let RoundMessage::Dkg(wsts::net::Message::DkgPrivateShares(shares)) = msg {
                 private_share_messages += 1;
+                let to = to.expect("private shares go to one signer at a time");
                 for (_, to_keys) in &shares.shares {
-                    assert_eq!(to_keys.len(), N, "a share for every key");
+                    if to == coordinator {
+                        // The coordinator judges complaints, so it sees every ciphertext.
+                        assert_eq!(to_keys.len(), N, "a share for every key");
+                    } else {
+                        // Anyone else sees only the share encrypted to its own key.
+                        let keys: Vec<u32> = to_keys.keys().copied().collect();
+                        assert_eq!(keys, vec![to + 1], "only the recipient's share");
+                    }
                     for ciphertext in to_keys.values() {
                         // AES-GCM: 12-byte nonce, 32-byte share, 16-byte tag.
                         assert_eq!(ciphertext.len(), 12 + 32 + 16);
@@ -926,7 +937,7 @@ async fn round_messages_survive_the_wire_and_private_shares_travel_encrypted() {
                 }
             }
         }
-        assert_eq!(private_share_messages, N);
+        assert_eq!(private_share_messages, N * (N - 1));
         for kind in [
             "transport_key",
             "dkg",
@@ -951,7 +962,7 @@ async fn round_messages_survive_the_wire_and_private_shares_travel_encrypted() {
             let secret = &plain[plain.len() - 32..];
             assert!(wire
                 .iter()
-                .all(|(_, bytes)| !bytes.windows(32).any(|w| w == secret)));
+                .all(|(_, _, bytes)| !bytes.windows(32).any(|w| w == secret)));
         }
     })
     .await

@@ -15,6 +15,10 @@ pub struct Limits {
     pub handshake_timeout: Duration,
     /// TLS handshakes in progress at once; more connections wait in the kernel backlog.
     pub max_pending_handshakes: usize,
+    /// Outbound dials (TCP and TLS handshake) in progress at once; the other links wait their
+    /// turn. Without it a node of a 150-signer mesh on one machine starts 149 handshakes at once,
+    /// most of them time out under the load and are redone (docs/performance.md).
+    pub max_concurrent_dials: usize,
     /// Live connections (both directions) with one identity beyond which inbound ones are refused.
     pub max_connections_per_peer: usize,
     pub backoff_min: Duration,
@@ -30,6 +34,7 @@ impl Default for Limits {
             queue_depth: 1024,
             handshake_timeout: Duration::from_secs(10),
             max_pending_handshakes: 64,
+            max_concurrent_dials: 16,
             max_connections_per_peer: 4,
             backoff_min: Duration::from_millis(100),
             backoff_max: Duration::from_secs(10),

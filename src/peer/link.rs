@@ -89,7 +89,11 @@ async fn run(
     loop {
         let dialled = tokio::select! {
             _ = cancel.cancelled() => return,
-            r = dial(shared.clone(), peer, endpoint.clone()) => r,
+            r = async {
+                // Held for the TCP connect and the TLS handshake only; never closed.
+                let _slot = shared.dial_slots.acquire().await;
+                dial(shared.clone(), peer, endpoint.clone()).await
+            } => r,
         };
         match dialled {
             Ok(mut client) => {

@@ -58,6 +58,8 @@ pub(crate) struct Shared {
     pub server_tls: Arc<ServerConfig>,
     pub client_tls: Arc<ClientConfig>,
     pub shutdown: CancellationToken,
+    /// Bounds the dials in progress (`Limits::max_concurrent_dials`).
+    pub dial_slots: Arc<tokio::sync::Semaphore>,
 }
 
 type Links = Arc<Mutex<HashMap<[u8; 33], Link>>>;
@@ -109,6 +111,9 @@ impl PeerNode {
             source,
         })?;
         let (inbox_tx, inbox_rx) = mpsc::channel(p.limits.queue_depth.saturating_mul(4).max(1));
+        let dial_slots = Arc::new(tokio::sync::Semaphore::new(
+            p.limits.max_concurrent_dials.max(1),
+        ));
         let shared = Arc::new(Shared {
             identity,
             set,
@@ -120,6 +125,7 @@ impl PeerNode {
             server_tls,
             client_tls,
             shutdown: CancellationToken::new(),
+            dial_slots,
         });
         let links: Links = Arc::new(Mutex::new(HashMap::new()));
         let (admitted_tx, admitted_rx) = mpsc::channel(64);
