@@ -770,12 +770,30 @@ fn large_e2e(n: usize, t: u32, batch: usize) -> Result<LargeRun, String> {
     }
     eprintln!("keys and configs for {n} signers in {:?}", setup.elapsed());
 
-    let started = Instant::now();
+    // Spawning 150 processes one after the other takes 6 to 9 s here while the first ones already
+    // dial and handshake, and the DKG would wait for the last one. So every child first waits at a
+    // gate (one line from a FIFO each) and they all start together once the last is spawned, as
+    // the floor's signers all exist before its clock starts.
+    let gate = work.path().join("start-gate");
+    let gate_c = std::ffi::CString::new(gate.as_os_str().as_encoded_bytes()).expect("path");
+    // SAFETY: a valid NUL-terminated path; mkfifo has no other preconditions.
+    assert_eq!(unsafe { libc::mkfifo(gate_c.as_ptr(), 0o600) }, 0, "mkfifo");
+    // Read-write, so that opening it does not block and readers never see it without a writer.
+    let mut gate_writer = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&gate)
+        .expect("gate");
+    let spawning = Instant::now();
     let mut children = Children(Vec::with_capacity(n));
     for i in 0..n {
         let dir = work.path().join(format!("signer-{i}"));
         let log = std::fs::File::create(dir.join("signer.log")).expect("log");
-        let child = Command::new(env!("CARGO_BIN_EXE_sbtc-hsm-signer"))
+        let child = Command::new("/bin/sh")
+            .arg("-c")
+            .arg(r#"read _ < "$0"; exec "$@""#)
+            .arg(&gate)
+            .arg(env!("CARGO_BIN_EXE_sbtc-hsm-signer"))
             .arg("--config")
             .arg(dir.join("signer.toml"))
             .arg("run")
@@ -799,6 +817,9 @@ fn large_e2e(n: usize, t: u32, batch: usize) -> Result<LargeRun, String> {
             .expect("signer process");
         children.0.push(child);
     }
+    eprintln!("{n} signer processes spawned in {:?}", spawning.elapsed());
+    let started = Instant::now();
+    std::io::Write::write_all(&mut gate_writer, &vec![b'\n'; n]).expect("open the gate");
     // Each signer's VmHWM, last read (it only grows), and the largest sum of VmRSS seen at once;
     // each signer's CPU time, last read, and their sum over time (wall clock, to match the logs).
     let mut hwm: HashMap<u32, u64> = HashMap::new();
