@@ -37,8 +37,7 @@ use std::{
 };
 use support::{on_threads, requests};
 
-use sbtc_custody::{Custody, KeyKind, KeyLabel, PublicKey, Role, SecretString};
-use sbtc_custody_keystore::{KdfParams, Keystore};
+use sbtc_custody::{Custody, KeyKind, KeyLabel, PublicKey, Role};
 use sbtc_hsm_signer::{
     config::Config,
     coordination::{wire, PeerTransport},
@@ -153,25 +152,15 @@ fn small_set() {
     let seal = label("seal");
 
     // The same keystores (cheap KDF) serve both sides.
-    let custodies: Vec<Arc<dyn Custody>> = rt.block_on(async {
-        let mut out: Vec<Arc<dyn Custody>> = Vec::new();
-        for i in 0..N {
-            let ks = Keystore::create_with_passphrase(
-                dir.path().join(format!("s{i}.keystore")),
-                &SecretString::new(format!("bench {i}")),
-                KdfParams::insecure_for_tests(),
-            )
-            .await
-            .expect("keystore");
-            ks.generate(&identity, KeyKind::Secp256k1)
-                .await
-                .expect("key");
-            ks.generate(&tls, KeyKind::P256).await.expect("key");
-            ks.generate(&seal, KeyKind::Seal).await.expect("key");
-            out.push(Arc::new(ks));
-        }
-        out
-    });
+    let custodies = rt.block_on(support::keystores(
+        dir.path(),
+        N,
+        &[
+            (&identity, KeyKind::Secp256k1),
+            (&tls, KeyKind::P256),
+            (&seal, KeyKind::Seal),
+        ],
+    ));
     let cluster = rt
         .block_on(LocalCluster::new(
             custodies.clone(),
@@ -640,21 +629,12 @@ fn large_floor(n: usize, t: u32, batch: usize) -> LargeFloor {
     let identity = label("identity");
     let seal = label("seal");
     let cluster = rt.block_on(async {
-        let mut custodies: Vec<Arc<dyn Custody>> = Vec::new();
-        for i in 0..n {
-            let ks = Keystore::create_with_passphrase(
-                dir.path().join(format!("s{i}.keystore")),
-                &SecretString::new(format!("bench {i}")),
-                KdfParams::insecure_for_tests(),
-            )
-            .await
-            .expect("keystore");
-            ks.generate(&identity, KeyKind::Secp256k1)
-                .await
-                .expect("key");
-            ks.generate(&seal, KeyKind::Seal).await.expect("key");
-            custodies.push(Arc::new(ks));
-        }
+        let custodies = support::keystores(
+            dir.path(),
+            n,
+            &[(&identity, KeyKind::Secp256k1), (&seal, KeyKind::Seal)],
+        )
+        .await;
         LocalCluster::new(custodies, &identity, &seal, t, Duration::from_secs(3600))
             .await
             .expect("cluster")

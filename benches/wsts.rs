@@ -24,8 +24,7 @@ use std::{
 use support::{on_threads, requests};
 
 use hashbrown::{HashMap, HashSet};
-use sbtc_custody::{Custody, KeyKind, KeyLabel, SecretString};
-use sbtc_custody_keystore::{KdfParams, Keystore};
+use sbtc_custody::{KeyKind, KeyLabel};
 use sbtc_hsm_signer::signing::{
     run_dkg, ApproveAll, BatchCoordinator, BatchSigner, DkgId, DkgOutcome, InMemoryNonceLedger,
     InProcessTransport, LocalCluster, Participation, SighashRequest, SpendKind,
@@ -75,21 +74,12 @@ fn bench_set(n: usize, t: u32, batches: &[usize], rows: &mut Vec<String>) {
     let cluster = rt.block_on(async {
         let identity = KeyLabel::new("identity").expect("label");
         let seal = KeyLabel::new("seal").expect("label");
-        let mut custodies: Vec<Arc<dyn Custody>> = Vec::new();
-        for i in 0..n {
-            let ks = Keystore::create_with_passphrase(
-                dir.path().join(format!("s{i}.keystore")),
-                &SecretString::new(format!("bench {i}")),
-                KdfParams::insecure_for_tests(),
-            )
-            .await
-            .expect("keystore");
-            ks.generate(&identity, KeyKind::Secp256k1)
-                .await
-                .expect("key");
-            ks.generate(&seal, KeyKind::Seal).await.expect("key");
-            custodies.push(Arc::new(ks));
-        }
+        let custodies = support::keystores(
+            dir.path(),
+            n,
+            &[(&identity, KeyKind::Secp256k1), (&seal, KeyKind::Seal)],
+        )
+        .await;
         LocalCluster::new(custodies, &identity, &seal, t, Duration::from_secs(3600))
             .await
             .expect("cluster")

@@ -1,8 +1,33 @@
 //! Set-up shared by the threshold-signing benchmarks (wsts.rs, e2e.rs).
 
-use std::thread;
+use std::{path::Path, sync::Arc, thread};
 
+use sbtc_custody::{Custody, KeyKind, KeyLabel, SecretString};
+use sbtc_custody_keystore::{KdfParams, Keystore};
 use sbtc_hsm_signer::signing::{SighashRequest, SpendKind};
+
+/// `n` keystores (cheap test KDF) in `dir`, each holding a key of every `(label, kind)`.
+pub async fn keystores(
+    dir: &Path,
+    n: usize,
+    keys: &[(&KeyLabel, KeyKind)],
+) -> Vec<Arc<dyn Custody>> {
+    let mut out: Vec<Arc<dyn Custody>> = Vec::with_capacity(n);
+    for i in 0..n {
+        let ks = Keystore::create_with_passphrase(
+            dir.join(format!("s{i}.keystore")),
+            &SecretString::new(format!("bench {i}")),
+            KdfParams::insecure_for_tests(),
+        )
+        .await
+        .expect("keystore");
+        for (label, kind) in keys {
+            ks.generate(label, *kind).await.expect("key");
+        }
+        out.push(Arc::new(ks));
+    }
+    out
+}
 
 /// `m` distinct sighashes, half key spends and half script paths.
 pub fn requests(m: usize) -> Vec<SighashRequest> {
