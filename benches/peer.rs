@@ -6,19 +6,12 @@
 //! `cargo bench --bench peer` (all), or `cargo bench --bench peer -- 15` to skip the 150-node mesh.
 
 use std::{
-    sync::{
-        atomic::{AtomicU64, Ordering},
-        Arc,
-    },
+    sync::Arc,
     time::{Duration, Instant},
 };
 
-use async_trait::async_trait;
 use bytes::Bytes;
-use sbtc_custody::{
-    BackendInfo, BackendKind, Custody, Health, KeyInfo, KeyKind, KeyLabel, P256Signature,
-    PublicKey, RecoverableSignature, SealedBlob, SecretBytes, SecretString,
-};
+use sbtc_custody::{Custody, KeyKind, KeyLabel, SecretString};
 use sbtc_custody_keystore::{KdfParams, Keystore};
 use sbtc_hsm_signer::peer::{
     cert,
@@ -31,63 +24,11 @@ use tokio::{
     sync::mpsc,
 };
 
-/// Counts every signature a backend makes.
-struct Counting {
-    inner: Arc<dyn Custody>,
-    p256: AtomicU64,
-    secp256k1: AtomicU64,
-}
+/// Every signature a backend makes, counted by the audit wrapper (with no log to write).
+type Counting = sbtc_hsm_signer::keys::AuditedCustody;
 
-#[async_trait]
-impl Custody for Counting {
-    fn backend(&self) -> BackendKind {
-        self.inner.backend()
-    }
-    async fn info(&self) -> sbtc_custody::Result<BackendInfo> {
-        self.inner.info().await
-    }
-    async fn generate(&self, label: &KeyLabel, kind: KeyKind) -> sbtc_custody::Result<KeyInfo> {
-        self.inner.generate(label, kind).await
-    }
-    async fn public_key(&self, label: &KeyLabel) -> sbtc_custody::Result<PublicKey> {
-        self.inner.public_key(label).await
-    }
-    async fn list(&self) -> sbtc_custody::Result<Vec<KeyInfo>> {
-        self.inner.list().await
-    }
-    async fn sign_secp256k1_prehash(
-        &self,
-        label: &KeyLabel,
-        digest: &[u8; 32],
-    ) -> sbtc_custody::Result<RecoverableSignature> {
-        self.secp256k1.fetch_add(1, Ordering::Relaxed);
-        self.inner.sign_secp256k1_prehash(label, digest).await
-    }
-    async fn sign_p256_prehash(
-        &self,
-        label: &KeyLabel,
-        digest: &[u8; 32],
-    ) -> sbtc_custody::Result<P256Signature> {
-        self.p256.fetch_add(1, Ordering::Relaxed);
-        self.inner.sign_p256_prehash(label, digest).await
-    }
-    async fn seal(&self, l: &KeyLabel, p: &[u8], a: &[u8]) -> sbtc_custody::Result<SealedBlob> {
-        self.inner.seal(l, p, a).await
-    }
-    async fn unseal(
-        &self,
-        l: &KeyLabel,
-        s: &SealedBlob,
-        a: &[u8],
-    ) -> sbtc_custody::Result<SecretBytes> {
-        self.inner.unseal(l, s, a).await
-    }
-    async fn destroy(&self, l: &KeyLabel) -> sbtc_custody::Result<()> {
-        self.inner.destroy(l).await
-    }
-    async fn health(&self) -> sbtc_custody::Result<Health> {
-        self.inner.health().await
-    }
+fn signatures(c: &Counting, op: &str) -> u64 {
+    c.counts()[op]
 }
 
 fn label(s: &str) -> KeyLabel {
@@ -108,11 +49,7 @@ async fn custody(dir: &std::path::Path, i: usize) -> Arc<Counting> {
     ks.generate(&label("tls"), KeyKind::P256)
         .await
         .expect("tls key");
-    Arc::new(Counting {
-        inner: Arc::new(ks),
-        p256: AtomicU64::new(0),
-        secp256k1: AtomicU64::new(0),
-    })
+    Arc::new(Counting::unrecorded(Arc::new(ks)))
 }
 
 fn limits() -> Limits {
@@ -335,11 +272,11 @@ async fn two_nodes(dir: &std::path::Path) {
 fn report_hsm(custodies: &[Arc<Counting>], nodes: &[PeerNode], what: &str) {
     let p256: u64 = custodies
         .iter()
-        .map(|c| c.p256.load(Ordering::Relaxed))
+        .map(|c| signatures(c, "sign_p256_prehash"))
         .sum();
     let k1: u64 = custodies
         .iter()
-        .map(|c| c.secp256k1.load(Ordering::Relaxed))
+        .map(|c| signatures(c, "sign_secp256k1_prehash"))
         .sum();
     let metrics: Vec<_> = nodes.iter().map(PeerNode::metrics).collect();
     let handshake_sides: u64 = metrics
@@ -489,11 +426,7 @@ async fn open_counting(dir: &std::path::Path, i: usize) -> Arc<Counting> {
     )
     .await
     .expect("open keystore");
-    Arc::new(Counting {
-        inner: Arc::new(ks),
-        p256: AtomicU64::new(0),
-        secp256k1: AtomicU64::new(0),
-    })
+    Arc::new(Counting::unrecorded(Arc::new(ks)))
 }
 
 /// One process's share of a mesh that spans processes (see `split_mesh`). Talks to the parent
@@ -590,11 +523,11 @@ async fn mesh_child(
         started.elapsed().as_secs_f64(),
         custodies
             .iter()
-            .map(|c| c.p256.load(Ordering::Relaxed))
+            .map(|c| signatures(c, "sign_p256_prehash"))
             .sum::<u64>(),
         custodies
             .iter()
-            .map(|c| c.secp256k1.load(Ordering::Relaxed))
+            .map(|c| signatures(c, "sign_secp256k1_prehash"))
             .sum::<u64>(),
         metrics
             .iter()

@@ -118,12 +118,13 @@ impl AuditedCustody {
         label: &KeyLabel,
         operation: &'static str,
         message: Vec<u8>,
-        reason: String,
+        reason: Option<&str>,
         outcome: String,
     ) -> Result<(), Error> {
         let Some(sink) = &self.sink else {
             return Ok(());
         };
+        let reason = reason.map_or_else(current_reason, str::to_string);
         let record =
             AuditRecord::new(label.as_str(), operation, message, reason).with_outcome(outcome);
         sink.append(&record).await.map(|_| ()).map_err(|e| {
@@ -147,7 +148,7 @@ impl AuditedCustody {
             Ok(_) => "ok".to_string(),
             Err(e) => format!("error: {}", e.kind().describe()),
         };
-        self.record(op, label, operation, message, current_reason(), outcome)
+        self.record(op, label, operation, message, None, outcome)
             .await?;
         result
     }
@@ -191,7 +192,7 @@ impl AuditedCustody {
             identity,
             HEAD_OPERATION,
             message,
-            reason.to_string(),
+            Some(reason),
             outcome,
         )
         .await?;
