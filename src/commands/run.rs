@@ -55,7 +55,7 @@ pub struct Run {
 impl Run {
     pub async fn run(self, config: &Config) -> CommandResult {
         let chain_tip = match &self.chain_tip {
-            None => node::devnet_chain_tip(),
+            None => crate::devnet::demo::devnet_chain_tip(),
             Some(h) => h.parse::<bitcoin::BlockHash>().map_err(|_| {
                 format!("--chain-tip {h:?} is not a block hash (64 hex characters, as bitcoind prints it)")
             })?,

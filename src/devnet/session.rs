@@ -311,42 +311,40 @@ async fn verify_and_announce(
     aggregate_key: &AggregateKey,
 ) -> Result<DkgSharesStatus, SessionError> {
     let aggregate_hex = aggregate_key.to_string();
-    {
-        let start = Instant::now();
-        let verification = verify_dkg(coord, signer, transport).await?;
-        result.verification_ms = Some(ms(start.elapsed()));
-        let (status, detail) = match &verification {
-            DkgVerification::Verified => (DkgSharesStatus::Verified, None),
-            DkgVerification::Failed(why) => (DkgSharesStatus::Failed, Some(why.clone())),
-        };
-        p.storage
-            .set_dkg_shares_status(aggregate_key, status)
-            .await?;
-        result.dkg_status = status.to_string();
-        result.dkg_failure = detail.clone();
-        tracing::info!(%status, "DKG verification done");
-        sign_head(&p.keys, &format!("end of the verification of dkg {dkg_id}")).await;
-        let decision = DkgDecision {
-            aggregate_key: aggregate_hex.clone(),
-            verified: status == DkgSharesStatus::Verified,
-            detail,
-        };
-        let envelope = node
-            .signed_statement(
-                StatementKind::Decision,
-                transport.chain_tip(),
-                decision_round(dkg_id),
-                decision.to_bytes()?,
-            )
-            .await?;
-        let down = transport
-            .broadcast_envelope(crate::peer::message::encode(&envelope))
-            .await;
-        if !down.is_empty() {
-            tracing::warn!(?down, "the DKG decision did not reach every signer");
-        }
-        Ok(status)
+    let start = Instant::now();
+    let verification = verify_dkg(coord, signer, transport).await?;
+    result.verification_ms = Some(ms(start.elapsed()));
+    let (status, detail) = match &verification {
+        DkgVerification::Verified => (DkgSharesStatus::Verified, None),
+        DkgVerification::Failed(why) => (DkgSharesStatus::Failed, Some(why.clone())),
+    };
+    p.storage
+        .set_dkg_shares_status(aggregate_key, status)
+        .await?;
+    result.dkg_status = status.to_string();
+    result.dkg_failure = detail.clone();
+    tracing::info!(%status, "DKG verification done");
+    sign_head(&p.keys, &format!("end of the verification of dkg {dkg_id}")).await;
+    let decision = DkgDecision {
+        aggregate_key: aggregate_hex.clone(),
+        verified: status == DkgSharesStatus::Verified,
+        detail,
+    };
+    let envelope = node
+        .signed_statement(
+            StatementKind::Decision,
+            transport.chain_tip(),
+            decision_round(dkg_id),
+            decision.to_bytes()?,
+        )
+        .await?;
+    let down = transport
+        .broadcast_envelope(crate::peer::message::encode(&envelope))
+        .await;
+    if !down.is_empty() {
+        tracing::warn!(?down, "the DKG decision did not reach every signer");
     }
+    Ok(status)
 }
 
 /// A signer that does not coordinate: serves the coordinator's requests until it says the session
@@ -360,74 +358,71 @@ async fn serve(
     aggregate_hex: &str,
     aggregate_key: &AggregateKey,
 ) -> Result<(), SessionError> {
-    {
-        // A coordinator silent for several phase timeouts has failed, and waiting longer helps
-        // nobody; a signer that serves until the node stops waits as long as it takes.
-        let idle = if p.exit_when_done {
-            p.phase_timeout * 4
-        } else {
-            Duration::MAX / 4
-        };
-        loop {
-            let incoming = match tokio::time::timeout(idle, transport.recv_any()).await {
-                Ok(Some(incoming)) => incoming,
-                Ok(None) => return Err("the peer node stopped before the session ended".into()),
-                Err(_) => {
-                    return Err(format!(
-                    "no message from the coordinator (signer {coordinator}) for {}s; see its log",
-                    idle.as_secs()
-                )
-                    .into())
-                }
+    // A coordinator silent for several phase timeouts has failed, and waiting longer helps
+    // nobody; a signer that serves until the node stops waits as long as it takes.
+    let idle = p.exit_when_done.then_some(p.phase_timeout * 4);
+    loop {
+        let received = match idle {
+                Some(idle) => tokio::time::timeout(idle, transport.recv_any())
+                    .await
+                    .map_err(|_| {
+                        format!(
+                            "no message from the coordinator (signer {coordinator}) for {}s; see its log",
+                            idle.as_secs()
+                        )
+                    })?,
+                None => transport.recv_any().await,
             };
-            match incoming {
-                Incoming::Round(env) => {
-                    if matches!(env.msg.as_ref(), RoundMessage::Done) {
-                        if env.from == coordinator {
-                            if p.exit_when_done {
-                                break;
-                            }
-                            tracing::info!("the coordinator ended its session; serving rounds until the node stops");
+        let Some(incoming) = received else {
+            return Err("the peer node stopped before the session ended".into());
+        };
+        match incoming {
+            Incoming::Round(env) => {
+                if matches!(env.msg.as_ref(), RoundMessage::Done) {
+                    if env.from == coordinator {
+                        if p.exit_when_done {
+                            break;
                         }
-                        continue;
+                        tracing::info!("the coordinator ended its session; serving rounds until the node stops");
                     }
-                    if let Some(reply) = signer.handle(env.from, &env.msg).await {
-                        let round_ended = match &reply {
-                            RoundMessage::ShareResponse(r) => Some(r.round),
-                            _ => None,
-                        };
-                        if let Err(e) = transport.send(env.from, Arc::new(reply)).await {
-                            tracing::warn!(error = %e, "reply not delivered");
-                        }
-                        if let Some(round) = round_ended {
-                            sign_head(&p.keys, &format!("end of round {round}")).await;
-                        }
+                    continue;
+                }
+                if let Some(reply) = signer.handle(env.from, &env.msg).await {
+                    let round_ended = match &reply {
+                        RoundMessage::ShareResponse(r) => Some(r.round),
+                        _ => None,
+                    };
+                    if let Err(e) = transport.send(env.from, Arc::new(reply)).await {
+                        tracing::warn!(error = %e, "reply not delivered");
+                    }
+                    if let Some(round) = round_ended {
+                        sign_head(&p.keys, &format!("end of round {round}")).await;
                     }
                 }
-                Incoming::Statement(s) => {
-                    if s.from != coordinator || s.kind != StatementKind::Decision {
-                        continue;
-                    }
-                    let Ok(decision) = DkgDecision::from_bytes(&s.payload) else {
-                        tracing::warn!("undecodable DKG decision dropped");
-                        continue;
-                    };
-                    if decision.aggregate_key != aggregate_hex {
-                        tracing::warn!("DKG decision for another key dropped");
-                        continue;
-                    }
-                    let status = if decision.verified {
-                        DkgSharesStatus::Verified
-                    } else {
-                        DkgSharesStatus::Failed
-                    };
-                    p.storage
-                        .set_dkg_shares_status(aggregate_key, status)
-                        .await?;
-                    result.dkg_status = status.to_string();
-                    result.dkg_failure = decision.detail;
-                    tracing::info!(%status, "coordinator's DKG decision recorded");
+            }
+            Incoming::Statement(s) => {
+                if s.from != coordinator || s.kind != StatementKind::Decision {
+                    continue;
                 }
+                let Ok(decision) = DkgDecision::from_bytes(&s.payload) else {
+                    tracing::warn!("undecodable DKG decision dropped");
+                    continue;
+                };
+                if decision.aggregate_key != aggregate_hex {
+                    tracing::warn!("DKG decision for another key dropped");
+                    continue;
+                }
+                let status = if decision.verified {
+                    DkgSharesStatus::Verified
+                } else {
+                    DkgSharesStatus::Failed
+                };
+                p.storage
+                    .set_dkg_shares_status(aggregate_key, status)
+                    .await?;
+                result.dkg_status = status.to_string();
+                result.dkg_failure = decision.detail;
+                tracing::info!(%status, "coordinator's DKG decision recorded");
             }
         }
     }

@@ -9,7 +9,7 @@ use std::{path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
 pub use shutdown::Shutdown;
 
 use crate::{
-    devnet::{self, demo, SessionParams},
+    devnet::{self, SessionParams},
     keys::{Keys, SignerSet},
     peer::{PeerConfig, PeerNode},
     storage::Storage,
@@ -142,11 +142,6 @@ pub async fn run(
         write_atomically(path, &serde_json::to_vec_pretty(&result)?)?;
     }
     Ok(code)
-}
-
-/// The devnet's fixed tip, for a node that has no chain yet.
-pub fn devnet_chain_tip() -> bitcoin::BlockHash {
-    demo::devnet_chain_tip()
 }
 
 /// Stops the peer mesh, then signs the audit log's head: the last custody operation of the run.
