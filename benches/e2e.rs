@@ -413,6 +413,7 @@ fn sign_on<X: Transport + Send + 'static>(
     let n = cluster.signers.len();
     let m = requests.len();
     let signers = cluster.batch_signers(
+        coordinator,
         outcomes,
         (0..n)
             .map(|_| Arc::new(InMemoryNonceLedger::default()) as _)

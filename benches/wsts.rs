@@ -201,6 +201,7 @@ fn ours_sign(cluster: &LocalCluster, outcomes: &[DkgOutcome], requests: &[Sighas
     let m = requests.len();
     let (transports, _) = cluster.network();
     let signers = cluster.batch_signers(
+        coordinator,
         outcomes,
         (0..n)
             .map(|_| Arc::new(InMemoryNonceLedger::default()) as _)

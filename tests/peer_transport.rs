@@ -159,6 +159,7 @@ async fn dkg_and_a_batch_run_over_the_peer_links() {
                     outcome.sealed,
                     Arc::new(InMemoryNonceLedger::default()),
                     Arc::new(ApproveAll),
+                    coordinator,
                 );
                 if ctx.me != coordinator {
                     signer.serve(&mut transport).await;

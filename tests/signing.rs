@@ -166,9 +166,12 @@ async fn dkg_gives_every_signer_the_same_key_and_verification_passes_bitcoincons
         let aggregate = first.aggregate_public_key().unwrap();
 
         let (transports, _) = f.cluster.network();
-        let signers = f
-            .cluster
-            .batch_signers(&f.outcomes, memory_ledgers(N), approve_all(N));
+        let signers = f.cluster.batch_signers(
+            f.coordinator,
+            &f.outcomes,
+            memory_ledgers(N),
+            approve_all(N),
+        );
         let (own, servers) = serve_all(signers, transports, f.coordinator, &[]);
         let (mut own, mut transport) = own.unwrap();
         let coord = BatchCoordinator::new(
@@ -179,7 +182,52 @@ async fn dkg_gives_every_signer_the_same_key_and_verification_passes_bitcoincons
         let result = sbtc_hsm_signer::signing::verify_dkg(&coord, &mut own, &mut transport)
             .await
             .unwrap();
-        assert_eq!(result, DkgVerification::Verified);
+        assert_eq!(result.verdict, DkgVerification::Verified);
+        assert!(result.excluded.is_empty(), "{:?}", result.excluded);
+        // What every other signer runs on the decision it is sent: its own script-verifier check.
+        let key = own.public().aggregate_public_key().unwrap();
+        let sig = result.signature.unwrap().serialize();
+        assert_eq!(
+            sbtc_hsm_signer::signing::check_verification(DkgId(1), &key, Some(&sig)),
+            DkgVerification::Verified
+        );
+        let mut forged = sig;
+        forged[40] ^= 1;
+        assert!(matches!(
+            sbtc_hsm_signer::signing::check_verification(DkgId(1), &key, Some(&forged)),
+            DkgVerification::Failed(_)
+        ));
+        assert!(matches!(
+            sbtc_hsm_signer::signing::check_verification(DkgId(1), &key, None),
+            DkgVerification::Failed(_)
+        ));
+        // The decision a follower gets: "verified" counts only with a signature that passes its
+        // own script-verifier run; a forged one (none, altered, or another DKG's) is not taken.
+        use sbtc_hsm_signer::coordination::{DecisionVerdict, DkgDecision};
+        let decision = |verified: bool, signature: Option<Vec<u8>>| DkgDecision {
+            aggregate_key: hex::encode(key.serialize()),
+            verified,
+            detail: None,
+            signature,
+        };
+        assert_eq!(
+            decision(true, Some(sig.to_vec())).judge(DkgId(1), &key),
+            DecisionVerdict::Verified
+        );
+        for forged in [None, Some(forged.to_vec())] {
+            assert!(matches!(
+                decision(true, forged).judge(DkgId(1), &key),
+                DecisionVerdict::Forged(_)
+            ));
+        }
+        assert!(matches!(
+            decision(true, Some(sig.to_vec())).judge(DkgId(2), &key),
+            DecisionVerdict::Forged(_)
+        ));
+        assert_eq!(
+            decision(false, None).judge(DkgId(1), &key),
+            DecisionVerdict::Failed(None)
+        );
         coord.finish(&mut transport).await;
         for s in servers {
             s.await.unwrap();
@@ -200,13 +248,16 @@ async fn dkg_gives_every_signer_the_same_key_and_verification_passes_bitcoincons
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn verification_fails_when_a_signer_is_down() {
+async fn verification_passes_with_a_threshold_when_a_signer_is_down_and_fails_below_it() {
     tokio::time::timeout(TEST_LIMIT, async {
         let f = fixture().await;
         let (transports, _) = f.cluster.network();
-        let signers = f
-            .cluster
-            .batch_signers(&f.outcomes, memory_ledgers(N), approve_all(N));
+        let signers = f.cluster.batch_signers(
+            f.coordinator,
+            &f.outcomes,
+            memory_ledgers(N),
+            approve_all(N),
+        );
         let down = (f.coordinator + 1) % N as u32;
         let (own, servers) = serve_all(signers, transports, f.coordinator, &[down]);
         let (mut own, mut transport) = own.unwrap();
@@ -218,10 +269,32 @@ async fn verification_fails_when_a_signer_is_down() {
         let result = sbtc_hsm_signer::signing::verify_dkg(&coord, &mut own, &mut transport)
             .await
             .unwrap();
-        assert!(
-            matches!(result, DkgVerification::Failed(_)),
-            "every signer must take part in verification: {result:?}"
+        // One signer down does not fail a good key: 4 of 5 is the threshold.
+        assert_eq!(result.verdict, DkgVerification::Verified, "{result:?}");
+        coord.finish(&mut transport).await;
+        for s in servers {
+            s.await.unwrap();
+        }
+
+        // Two down: below the threshold, the key is not verified.
+        let (transports, _) = f.cluster.network();
+        let signers = f.cluster.batch_signers(
+            f.coordinator,
+            &f.outcomes,
+            memory_ledgers(N),
+            approve_all(N),
         );
+        let also_down = (f.coordinator + 2) % N as u32;
+        let (own, servers) = serve_all(signers, transports, f.coordinator, &[down, also_down]);
+        let (mut own, mut transport) = own.unwrap();
+        let result = sbtc_hsm_signer::signing::verify_dkg(&coord, &mut own, &mut transport)
+            .await
+            .unwrap();
+        assert!(
+            matches!(result.verdict, DkgVerification::Failed(_)),
+            "{result:?}"
+        );
+        assert!(result.signature.is_none());
         coord.finish(&mut transport).await;
         for s in servers {
             s.await.unwrap();
@@ -237,9 +310,12 @@ async fn fifty_mixed_sighashes_take_one_nonce_and_one_share_exchange() {
         let f = fixture().await;
         let aggregate = f.outcomes[0].public.aggregate_public_key().unwrap();
         let (transports, counts) = f.cluster.network();
-        let signers = f
-            .cluster
-            .batch_signers(&f.outcomes, memory_ledgers(N), approve_all(N));
+        let signers = f.cluster.batch_signers(
+            f.coordinator,
+            &f.outcomes,
+            memory_ledgers(N),
+            approve_all(N),
+        );
         let (own, servers) = serve_all(signers, transports, f.coordinator, &[]);
         let (mut own, mut transport) = own.unwrap();
         let coord = BatchCoordinator::new(
@@ -285,9 +361,12 @@ async fn signing_succeeds_with_one_signer_down_and_fails_below_threshold() {
 
         // One down: 4 of 5 is the threshold.
         let (transports, _) = f.cluster.network();
-        let signers = f
-            .cluster
-            .batch_signers(&f.outcomes, memory_ledgers(N), approve_all(N));
+        let signers = f.cluster.batch_signers(
+            f.coordinator,
+            &f.outcomes,
+            memory_ledgers(N),
+            approve_all(N),
+        );
         let (own, servers) = serve_all(signers, transports, f.coordinator, &others[..1]);
         let (mut own, mut transport) = own.unwrap();
         let ctx = f.cluster.signers[f.coordinator as usize].ctx.clone();
@@ -309,9 +388,12 @@ async fn signing_succeeds_with_one_signer_down_and_fails_below_threshold() {
 
         // Two down: 3 < 4, no signature.
         let (transports, _) = f.cluster.network();
-        let signers = f
-            .cluster
-            .batch_signers(&f.outcomes, memory_ledgers(N), approve_all(N));
+        let signers = f.cluster.batch_signers(
+            f.coordinator,
+            &f.outcomes,
+            memory_ledgers(N),
+            approve_all(N),
+        );
         let (own, servers) = serve_all(signers, transports, f.coordinator, &others[..2]);
         let (mut own, mut transport) = own.unwrap();
         let err = coord
@@ -339,9 +421,12 @@ async fn a_signer_sending_a_bad_share_is_named_excluded_and_the_batch_retried() 
         let f = fixture().await;
         let aggregate = f.outcomes[0].public.aggregate_public_key().unwrap();
         let (transports, _) = f.cluster.network();
-        let signers = f
-            .cluster
-            .batch_signers(&f.outcomes, memory_ledgers(N), approve_all(N));
+        let signers = f.cluster.batch_signers(
+            f.coordinator,
+            &f.outcomes,
+            memory_ledgers(N),
+            approve_all(N),
+        );
         let liar = (f.coordinator + 2) % N as u32;
         let mut own = None;
         let mut servers = Vec::new();
@@ -400,20 +485,89 @@ async fn a_signer_sending_a_bad_share_is_named_excluded_and_the_batch_retried() 
     .expect("test finished in time");
 }
 
+/// An approval is for the sighash under one spend kind and tweak: the same sighash asked for
+/// as a script-path spend, or as a key spend under another merkle root, would give a signature
+/// under a key the signer never agreed to, so it gets no nonce.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_approved_sighash_under_another_spend_kind_or_tweak_is_refused() {
+    tokio::time::timeout(TEST_LIMIT, async {
+        let f = fixture().await;
+        let approved = SighashRequest {
+            sighash: [42u8; 32],
+            kind: SpendKind::KeySpend { merkle_root: None },
+        };
+        let picky = (f.coordinator + 1) % N as u32;
+        let mut approvers = approve_all(N);
+        approvers[picky as usize] = Arc::new(ApproveListed([approved].into()));
+        let mut signers =
+            f.cluster
+                .batch_signers(f.coordinator, &f.outcomes, memory_ledgers(N), approvers);
+        let signer = &mut signers[picky as usize];
+        let variants = [
+            SighashRequest {
+                kind: SpendKind::ScriptPath,
+                ..approved
+            },
+            SighashRequest {
+                kind: SpendKind::KeySpend {
+                    merkle_root: Some([7u8; 32]),
+                },
+                ..approved
+            },
+        ];
+        for other in variants {
+            let reply = signer
+                .handle(
+                    f.coordinator,
+                    &RoundMessage::NonceRequest(BatchNonceRequest {
+                        dkg_id: DkgId(1),
+                        round: RoundId::random(),
+                        sighashes: vec![other],
+                    }),
+                )
+                .await;
+            assert!(
+                matches!(&reply, Some(RoundMessage::Refusal { reason, .. }) if reason.contains("approves none")),
+                "{other:?} must be refused: {reply:?}"
+            );
+        }
+        // The approved request itself still gets a nonce.
+        let reply = signer
+            .handle(
+                f.coordinator,
+                &RoundMessage::NonceRequest(BatchNonceRequest {
+                    dkg_id: DkgId(1),
+                    round: RoundId::random(),
+                    sighashes: vec![approved],
+                }),
+            )
+            .await;
+        assert!(
+            matches!(&reply, Some(RoundMessage::NonceResponse(r)) if r.nonces[0].is_some()),
+            "{reply:?}"
+        );
+    })
+    .await
+    .expect("test finished in time");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_signer_contributes_only_to_sighashes_it_approved() {
     tokio::time::timeout(TEST_LIMIT, async {
         let f = fixture().await;
         let requests = mixed_requests(3);
-        let approved: HashSet<[u8; 32]> = [requests[0].sighash, requests[2].sighash].into();
+        let approved: HashSet<SighashRequest> = [requests[0], requests[2]].into();
         let picky = (f.coordinator + 1) % N as u32;
         let mut approvers = approve_all(N);
         approvers[picky as usize] = Arc::new(ApproveListed(approved.clone()));
 
         // Directly: no nonce for the unapproved sighash, and a refusal when none is approved.
-        let mut signers =
-            f.cluster
-                .batch_signers(&f.outcomes, memory_ledgers(N), approvers.clone());
+        let mut signers = f.cluster.batch_signers(
+            f.coordinator,
+            &f.outcomes,
+            memory_ledgers(N),
+            approvers.clone(),
+        );
         let signer = &mut signers[picky as usize];
         let reply = signer
             .handle(
@@ -447,9 +601,12 @@ async fn a_signer_contributes_only_to_sighashes_it_approved() {
         // In a batch: the others still reach the threshold for the unapproved sighash...
         let aggregate = f.outcomes[0].public.aggregate_public_key().unwrap();
         let (transports, _) = f.cluster.network();
-        let signers = f
-            .cluster
-            .batch_signers(&f.outcomes, memory_ledgers(N), approvers.clone());
+        let signers = f.cluster.batch_signers(
+            f.coordinator,
+            &f.outcomes,
+            memory_ledgers(N),
+            approvers.clone(),
+        );
         let (own, servers) = serve_all(signers, transports, f.coordinator, &[]);
         let (mut own, mut transport) = own.unwrap();
         let ctx = f.cluster.signers[f.coordinator as usize].ctx.clone();
@@ -473,9 +630,9 @@ async fn a_signer_contributes_only_to_sighashes_it_approved() {
         let second = (f.coordinator + 2) % N as u32;
         approvers[second as usize] = Arc::new(ApproveListed(approved));
         let (transports, _) = f.cluster.network();
-        let signers = f
-            .cluster
-            .batch_signers(&f.outcomes, memory_ledgers(N), approvers);
+        let signers =
+            f.cluster
+                .batch_signers(f.coordinator, &f.outcomes, memory_ledgers(N), approvers);
         let (own, servers) = serve_all(signers, transports, f.coordinator, &[]);
         let (mut own, mut transport) = own.unwrap();
         let err = coord
@@ -508,7 +665,7 @@ async fn a_signer_restarted_between_nonces_and_shares_never_reuses_its_nonces() 
         ledgers[victim as usize] = Arc::new(FileNonceLedger::open(&ledger_path).unwrap());
         let mut signers = f
             .cluster
-            .batch_signers(&f.outcomes, ledgers, approve_all(N));
+            .batch_signers(f.coordinator, &f.outcomes, ledgers, approve_all(N));
         let requests = mixed_requests(4);
         let round = RoundId::random();
         let nonce_request = RoundMessage::NonceRequest(BatchNonceRequest {
@@ -539,6 +696,7 @@ async fn a_signer_restarted_between_nonces_and_shares_never_reuses_its_nonces() 
             outcome.sealed.clone(),
             Arc::new(FileNonceLedger::open(&ledger_path).unwrap()),
             Arc::new(ApproveAll),
+            f.coordinator,
         );
         let share_request = RoundMessage::ShareRequest(BatchShareRequest {
             dkg_id: DkgId(1),
@@ -698,7 +856,8 @@ async fn custody_calls_are_constant_per_dkg_and_per_batch_not_per_sighash() {
         }
 
         let (transports, _) = cluster.network();
-        let signers = cluster.batch_signers(&outcomes, memory_ledgers(N), approve_all(N));
+        let signers =
+            cluster.batch_signers(coordinator, &outcomes, memory_ledgers(N), approve_all(N));
         let (own, servers) = serve_all(signers, transports, coordinator, &[]);
         let (mut own, mut transport) = own.unwrap();
         let ctx = cluster.signers[coordinator as usize].ctx.clone();
@@ -800,7 +959,8 @@ async fn round_messages_survive_the_wire_and_private_shares_travel_encrypted() {
 
         // A signing batch over the same recording links.
         let (transports, _) = cluster.network();
-        let signers = cluster.batch_signers(&outcomes, memory_ledgers(N), approve_all(N));
+        let signers =
+            cluster.batch_signers(coordinator, &outcomes, memory_ledgers(N), approve_all(N));
         let mut own = None;
         let mut servers = Vec::new();
         for (mut signer, inner) in signers.into_iter().zip(transports) {
@@ -897,9 +1057,12 @@ async fn a_signer_that_dies_after_sending_nonces_is_excluded_and_the_batch_retri
         let f = fixture().await;
         let aggregate = f.outcomes[0].public.aggregate_public_key().unwrap();
         let (transports, _) = f.cluster.network();
-        let signers = f
-            .cluster
-            .batch_signers(&f.outcomes, memory_ledgers(N), approve_all(N));
+        let signers = f.cluster.batch_signers(
+            f.coordinator,
+            &f.outcomes,
+            memory_ledgers(N),
+            approve_all(N),
+        );
         let dying = (f.coordinator + 3) % N as u32;
         let mut own = None;
         let mut servers = Vec::new();

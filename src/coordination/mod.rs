@@ -7,6 +7,6 @@ pub mod decision;
 pub mod peer_transport;
 pub mod wire;
 
-pub use decision::DkgDecision;
+pub use decision::{DecisionVerdict, DkgDecision};
 pub use peer_transport::{Incoming, PeerTransport, ReceivedStatement};
 pub use wire::WireError;

@@ -792,6 +792,7 @@ pub fn encode_dkg_decision(d: &DkgDecision) -> Result<Bytes, WireError> {
             aggregate_key: Bytes::copy_from_slice(&key),
             verified: d.verified,
             detail: d.detail.clone(),
+            signature: d.signature.clone().map(Bytes::from),
         }
         .encode_to_vec(),
     ))
@@ -804,10 +805,15 @@ pub fn decode_dkg_decision(bytes: &[u8]) -> Result<DkgDecision, WireError> {
     if let Some(detail) = &d.detail {
         at_most("detail", detail.len(), MAX_REASON_BYTES)?;
     }
+    let signature = match d.signature {
+        Some(sig) => Some(exact::<64>("signature", &sig)?.to_vec()),
+        None => None,
+    };
     Ok(DkgDecision {
         aggregate_key: hex::encode(key),
         verified: d.verified,
         detail: d.detail,
+        signature,
     })
 }
 
@@ -1293,7 +1299,29 @@ mod tests {
             aggregate_key: hex::encode(random_point().compress().as_bytes()),
             verified: false,
             detail: Some("signature did not verify".into()),
+            signature: None,
         };
+        assert_eq!(
+            decode_dkg_decision(&encode_dkg_decision(&d).unwrap()),
+            Ok(d.clone())
+        );
+        let signed = DkgDecision {
+            verified: true,
+            detail: None,
+            signature: Some(vec![9u8; 64]),
+            ..d.clone()
+        };
+        assert_eq!(
+            decode_dkg_decision(&encode_dkg_decision(&signed).unwrap()),
+            Ok(signed)
+        );
+        let bad_signature = pb::DkgDecision {
+            aggregate_key: Bytes::copy_from_slice(&[2; 33]),
+            verified: true,
+            detail: None,
+            signature: Some(Bytes::from_static(&[1; 63])),
+        };
+        assert!(decode_dkg_decision(&bad_signature.encode_to_vec()).is_err());
         assert_eq!(
             decode_dkg_decision(&encode_dkg_decision(&d).unwrap()),
             Ok(d)
@@ -1302,6 +1330,7 @@ mod tests {
             aggregate_key: Bytes::from_static(&[2; 32]),
             verified: true,
             detail: None,
+            signature: None,
         };
         assert!(decode_dkg_decision(&short.encode_to_vec()).is_err());
         assert!(decode_dkg_decision(b"\xff\xff").is_err());

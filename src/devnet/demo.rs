@@ -73,9 +73,10 @@ fn demo_intent(sighash: &[u8; 32]) -> SpendIntent {
 /// `guard_spend` first, so a conflicting spend of the same outpoint would be refused.
 pub struct DevnetApprover {
     storage: Arc<dyn Storage>,
-    /// Sighash -> whether it goes through the guard (the DKG verification spend does not: it
-    /// spends nothing real).
-    expected: HashMap<[u8; 32], bool>,
+    /// Request (sighash, spend kind and tweak) -> whether it goes through the guard (the DKG
+    /// verification spend does not: it spends nothing real). A known sighash asked for under
+    /// another spend kind or merkle root is not in here, so it is refused.
+    expected: HashMap<SighashRequest, bool>,
 }
 
 impl DevnetApprover {
@@ -85,9 +86,9 @@ impl DevnetApprover {
         demo: &[SighashRequest],
     ) -> Self {
         let mut expected = HashMap::new();
-        expected.insert(verification.sighash, false);
+        expected.insert(verification, false);
         for r in demo {
-            expected.insert(r.sighash, true);
+            expected.insert(*r, true);
         }
         DevnetApprover { storage, expected }
     }
@@ -103,9 +104,9 @@ impl Approver for DevnetApprover {
     ) -> Vec<bool> {
         let mut answers = Vec::with_capacity(sighashes.len());
         for r in sighashes {
-            let ok = match self.expected.get(&r.sighash) {
+            let ok = match self.expected.get(r) {
                 None => {
-                    tracing::warn!(coordinator, sighash = %hex::encode(r.sighash), "refusing a sighash this signer did not derive");
+                    tracing::warn!(coordinator, sighash = %hex::encode(r.sighash), kind = kind_name(r.kind), "refusing a sighash (or spend kind and tweak) this signer did not derive");
                     false
                 }
                 Some(false) => true,

@@ -11,7 +11,7 @@ use sbtc_custody::SealedBlob;
 
 use super::demo::{self, DemoSignature, DevnetApprover, RunResult};
 use crate::{
-    coordination::{DkgDecision, Incoming, PeerTransport},
+    coordination::{DecisionVerdict, DkgDecision, Incoming, PeerTransport},
     keys::{AggregateKey, Keys},
     peer::{message::StatementKind, PeerNode},
     signing::{
@@ -162,7 +162,7 @@ pub async fn run_session(node: Arc<PeerNode>, p: SessionParams) -> Result<RunRes
         }
         None => {
             tracing::info!(%dkg_id, "starting DKG");
-            let DkgOutcome { public, sealed } =
+            let DkgOutcome { public, sealed, .. } =
                 run_dkg(&ctx, &mut transport, dkg_id, coordinator).await?;
             (public, sealed)
         }
@@ -203,7 +203,14 @@ pub async fn run_session(node: Arc<PeerNode>, p: SessionParams) -> Result<RunRes
         Some(path) => Arc::new(FileNonceLedger::open(path)?),
         None => Arc::new(InMemoryNonceLedger::default()),
     };
-    let mut signer = BatchSigner::new(ctx.clone(), public.clone(), sealed, ledger, approver);
+    let mut signer = BatchSigner::new(
+        ctx.clone(),
+        public.clone(),
+        sealed,
+        ledger,
+        approver,
+        coordinator,
+    );
 
     let mut result = RunResult {
         signer_index: me,
@@ -314,8 +321,16 @@ async fn verify_and_announce(
     let start = Instant::now();
     let verification = verify_dkg(coord, signer, transport).await?;
     result.verification_ms = Some(ms(start.elapsed()));
-    let (status, detail) = match &verification {
-        DkgVerification::Verified => (DkgSharesStatus::Verified, None),
+    let left_out = (!verification.excluded.is_empty()).then(|| {
+        let names: Vec<String> = verification
+            .excluded
+            .iter()
+            .map(|e| format!("signer {}: {}", e.signer, e.reason))
+            .collect();
+        format!("verified without {}", names.join("; "))
+    });
+    let (status, detail) = match &verification.verdict {
+        DkgVerification::Verified => (DkgSharesStatus::Verified, left_out),
         DkgVerification::Failed(why) => (DkgSharesStatus::Failed, Some(why.clone())),
     };
     p.storage
@@ -325,10 +340,15 @@ async fn verify_and_announce(
     result.dkg_failure = detail.clone();
     tracing::info!(%status, "DKG verification done");
     sign_head(&p.keys, &format!("end of the verification of dkg {dkg_id}")).await;
+    let verified = status == DkgSharesStatus::Verified;
     let decision = DkgDecision {
         aggregate_key: aggregate_hex.clone(),
-        verified: status == DkgSharesStatus::Verified,
+        verified,
         detail,
+        signature: verification
+            .signature
+            .filter(|_| verified)
+            .map(|s| s.serialize().to_vec()),
     };
     let envelope = node
         .signed_statement(
@@ -412,10 +432,24 @@ async fn serve(
                     tracing::warn!("DKG decision for another key dropped");
                     continue;
                 }
-                let status = if decision.verified {
-                    DkgSharesStatus::Verified
-                } else {
-                    DkgSharesStatus::Failed
+                // Never trust the coordinator: "verified" is recorded only if this signer's own
+                // run of Bitcoin Core's script verifier accepts the signature it was sent.
+                let status = match decision.judge(
+                    signer.public().dkg_id,
+                    &signer.public().aggregate_public_key()?,
+                ) {
+                    DecisionVerdict::Verified => DkgSharesStatus::Verified,
+                    DecisionVerdict::Failed(_) => DkgSharesStatus::Failed,
+                    DecisionVerdict::Forged(why) => {
+                        tracing::error!(
+                            coordinator,
+                            %why,
+                            "the coordinator says the DKG is verified, but its signature does not pass the script verifier here; the key stays unverified"
+                        );
+                        result.dkg_failure =
+                            Some(format!("forged verification from the coordinator: {why}"));
+                        continue;
+                    }
                 };
                 p.storage
                     .set_dkg_shares_status(aggregate_key, status)

@@ -8,8 +8,13 @@ use async_trait::async_trait;
 
 use super::{round::SighashRequest, DkgId, SignerIndex};
 
-/// The caller's policy: which sighashes this signer agrees to sign. The lead wires the
+/// The caller's policy: which sighashes this signer agrees to sign. The node wires the
 /// no-equivocation guard (and the re-derivation of every proposal) into this.
+///
+/// An approval is for a whole [`SighashRequest`]: the sighash AND the spend kind with its
+/// taproot tweak (merkle root), which decide the key the share is computed under. An
+/// implementation must compare all of it: a coordinator that asks for an approved sighash under
+/// another tweak would otherwise get a signature valid under a key the signer never agreed to.
 #[async_trait]
 pub trait Approver: Send + Sync {
     /// One answer per sighash, in order. `coordinator` is the (link-authenticated) requester.
@@ -35,18 +40,16 @@ impl Approver for ApproveAll {
     }
 }
 
-/// Approves exactly the sighashes in a set (tests).
+/// Approves exactly the requests in a set (tests): the sighash together with its spend kind and
+/// taproot tweak, so an approved sighash asked for under another key is refused.
 #[cfg(any(test, feature = "testing"))]
 #[derive(Debug, Default, Clone)]
-pub struct ApproveListed(pub HashSet<[u8; 32]>);
+pub struct ApproveListed(pub HashSet<SighashRequest>);
 
 #[cfg(any(test, feature = "testing"))]
 #[async_trait]
 impl Approver for ApproveListed {
     async fn approve(&self, _: SignerIndex, _: DkgId, sighashes: &[SighashRequest]) -> Vec<bool> {
-        sighashes
-            .iter()
-            .map(|s| self.0.contains(&s.sighash))
-            .collect()
+        sighashes.iter().map(|s| self.0.contains(s)).collect()
     }
 }

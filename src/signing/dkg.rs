@@ -6,7 +6,7 @@
 //! encrypted to their recipient. At the end, the key shares are sealed by the custody backend.
 
 use std::{
-    collections::{BTreeMap, HashMap, VecDeque},
+    collections::{BTreeMap, HashMap, HashSet, VecDeque},
     sync::Arc,
     time::Duration,
 };
@@ -15,7 +15,7 @@ use hashbrown::{HashMap as HbMap, HashSet as HbSet};
 use tokio::time::Instant;
 use wsts::{
     curve::{ecdsa, point::Point},
-    net::{DkgStatus, Message, Packet},
+    net::{DkgFailure, DkgStatus, Message, Packet},
     state_machine::{
         coordinator::{fire::Coordinator as FireCoordinator, Config, Coordinator as _},
         signer::Signer as WstsSigner,
@@ -68,6 +68,12 @@ impl std::fmt::Debug for SignerContext {
 pub struct DkgOutcome {
     pub public: PublicShares,
     pub sealed: SealedShares,
+    /// Messages dropped because they were duplicates, early beyond the per-peer bound, for
+    /// another DKG, or from a member not allowed to send them; by sender.
+    pub dropped: BTreeMap<SignerIndex, u32>,
+    /// The most peer messages held at once for a phase that had not begun here (at most one
+    /// public and one private share message per peer).
+    pub held_peak: usize,
 }
 
 /// Runs one DKG as signer `ctx.me`; if `ctx.me == coordinator` this node also coordinates.
@@ -112,6 +118,8 @@ pub async fn run_dkg<T: Transport + ?Sized>(
         .await;
 
     let mut early: VecDeque<Envelope> = VecDeque::new();
+    let mut early_per_peer: HashMap<SignerIndex, usize> = HashMap::new();
+    let mut dropped: BTreeMap<SignerIndex, u32> = BTreeMap::new();
     let deadline = Instant::now() + ctx.phase_timeout;
     while (keys.len() as u32) < n {
         let env = recv_until(transport, deadline, "DKG transport keys", || {
@@ -120,10 +128,42 @@ pub async fn run_dkg<T: Transport + ?Sized>(
         .await?;
         match env.msg.as_ref() {
             RoundMessage::TransportKey(e) if e.dkg_id == dkg_id => {
-                let verified = e.verify(&ctx.set, dkg_id, env.from)?;
-                keys.entry(env.from).or_insert(verified);
+                if keys.contains_key(&env.from) {
+                    *dropped.entry(env.from).or_default() += 1;
+                    continue;
+                }
+                // A broken endorsement is named and refused; the signer may still send a good
+                // one before the phase times out (naming it among the missing).
+                match e.verify(&ctx.set, dkg_id, env.from) {
+                    Ok(verified) => {
+                        keys.insert(env.from, verified);
+                    }
+                    Err(err) => {
+                        tracing::warn!(from = env.from, error = %err, "refusing a transport key endorsement");
+                        *dropped.entry(env.from).or_default() += 1;
+                    }
+                }
             }
-            RoundMessage::Dkg(_) => early.push_back(env),
+            RoundMessage::TransportKey(e) => {
+                // Endorsements are bound to one DKG id: one for another DKG is never used here.
+                tracing::warn!(
+                    from = env.from,
+                    endorsed_for = e.dkg_id.0,
+                    dkg_id = dkg_id.0,
+                    "refusing a transport key endorsed for another DKG"
+                );
+                *dropped.entry(env.from).or_default() += 1;
+            }
+            RoundMessage::Dkg(_) => {
+                // A peer a phase ahead of us sends at most a few messages; more is a flood.
+                let held = early_per_peer.entry(env.from).or_default();
+                if *held < MAX_EARLY_PER_PEER {
+                    *held += 1;
+                    early.push_back(env);
+                } else {
+                    *dropped.entry(env.from).or_default() += 1;
+                }
+            }
             _ => {}
         }
     }
@@ -189,10 +229,16 @@ pub async fn run_dkg<T: Transport + ?Sized>(
         coordinator,
         local: early,
         held: Vec::new(),
+        released: VecDeque::new(),
         public_started: false,
         private_started: false,
         signer_status: None,
         coord_result: None,
+        public_from: HashSet::new(),
+        private_from: HashSet::new(),
+        end_from: HashSet::new(),
+        dropped,
+        held_peak: 0,
     };
     if let Some(c) = coord.as_mut() {
         let packet = c
@@ -209,6 +255,16 @@ pub async fn run_dkg<T: Transport + ?Sized>(
         if done_signer && done_coord {
             break;
         }
+        // Held shares whose phase has begun: already judged and shown to the coordinator, now
+        // for this signer's state machine only.
+        if let Some(env) = round.released.pop_front() {
+            if let RoundMessage::Dkg(msg) = env.msg.as_ref() {
+                round
+                    .feed_signer(transport, &mut signer, env.from, msg)
+                    .await?;
+            }
+            continue;
+        }
         let env = match round.local.pop_front() {
             Some(env) => env,
             None => {
@@ -221,18 +277,30 @@ pub async fn run_dkg<T: Transport + ?Sized>(
         let RoundMessage::Dkg(msg) = env.msg.as_ref() else {
             continue;
         };
-        if let Err(detail) = round.check_sender(msg, env.from) {
-            tracing::warn!(from = env.from, %detail, "dropping DKG message");
-            continue;
+        match round.judge(msg, env.from) {
+            Verdict::Accept => {}
+            Verdict::Drop(detail) => {
+                tracing::warn!(from = env.from, %detail, "dropping DKG message");
+                *round.dropped.entry(env.from).or_default() += 1;
+                continue;
+            }
+            Verdict::Culprit(detail) => {
+                tracing::error!(from = env.from, %detail, "DKG abandoned: a member sent a malformed message");
+                return Err(SigningError::Misbehaving {
+                    signer: env.from,
+                    detail: format!("DKG {dkg_id}: {detail}"),
+                });
+            }
         }
         if let Some(c) = coord.as_mut() {
             let packet = Packet {
                 msg: msg.clone(),
                 sig: Vec::new(),
             };
-            let (out, result) = c
-                .process_message(&packet)
-                .map_err(|e| SigningError::Dkg(format!("coordinator: {e:?}")))?;
+            let (out, result) = contain(env.from, "the WSTS coordinator", || {
+                c.process_message(&packet)
+            })?
+            .map_err(|e| SigningError::Dkg(format!("coordinator: {e:?}")))?;
             if let Some(out) = out {
                 round.emit(transport, out.msg).await;
             }
@@ -303,6 +371,8 @@ pub async fn run_dkg<T: Transport + ?Sized>(
             commitments,
         },
         sealed,
+        dropped: round.dropped,
+        held_peak: round.held_peak,
     })
 }
 
@@ -312,12 +382,51 @@ struct DkgRound<'a> {
     coordinator: SignerIndex,
     /// Messages this node sent itself, and ones that arrived before their phase began.
     local: VecDeque<Envelope>,
-    /// Peer shares that arrived before the coordinator opened their phase here; WSTS would drop them.
+    /// Peer shares that arrived before the coordinator opened their phase here; WSTS would drop
+    /// them. At most one public and one private share message per sender (duplicates are
+    /// dropped by `judge`), so at most 2 x the message size limit per peer.
     held: Vec<Envelope>,
+    /// Held shares whose phase began, waiting to be fed to this signer's state machine.
+    released: VecDeque<Envelope>,
     public_started: bool,
     private_started: bool,
     signer_status: Option<DkgStatus>,
     coord_result: Option<Point>,
+    /// Senders whose public shares, private shares and DkgEnd were accepted (each at most once).
+    public_from: HashSet<SignerIndex>,
+    private_from: HashSet<SignerIndex>,
+    end_from: HashSet<SignerIndex>,
+    dropped: BTreeMap<SignerIndex, u32>,
+    held_peak: usize,
+}
+
+/// Messages a peer may get ahead of us with (public shares, private shares, DkgEnd, the
+/// coordinator's three begins); beyond that they are dropped, so a flood costs a bounded buffer.
+const MAX_EARLY_PER_PEER: usize = 8;
+
+/// What to do with a DKG message.
+enum Verdict {
+    Accept,
+    /// Not for this DKG, a duplicate, or from a member not allowed to send it: ignored.
+    Drop(String),
+    /// Malformed content from a participant: the DKG fails naming it.
+    Culprit(String),
+}
+
+/// Runs third-party round code, turning a panic into a named error: the second line of defence
+/// behind [`DkgRound::judge`]. The panic's text is not kept (it could quote state).
+fn contain<R>(from: SignerIndex, what: &str, f: impl FnOnce() -> R) -> Result<R> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|_| {
+        tracing::error!(
+            from,
+            what,
+            "round code panicked on a member's message; DKG abandoned"
+        );
+        SigningError::Misbehaving {
+            signer: from,
+            detail: format!("{what} panicked on its message; the DKG is abandoned"),
+        }
+    })
 }
 
 impl DkgRound<'_> {
@@ -383,9 +492,15 @@ impl DkgRound<'_> {
         down
     }
 
-    /// The link says who sent a message; WSTS messages also name a sender. They must agree, and
-    /// only the coordinator may send coordinator messages.
-    fn check_sender(&self, msg: &Message, from: SignerIndex) -> std::result::Result<(), String> {
+    /// Checks a DKG message before any state machine sees it. The link says who sent it; WSTS
+    /// messages also name a sender, and they must agree. Only the coordinator may send the
+    /// coordinator's messages. Every signer id, party id and key id a message names must be in
+    /// the set, and the ones WSTS' FIRE coordinator later looks up (the accused of a DkgEnd)
+    /// must be signers whose shares it holds: WSTS indexes its maps with them and panics on a
+    /// missing entry.
+    fn judge(&mut self, msg: &Message, from: SignerIndex) -> Verdict {
+        let n = self.ctx.set.len();
+        let me = self.ctx.me;
         let (dkg_id, claimed) = match msg {
             Message::DkgBegin(m) => (m.dkg_id, None),
             Message::DkgPrivateBegin(m) => (m.dkg_id, None),
@@ -393,21 +508,172 @@ impl DkgRound<'_> {
             Message::DkgPublicShares(m) => (m.dkg_id, Some(m.signer_id)),
             Message::DkgPrivateShares(m) => (m.dkg_id, Some(m.signer_id)),
             Message::DkgEnd(m) => (m.dkg_id, Some(m.signer_id)),
-            _ => return Err("signing messages have no place in a DKG".into()),
+            _ => return Verdict::Drop("signing messages have no place in a DKG".into()),
         };
         if dkg_id != self.dkg_id.0 {
-            return Err(format!(
+            return Verdict::Drop(format!(
                 "message for DKG {dkg_id} during DKG {}",
                 self.dkg_id.0
             ));
         }
-        match claimed {
-            None if from != self.coordinator => Err(format!(
-                "coordinator message from signer {from}, the coordinator is {}",
-                self.coordinator
-            )),
-            Some(id) if id != from => Err(format!("claims to be signer {id}")),
-            _ => Ok(()),
+        let ids_in_set = |what: &str, ids: &mut dyn Iterator<Item = u32>| -> Option<String> {
+            for id in ids {
+                if id >= n {
+                    return Some(format!("{what} names signer {id}, the set has {n}"));
+                }
+            }
+            None
+        };
+        let key_ids_in_set = |what: &str, ids: &mut dyn Iterator<Item = u32>| -> Option<String> {
+            for id in ids {
+                if id == 0 || id > n {
+                    return Some(format!(
+                        "{what} names key id {id}, the set's key ids are 1 to {n}"
+                    ));
+                }
+            }
+            None
+        };
+        let claimed = match claimed {
+            None if from != self.coordinator => {
+                return Verdict::Drop(format!(
+                    "coordinator message from signer {from}, the coordinator is {}",
+                    self.coordinator
+                ))
+            }
+            None => {
+                let bad = match msg {
+                    Message::DkgPrivateBegin(m) => {
+                        ids_in_set("DkgPrivateBegin", &mut m.signer_ids.iter().copied()).or_else(
+                            || key_ids_in_set("DkgPrivateBegin", &mut m.key_ids.iter().copied()),
+                        )
+                    }
+                    Message::DkgEndBegin(m) => {
+                        ids_in_set("DkgEndBegin", &mut m.signer_ids.iter().copied()).or_else(|| {
+                            key_ids_in_set("DkgEndBegin", &mut m.key_ids.iter().copied())
+                        })
+                    }
+                    _ => None,
+                };
+                return match bad {
+                    Some(detail) => Verdict::Culprit(detail),
+                    None => Verdict::Accept,
+                };
+            }
+            Some(id) => id,
+        };
+        if claimed != from {
+            return Verdict::Culprit(format!("signer {from} claims to be signer {claimed}"));
+        }
+        match msg {
+            Message::DkgPublicShares(m) => {
+                if self.public_from.contains(&from) {
+                    return Verdict::Drop("second DkgPublicShares".into());
+                }
+                // One party per signer, with the signer's own id.
+                if m.comms.len() != 1 || m.comms[0].0 != from {
+                    let parties: Vec<u32> = m.comms.iter().map(|(p, _)| *p).collect();
+                    return Verdict::Culprit(format!(
+                        "DkgPublicShares must carry exactly party {from}, carries {parties:?}"
+                    ));
+                }
+                self.public_from.insert(from);
+            }
+            Message::DkgPrivateShares(m) => {
+                if self.private_from.contains(&from) {
+                    return Verdict::Drop("second DkgPrivateShares".into());
+                }
+                if m.shares.len() != 1 || m.shares[0].0 != from {
+                    let parties: Vec<u32> = m.shares.iter().map(|(p, _)| *p).collect();
+                    return Verdict::Culprit(format!(
+                        "DkgPrivateShares must carry exactly party {from}, carries {parties:?}"
+                    ));
+                }
+                let to_keys = &m.shares[0].1;
+                if let Some(detail) =
+                    key_ids_in_set("DkgPrivateShares", &mut to_keys.keys().copied())
+                {
+                    return Verdict::Culprit(detail);
+                }
+                // The coordinator gets every recipient's share (it judges complaints with them);
+                // a signer needs its own.
+                let missing: Vec<u32> = if me == self.coordinator {
+                    (1..=n).filter(|k| !to_keys.contains_key(k)).collect()
+                } else {
+                    [me + 1]
+                        .into_iter()
+                        .filter(|k| !to_keys.contains_key(k))
+                        .collect()
+                };
+                if !missing.is_empty() {
+                    return Verdict::Culprit(format!(
+                        "DkgPrivateShares lacks the shares for key ids {missing:?}"
+                    ));
+                }
+                self.private_from.insert(from);
+            }
+            Message::DkgEnd(m) => {
+                if self.end_from.contains(&from) {
+                    return Verdict::Drop("second DkgEnd".into());
+                }
+                if let DkgStatus::Failure(failure) = &m.status {
+                    if let Some(detail) = self.judge_failure(failure) {
+                        return Verdict::Culprit(format!("DkgEnd {detail}"));
+                    }
+                }
+                self.end_from.insert(from);
+            }
+            _ => {}
+        }
+        Verdict::Accept
+    }
+
+    /// The signers a DkgEnd failure accuses must be in the set; the ones the coordinator will
+    /// re-check (bad public or private shares) must have sent it those shares.
+    fn judge_failure(&self, failure: &DkgFailure) -> Option<String> {
+        let n = self.ctx.set.len();
+        let coordinating = self.ctx.me == self.coordinator;
+        let check = |what: &str,
+                     ids: &mut dyn Iterator<Item = u32>,
+                     need_public: bool,
+                     need_private: bool| {
+            for id in ids {
+                if id >= n {
+                    return Some(format!("{what} accuses signer {id}, the set has {n}"));
+                }
+                if coordinating && need_public && !self.public_from.contains(&id) {
+                    return Some(format!(
+                        "{what} accuses signer {id}, whose public shares the coordinator never received"
+                    ));
+                }
+                if coordinating && need_private && !self.private_from.contains(&id) {
+                    return Some(format!(
+                        "{what} accuses signer {id}, whose private shares the coordinator never received"
+                    ));
+                }
+            }
+            None
+        };
+        match failure {
+            DkgFailure::Threshold | DkgFailure::BadState => None,
+            DkgFailure::MissingPublicShares(ids) => check(
+                "MissingPublicShares",
+                &mut ids.iter().copied(),
+                false,
+                false,
+            ),
+            DkgFailure::MissingPrivateShares(ids) => check(
+                "MissingPrivateShares",
+                &mut ids.iter().copied(),
+                false,
+                false,
+            ),
+            DkgFailure::BadPublicShares(ids) => {
+                check("BadPublicShares", &mut ids.iter().copied(), true, false)
+            }
+            DkgFailure::BadPrivateShares(bad) => {
+                check("BadPrivateShares", &mut bad.keys().copied(), true, true)
+            }
         }
     }
 
@@ -430,8 +696,7 @@ impl DkgRound<'_> {
             _ => {}
         }
         let mut rng = rand::rngs::OsRng;
-        let outs = signer
-            .process(msg, &mut rng)
+        let outs = contain(from, "the WSTS signer", || signer.process(msg, &mut rng))?
             .map_err(|e| SigningError::Dkg(format!("signer: {e:?}")))?;
         let release = match msg {
             Message::DkgBegin(_) => {
@@ -452,7 +717,7 @@ impl DkgRound<'_> {
         }
         if release {
             let held = std::mem::take(&mut self.held);
-            self.local.extend(held);
+            self.released.extend(held);
         }
         Ok(())
     }
@@ -462,6 +727,7 @@ impl DkgRound<'_> {
             from,
             msg: Arc::new(RoundMessage::Dkg(msg.clone())),
         });
+        self.held_peak = self.held_peak.max(self.held.len());
     }
 }
 

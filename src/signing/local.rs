@@ -104,6 +104,7 @@ impl LocalCluster {
     /// A batch signer for each DKG outcome (by signer index).
     pub fn batch_signers(
         &self,
+        coordinator: SignerIndex,
         outcomes: &[DkgOutcome],
         ledgers: Vec<Arc<dyn NonceLedger>>,
         approvers: Vec<Arc<dyn Approver>>,
@@ -119,6 +120,7 @@ impl LocalCluster {
                     o.sealed.clone(),
                     ledger,
                     approver,
+                    coordinator,
                 )
             })
             .collect()

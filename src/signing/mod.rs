@@ -47,6 +47,8 @@ pub use shares::{shares_aad, KeyShares, PublicShares, SealedShares};
 pub use signer::BatchSigner;
 pub use transport::{Envelope, Transport, TransportError};
 pub use transport_key::{endorsement_digest, TransportKey, TransportKeyEndorsement};
-pub use verification::{verify_dkg, DkgVerification, MockKeySpend};
+pub use verification::{
+    check_verification, verify_dkg, DkgVerification, MockKeySpend, VerificationOutcome,
+};
 
 pub use crate::keys::{SignerIndex, SignerSet};

@@ -25,6 +25,7 @@ use super::{
 };
 
 /// Rounds a signer keeps nonces for at once; older ones are dropped (and can no longer be signed).
+/// Only the coordinator can open rounds, so only it can push a live round out.
 const MAX_PENDING_ROUNDS: usize = 8;
 
 /// Nonces of one round, in memory only; wiped when the round ends or is dropped.
@@ -54,6 +55,11 @@ pub struct BatchSigner {
     approver: Arc<dyn Approver>,
     pending: HashMap<RoundId, PendingRound>,
     seq: u64,
+    /// The one signer allowed to drive rounds (the coordinator the chain tip picked). Requests
+    /// from any other member are refused before they touch `pending`, the ledger or the approver.
+    coordinator: SignerIndex,
+    /// Requests refused because they did not come from the coordinator.
+    refused_not_coordinator: u64,
 }
 
 impl BatchSigner {
@@ -63,6 +69,7 @@ impl BatchSigner {
         sealed: SealedShares,
         ledger: Arc<dyn NonceLedger>,
         approver: Arc<dyn Approver>,
+        coordinator: SignerIndex,
     ) -> Self {
         BatchSigner {
             ctx,
@@ -72,7 +79,36 @@ impl BatchSigner {
             approver,
             pending: HashMap::new(),
             seq: 0,
+            coordinator,
+            refused_not_coordinator: 0,
         }
+    }
+
+    /// The signer whose requests this one serves.
+    pub fn coordinator(&self) -> SignerIndex {
+        self.coordinator
+    }
+
+    /// A new coordinator (the chain tip moved on and picked another member). Rounds of the old
+    /// one are dropped: their nonces are wiped and can never be signed.
+    pub fn set_coordinator(&mut self, coordinator: SignerIndex) {
+        if coordinator != self.coordinator {
+            self.pending.clear();
+            self.coordinator = coordinator;
+        }
+    }
+
+    /// Rounds this signer holds nonces for.
+    pub fn pending_rounds(&self) -> Vec<RoundId> {
+        let mut rounds: Vec<_> = self.pending.iter().map(|(r, p)| (p.seq, *r)).collect();
+        rounds.sort();
+        rounds.into_iter().map(|(_, r)| r).collect()
+    }
+
+    /// How many requests were refused because they came from a member that is not the
+    /// coordinator.
+    pub fn refused_not_coordinator(&self) -> u64 {
+        self.refused_not_coordinator
     }
 
     pub fn me(&self) -> SignerIndex {
@@ -85,6 +121,29 @@ impl BatchSigner {
 
     /// Answers one message; `None` means no reply is due.
     pub async fn handle(&mut self, from: SignerIndex, msg: &RoundMessage) -> Option<RoundMessage> {
+        let round = match msg {
+            RoundMessage::NonceRequest(r) => r.round,
+            RoundMessage::ShareRequest(r) => r.round,
+            _ => return None,
+        };
+        if from != self.coordinator {
+            // Before anything else: a member that is not the coordinator must not open rounds
+            // (which would push the live one out) nor close them (which would burn its nonces).
+            self.refused_not_coordinator += 1;
+            tracing::warn!(
+                from,
+                coordinator = self.coordinator,
+                kind = msg.kind(),
+                "refusing a round request from a member that is not the coordinator"
+            );
+            return Some(RoundMessage::Refusal {
+                round: round.0,
+                reason: format!(
+                    "only the coordinator (signer {}) may drive rounds; signer {from} is not it",
+                    self.coordinator
+                ),
+            });
+        }
         match msg {
             RoundMessage::NonceRequest(req) => Some(self.nonce_request(from, req).await),
             RoundMessage::ShareRequest(req) => self.share_request(from, req).await,
@@ -173,6 +232,16 @@ impl BatchSigner {
                 reason,
             })
         };
+        // Only the coordinator that opened the round may close it; checked before the round is
+        // taken out, so a stranger's request cannot burn the nonces.
+        if let Some(p) = self.pending.get(&req.round) {
+            if p.coordinator != from {
+                return refuse(format!(
+                    "round belongs to coordinator {}, not {from}",
+                    p.coordinator
+                ));
+            }
+        }
         // Taking the round out of `pending` consumes its nonces whatever happens next.
         let Some(pending) = self.pending.remove(&req.round) else {
             return refuse(
@@ -181,12 +250,6 @@ impl BatchSigner {
                     .into(),
             );
         };
-        if pending.coordinator != from {
-            return refuse(format!(
-                "round belongs to coordinator {}, not {from}",
-                pending.coordinator
-            ));
-        }
         if req.dkg_id != self.public.dkg_id || req.sighashes != pending.sighashes {
             return refuse("share request does not match the nonce request".into());
         }

@@ -1,6 +1,7 @@
-//! DKG verification: before a new key is trusted, every signer signs a mock taproot key-spend of
+//! DKG verification: before a new key is trusted, the signers sign a mock taproot key-spend of
 //! it, and Bitcoin Core's own script verifier (`bitcoinconsensus`, taproot on) must accept the
-//! transaction. Only then may the shares be marked `verified`.
+//! transaction. Only then may the shares be marked `verified`, by the coordinator and by every
+//! other signer, each running the script verifier itself over the signature it is sent.
 
 use bitcoin::{
     absolute::LockTime,
@@ -13,7 +14,7 @@ use bitcoin::{
 };
 
 use super::{
-    coordinator::{BatchCoordinator, Participation},
+    coordinator::{BatchCoordinator, Exclusion, Participation},
     round::{SighashRequest, SpendKind},
     signer::BatchSigner,
     transport::Transport,
@@ -113,36 +114,73 @@ impl MockKeySpend {
     }
 }
 
-/// Coordinator side: runs the all-signer round over the mock spend and checks the result.
-/// A round that cannot complete (a signer down, a bad share) is `Failed`, not an error: the new
-/// key must then not be used.
+/// What the coordinator's verification round found: the verdict, the signature it checked (sent
+/// to every signer, which checks it again itself), and the signers left out along the way.
+#[derive(Clone, Debug)]
+pub struct VerificationOutcome {
+    pub verdict: DkgVerification,
+    pub signature: Option<secp256k1::schnorr::Signature>,
+    pub excluded: Vec<Exclusion>,
+}
+
+/// Coordinator side: asks every signer to sign the mock spend and checks the result with
+/// Bitcoin Core's script verifier. A signer whose nonce or share is broken is named and the
+/// round is retried without it while a threshold remains, so one bad packet does not fail a
+/// good key; who was left out is reported. A round that cannot reach the threshold is `Failed`,
+/// not an error: the new key must then not be used.
 pub async fn verify_dkg<T: Transport + ?Sized>(
     coordinator: &BatchCoordinator,
     own: &mut BatchSigner,
     transport: &mut T,
-) -> Result<DkgVerification> {
+) -> Result<VerificationOutcome> {
     let public = own.public().clone();
     let key = public.aggregate_public_key()?;
     let spend = MockKeySpend::new(public.dkg_id, &key);
     let request = spend.request()?;
+    let failed = |why: String, excluded: Vec<Exclusion>| VerificationOutcome {
+        verdict: DkgVerification::Failed(why),
+        signature: None,
+        excluded,
+    };
     let signed = match coordinator
-        .sign(own, transport, &[request], Participation::All)
+        .sign(own, transport, &[request], Participation::Threshold)
         .await
     {
         Ok(s) => s,
         Err(
             e @ (SigningError::Custody(_) | SigningError::Transport(_) | SigningError::Internal(_)),
         ) => return Err(e),
-        Err(e) => return Ok(DkgVerification::Failed(e.to_string())),
+        Err(e) => return Ok(failed(e.to_string(), Vec::new())),
     };
-    if !signed.excluded.is_empty() {
-        return Ok(DkgVerification::Failed(format!(
-            "signers were excluded: {:?}",
-            signed.excluded
-        )));
+    for e in &signed.excluded {
+        tracing::warn!(signer = e.signer, reason = %e.reason, "left out of the DKG verification");
     }
     match signed.signatures.first() {
-        Some(s) => Ok(spend.check(&s.signature)),
-        None => Ok(DkgVerification::Failed("no signature".into())),
+        Some(s) => Ok(VerificationOutcome {
+            verdict: spend.check(&s.signature),
+            signature: Some(s.signature),
+            excluded: signed.excluded,
+        }),
+        None => Ok(failed("no signature".into(), signed.excluded)),
     }
+}
+
+/// A signer's own check of the coordinator's verification: rebuilds the mock spend from its own
+/// DKG id and key and runs Bitcoin Core's script verifier over the signature the coordinator
+/// sent. Only `Verified` from here may mark the shares verified.
+pub fn check_verification(
+    dkg_id: DkgId,
+    aggregate_key: &secp256k1::PublicKey,
+    signature: Option<&[u8]>,
+) -> DkgVerification {
+    let Some(bytes) = signature else {
+        return DkgVerification::Failed("the decision carries no verification signature".into());
+    };
+    let Ok(signature) = secp256k1::schnorr::Signature::from_slice(bytes) else {
+        return DkgVerification::Failed(format!(
+            "the decision's verification signature is {} bytes, not a BIP-340 signature",
+            bytes.len()
+        ));
+    };
+    MockKeySpend::new(dkg_id, aggregate_key).check(&signature)
 }
