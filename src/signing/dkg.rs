@@ -299,8 +299,8 @@ pub async fn run_dkg<T: Transport + ?Sized>(
             };
             let (out, result) = contain(env.from, "the WSTS coordinator", || {
                 c.process_message(&packet)
-            })?
-            .map_err(|e| SigningError::Dkg(format!("coordinator: {e:?}")))?;
+                    .map_err(|e| SigningError::Dkg(format!("coordinator: {e:?}")))
+            })??;
             if let Some(out) = out {
                 round.emit(transport, out.msg).await;
             }
