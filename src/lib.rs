@@ -10,6 +10,7 @@ pub mod config;
 pub mod coordination;
 pub mod devnet;
 pub mod keys;
+pub mod logging;
 pub mod node;
 pub mod peer;
 pub mod signing;

@@ -3,20 +3,12 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use sbtc_hsm_signer::commands;
+use sbtc_hsm_signer::{commands, logging};
 
 fn main() -> ExitCode {
     let cli = commands::Cli::parse();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("SBTC_LOG")
-                // cryptoki logs an ERROR for every vendor mechanism it has no name for: noise.
-                .unwrap_or_else(|_| {
-                    tracing_subscriber::EnvFilter::new("warn,cryptoki::mechanism=off")
-                }),
-        )
-        .init();
+    // SBTC_LOG (or RUST_LOG), with the targets that print secrets capped: see src/logging.rs.
+    logging::init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -336,8 +336,8 @@ pub async fn run(opts: ClusterOptions) -> Result<ExitCode, Box<dyn std::error::E
         if let Some(conf) = &s.softhsm2_conf {
             cmd.env("SOFTHSM2_CONF", conf);
         }
-        if std::env::var_os("SBTC_LOG").is_none() {
-            cmd.env("SBTC_LOG", "info,cryptoki::mechanism=off");
+        if crate::logging::choose(|n| std::env::var_os(n)).is_ok_and(|c| c.source.is_none()) {
+            cmd.env(crate::logging::SBTC_LOG, crate::logging::DEVNET_DIRECTIVES);
         }
         let child = cmd.spawn()?;
         writeln!(pids, "{}", child.id())?;

