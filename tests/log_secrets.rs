@@ -230,7 +230,7 @@ async fn dkg_and_batch() -> Vec<String> {
     let approvers: Vec<Arc<dyn Approver>> = (0..N)
         .map(|_| Arc::new(ApproveAll) as Arc<dyn Approver>)
         .collect();
-    let signers = cluster.batch_signers(&outcomes, ledgers, approvers);
+    let signers = cluster.batch_signers(coordinator, &outcomes, ledgers, approvers);
     let (transports, _) = cluster.network();
     let mut own: Option<(BatchSigner, InProcessTransport)> = None;
     let mut servers = Vec::new();

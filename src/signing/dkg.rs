@@ -307,7 +307,10 @@ pub async fn run_dkg<T: Transport + ?Sized>(
             match result {
                 Some(OperationResult::Dkg(point)) => round.coord_result = Some(point),
                 Some(OperationResult::DkgError(e)) => {
-                    return Err(SigningError::Dkg(format!("coordinator reports {e:?}")))
+                    return Err(SigningError::Dkg(format!(
+                        "coordinator reports {}",
+                        describe_dkg_error(&e)
+                    )))
                 }
                 _ => {}
             }
@@ -320,7 +323,8 @@ pub async fn run_dkg<T: Transport + ?Sized>(
     // 4. Take the shares out of WSTS, seal them, and wipe what we can reach.
     if let Some(DkgStatus::Failure(f)) = &round.signer_status {
         return Err(SigningError::Dkg(format!(
-            "this signer's DKG failed: {f:?}"
+            "this signer's DKG failed: {}",
+            describe_failure(f)
         )));
     }
     #[cfg(any(test, feature = "testing"))]
@@ -413,6 +417,54 @@ enum Verdict {
     Drop(String),
     /// Malformed content from a participant: the DKG fails naming it.
     Culprit(String),
+}
+
+/// A DKG failure in words, naming signers only: WSTS' own `Debug` of a bad-private-share
+/// complaint carries the accuser's ECDH shared key, which has no place in an error or a log.
+fn describe_failure(f: &DkgFailure) -> String {
+    let ids = |s: &mut dyn Iterator<Item = u32>| {
+        let mut v: Vec<u32> = s.collect();
+        v.sort();
+        format!("{v:?}")
+    };
+    match f {
+        DkgFailure::Threshold => "threshold not met".into(),
+        DkgFailure::BadState => "bad state".into(),
+        DkgFailure::MissingPublicShares(s) => {
+            format!("missing public shares from {}", ids(&mut s.iter().copied()))
+        }
+        DkgFailure::BadPublicShares(s) => {
+            format!("bad public shares from {}", ids(&mut s.iter().copied()))
+        }
+        DkgFailure::MissingPrivateShares(s) => {
+            format!(
+                "missing private shares from {}",
+                ids(&mut s.iter().copied())
+            )
+        }
+        DkgFailure::BadPrivateShares(m) => {
+            format!("bad private shares from {}", ids(&mut m.keys().copied()))
+        }
+    }
+}
+
+fn describe_dkg_error(e: &wsts::state_machine::DkgError) -> String {
+    use wsts::state_machine::DkgError as E;
+    match e {
+        E::DkgEndFailure(failures) => {
+            let mut parts: Vec<(u32, String)> = failures
+                .iter()
+                .map(|(signer, f)| (*signer, describe_failure(f)))
+                .collect();
+            parts.sort();
+            let parts: Vec<String> = parts
+                .into_iter()
+                .map(|(signer, f)| format!("signer {signer}: {f}"))
+                .collect();
+            format!("DKG end failure ({})", parts.join("; "))
+        }
+        other => other.to_string(),
+    }
 }
 
 /// Runs third-party round code, turning a panic into a named error: the second line of defence
