@@ -451,3 +451,44 @@ async fn a_bad_share_in_the_verification_is_named_and_the_key_still_verifies() {
     .await
     .expect("test finished in time");
 }
+
+/// Items 5 and 8: transport-key endorsements are bound to one DKG id. A member first sends its
+/// endorsement relabelled for another DKG, then a broken one, then the real one: the first two
+/// are refused and counted against it, and the DKG goes on with the real one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endorsements_for_another_dkg_or_broken_ones_are_refused() {
+    tokio::time::timeout(TEST_LIMIT, async {
+        let c = Cluster::new().await;
+        let hostile = c.hostile;
+        let results = dkg_with(
+            &c,
+            Arc::new(|_, m| match m {
+                RoundMessage::TransportKey(e) => {
+                    let mut other_dkg = e.clone();
+                    other_dkg.dkg_id = DkgId(e.dkg_id.0 + 1);
+                    let mut broken = e.clone();
+                    broken.signature[10] ^= 1;
+                    vec![
+                        RoundMessage::TransportKey(other_dkg),
+                        RoundMessage::TransportKey(broken),
+                        m.clone(),
+                    ]
+                }
+                other => vec![other.clone()],
+            }),
+        )
+        .await;
+        for (i, (r, _, _)) in results.iter().enumerate() {
+            let outcome = r.as_ref().unwrap_or_else(|e| panic!("signer {i}: {e}"));
+            if i as u32 != hostile {
+                assert!(
+                    outcome.dropped.get(&hostile).copied().unwrap_or(0) >= 2,
+                    "signer {i} took an endorsement it should have refused: {:?}",
+                    outcome.dropped
+                );
+            }
+        }
+    })
+    .await
+    .expect("test finished in time");
+}
