@@ -175,7 +175,8 @@ impl TokenSessions {
                 }
                 Recovery::Handle | Recovery::None => {
                     self.put_back(pooled);
-                    return Err(ck_error(op, label, &e));
+                    // A login refused during the recovery explains the failure better.
+                    return Err(self.refused(op).unwrap_or_else(|| ck_error(op, label, &e)));
                 }
             }
         }
