@@ -420,9 +420,10 @@ fn raise_fd_limit() -> u64 {
 }
 
 async fn open_counting(dir: &std::path::Path, i: usize) -> Arc<Counting> {
-    let ks = Keystore::open_with_passphrase(
+    let ks = Keystore::open_with_options(
         dir.join(format!("n{i}.keystore")),
         &SecretString::new("bench".into()),
+        &sbtc_custody_keystore::OpenOptions::insecure_test(),
     )
     .await
     .expect("open keystore");

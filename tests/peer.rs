@@ -613,6 +613,7 @@ async fn nodes_started_from_config_mesh_with_the_bootstrap_set() {
     for i in 0..3 {
         let text = format!(
             "[custody]\nbackend = \"keystore\"\n[custody.keystore]\npath = \"{}\"\npassphrase_file = \"{}\"\n\
+             [custody.keystore.kdf]\ninsecure_test_kdf = true\n\
              [peer]\nlisten = \"127.0.0.1:{}\"\ncert_path = \"{}\"\n{bootstrap}",
             dir.path().join(format!("c{i}.keystore")).display(),
             pass.display(),

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use pkcs11_tests::conformance::Fixture;
 use sbtc_custody::{Custody, SecretString};
-use sbtc_custody_keystore::{KdfParams, Keystore};
+use sbtc_custody_keystore::{KdfParams, Keystore, OpenOptions};
 
 async fn fixture() -> Fixture {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -19,7 +19,7 @@ async fn fixture() -> Fixture {
             let path = path.clone();
             let pass = pass.clone();
             async move {
-                let ks = Keystore::open_with_passphrase(&path, &pass)
+                let ks = Keystore::open_with_options(&path, &pass, &OpenOptions::insecure_test())
                     .await
                     .expect("open keystore");
                 Arc::new(ks) as Arc<dyn Custody>

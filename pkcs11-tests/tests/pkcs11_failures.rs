@@ -633,3 +633,327 @@ async fn wrong_kinds_and_missing_labels() {
         backend.destroy(label).await.unwrap();
     }
 }
+
+/// Logs a raw session of the shared module context in as the user (the login is shared by the
+/// process, so "already logged in" is fine).
+fn user_session(t: &TestToken) -> sbtc_custody_pkcs11::cryptoki::session::Session {
+    let ctx = load_module(&t.module).unwrap();
+    let session = ctx.open_rw_session(t.slot()).unwrap();
+    match session.login(UserType::User, Some(&AuthPin::from(t.user_pin.clone()))) {
+        Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {}
+        Err(e) => panic!("login: {e}"),
+    }
+    session
+}
+
+fn bool_attr(
+    session: &sbtc_custody_pkcs11::cryptoki::session::Session,
+    label: &KeyLabel,
+    which: AttributeType,
+) -> Option<bool> {
+    let found = session
+        .find_objects(&[
+            Attribute::Class(ObjectClass::PRIVATE_KEY),
+            Attribute::Label(label.as_str().as_bytes().to_vec()),
+        ])
+        .unwrap();
+    assert_eq!(found.len(), 1, "{label}");
+    session
+        .get_attributes(found[0], &[which])
+        .unwrap()
+        .into_iter()
+        .find_map(|a| match a {
+            Attribute::Local(b)
+            | Attribute::AlwaysSensitive(b)
+            | Attribute::NeverExtractable(b) => Some(b),
+            _ => None,
+        })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_imported_key_is_refused_unless_allow_imported_keys_is_set() {
+    use sbtc_custody_pkcs11::cryptoki::object::KeyType;
+    let t = token();
+    let imported = t.key_label("imported-k1");
+    let generated = t.key_label("generated-k1");
+
+    // A secp256k1 key whose private value came from outside, as `C_CreateObject` imports it:
+    // sensitive and non-extractable from now on, but a copy of the value exists (here, `secret`).
+    let secret = secp256k1::SecretKey::new(&mut rand::thread_rng());
+    let public = secret.public_key(secp256k1::SECP256K1);
+    let params = vec![0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x0a];
+    let name = imported.as_str().as_bytes().to_vec();
+    let mut point = vec![0x04, 0x41];
+    point.extend_from_slice(&public.serialize_uncompressed());
+    {
+        let session = user_session(&t);
+        let created = session.create_object(&[
+            Attribute::Class(ObjectClass::PRIVATE_KEY),
+            Attribute::KeyType(KeyType::EC),
+            Attribute::Token(true),
+            Attribute::Private(true),
+            Attribute::Sensitive(true),
+            Attribute::Extractable(false),
+            Attribute::Sign(true),
+            Attribute::EcParams(params.clone()),
+            Attribute::Value(secret.secret_bytes().to_vec()),
+            Attribute::Label(name.clone()),
+        ]);
+        if let Err(e) = created {
+            assert!(t.vendor, "SoftHSM2 refused C_CreateObject: {e}");
+            eprintln!("the token refuses imported private keys ({e}); skipped");
+            return;
+        }
+        session
+            .create_object(&[
+                Attribute::Class(ObjectClass::PUBLIC_KEY),
+                Attribute::KeyType(KeyType::EC),
+                Attribute::Token(true),
+                Attribute::Verify(true),
+                Attribute::EcParams(params),
+                Attribute::EcPoint(point),
+                Attribute::Label(name),
+            ])
+            .unwrap();
+        // The token itself records where the key came from.
+        assert_eq!(
+            bool_attr(&session, &imported, AttributeType::Local),
+            Some(false)
+        );
+    }
+
+    let backend = t.open();
+    backend
+        .generate(&generated, KeyKind::Secp256k1)
+        .await
+        .unwrap();
+    let err = backend
+        .sign_secp256k1_prehash(&imported, &digest("imported"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::KeyPolicy, "{err}");
+    assert_eq!(err.key_label(), Some(imported.as_str()));
+    let shown = err.to_string();
+    for needle in [
+        imported.as_str(),
+        "CKA_LOCAL is false",
+        "generate the key on the token",
+        "allow_imported_keys = true",
+    ] {
+        assert!(shown.contains(needle), "missing {needle:?}: {shown}");
+    }
+    assert!(
+        !shown.contains(&hex::encode(secret.secret_bytes())),
+        "{shown}"
+    );
+    let err = backend.public_key(&imported).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::KeyPolicy, "{err}");
+    // A key generated on the same token by the same backend is used: the refusal is the origin.
+    let d = digest("generated");
+    let pk = secp_key(backend.public_key(&generated).await.unwrap());
+    assert!(backend
+        .sign_secp256k1_prehash(&generated, &d)
+        .await
+        .unwrap()
+        .verify(&d, &pk));
+
+    // The operator says the import was deliberate: the key is used, and it is the imported one.
+    let mut config = t.config();
+    config.allow_imported_keys = true;
+    let lenient = t.open_with(&config).unwrap();
+    assert_eq!(
+        lenient.public_key(&imported).await.unwrap(),
+        PublicKey::Secp256k1(public)
+    );
+    let d = digest("imported, allowed");
+    let sig = lenient.sign_secp256k1_prehash(&imported, &d).await.unwrap();
+    assert!(sig.verify(&d, &public));
+    assert_eq!(sig.recover(&d).unwrap(), public);
+
+    for label in [&imported, &generated] {
+        lenient.destroy(label).await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_once_extractable_or_readable_is_refused_unless_allowed() {
+    let t = token();
+    let was_extractable = t.key_label("was-extractable");
+    let was_readable = t.key_label("was-readable");
+    {
+        let session = user_session(&t);
+        for (label, sensitive, extractable) in [
+            (&was_extractable, true, true),
+            (&was_readable, false, false),
+        ] {
+            let name = label.as_str().as_bytes().to_vec();
+            let made = session.generate_key_pair(
+                &Mechanism::EccKeyPairGen,
+                &[
+                    Attribute::Token(true),
+                    Attribute::Verify(true),
+                    Attribute::EcParams(vec![0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x0a]),
+                    Attribute::Label(name.clone()),
+                ],
+                &[
+                    Attribute::Token(true),
+                    Attribute::Private(true),
+                    Attribute::Sensitive(sensitive),
+                    Attribute::Extractable(extractable),
+                    Attribute::Sign(true),
+                    Attribute::Label(name),
+                ],
+            );
+            let (_, private) = match made {
+                Ok(pair) => pair,
+                Err(e) if t.vendor => {
+                    eprintln!("the token refuses such keys ({e}); skipped");
+                    return;
+                }
+                Err(e) => panic!("{e}"),
+            };
+            // Locked down afterwards: sensitive and non-extractable from now on.
+            let lock_down = if extractable {
+                Attribute::Extractable(false)
+            } else {
+                Attribute::Sensitive(true)
+            };
+            session.update_attributes(private, &[lock_down]).unwrap();
+            assert_eq!(bool_attr(&session, label, AttributeType::Local), Some(true));
+        }
+    }
+
+    let backend = t.open();
+    for (label, attribute) in [
+        (&was_extractable, "CKA_NEVER_EXTRACTABLE is false"),
+        (&was_readable, "CKA_ALWAYS_SENSITIVE is false"),
+    ] {
+        let err = backend
+            .sign_secp256k1_prehash(label, &digest("x"))
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::KeyPolicy, "{err}");
+        assert!(err.to_string().contains(attribute), "{err}");
+        assert!(err.to_string().contains("allow_imported_keys"), "{err}");
+    }
+
+    let mut config = t.config();
+    config.allow_imported_keys = true;
+    let lenient = t.open_with(&config).unwrap();
+    for label in [&was_extractable, &was_readable] {
+        let pk = secp_key(lenient.public_key(label).await.unwrap());
+        let d = digest(label.as_str());
+        assert!(lenient
+            .sign_secp256k1_prehash(label, &d)
+            .await
+            .unwrap()
+            .verify(&d, &pk));
+        lenient.destroy(label).await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pin_changed_under_the_backend_is_tried_once_then_never_again() {
+    let t = token();
+    if t.vendor {
+        eprintln!("skipped on a vendor module: the test changes the token's user PIN");
+        return;
+    }
+    let backend = Arc::new(t.open());
+    let k1 = t.key_label("pin-k1");
+    let pk = secp_key(
+        backend
+            .generate(&k1, KeyKind::Secp256k1)
+            .await
+            .unwrap()
+            .public_key
+            .unwrap(),
+    );
+    let at_start = backend.login_attempts();
+    assert_eq!(at_start, 1, "one C_Login at open");
+
+    // The security officer's tooling rotates the user PIN (C_SetPIN in another session).
+    let new_pin = "rotated-pin-90531";
+    {
+        let session = user_session(&t);
+        session
+            .set_pin(
+                &AuthPin::from(t.user_pin.clone()),
+                &AuthPin::from(new_pin.to_owned()),
+            )
+            .unwrap();
+    }
+    // The token keeps this process logged in, so signing goes on for now.
+    let d = digest("still logged in");
+    assert!(backend
+        .sign_secp256k1_prehash(&k1, &d)
+        .await
+        .unwrap()
+        .verify(&d, &pk));
+    assert_eq!(backend.login_attempts(), at_start);
+
+    // The sessions go (a device reset): the backend must log in again, with the PIN it holds.
+    // Eight callers at once make one C_Login between them.
+    backend.simulate_session_loss().unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let b = Arc::clone(&backend);
+        let l = k1.clone();
+        tasks.push(tokio::spawn(async move {
+            b.sign_secp256k1_prehash(&l, &digest(&format!("after rotation {i}")))
+                .await
+        }));
+    }
+    for task in tasks {
+        let err = task.await.unwrap().unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::AuthFailed, "{err}");
+    }
+    assert_eq!(
+        backend.login_attempts(),
+        at_start + 1,
+        "one wrong C_Login after the rotation, not one per caller"
+    );
+
+    // From now on every call fails at once, and never logs in again.
+    for round in 0..5 {
+        let err = backend
+            .sign_secp256k1_prehash(&k1, &digest(&format!("later {round}")))
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::AuthFailed, "{err}");
+        let shown = format!("{err} {err:?}");
+        for needle in [
+            "refused the PIN",
+            "CKR_PIN_INCORRECT",
+            "fix the PIN source",
+            "restart",
+        ] {
+            assert!(shown.contains(needle), "missing {needle:?}: {shown}");
+        }
+        assert!(!shown.contains(&t.user_pin), "the old PIN leaked: {shown}");
+        assert!(!shown.contains(new_pin), "the new PIN leaked: {shown}");
+        assert_eq!(
+            backend.public_key(&k1).await.unwrap_err().kind(),
+            ErrorKind::AuthFailed
+        );
+        assert_eq!(
+            backend.list().await.unwrap_err().kind(),
+            ErrorKind::AuthFailed
+        );
+        let health = backend.health().await.unwrap();
+        assert!(!health.ok && health.detail.contains("refused the PIN"));
+    }
+    assert_eq!(backend.login_attempts(), at_start + 1, "no further C_Login");
+
+    // A backend opened with the new PIN works: the token was never locked.
+    let mut config = t.config();
+    config.pin_file = Some(pin_file("rotated", new_pin));
+    let fixed = t.open_with(&config).unwrap();
+    let d = digest("after restart");
+    assert!(fixed
+        .sign_secp256k1_prehash(&k1, &d)
+        .await
+        .unwrap()
+        .verify(&d, &pk));
+    fixed.destroy(&k1).await.unwrap();
+}

@@ -11,7 +11,7 @@ use std::{
 };
 
 use sbtc_custody::{Custody, KeyKind, KeyLabel, SecretString};
-use sbtc_custody_keystore::{KdfParams, Keystore};
+use sbtc_custody_keystore::{KdfParams, Keystore, OpenOptions};
 use sbtc_hsm_signer::peer::{
     cert::{self, CertRequest, PeerCertificate},
     Limits, Member, NodeParams, PeerNode, SignerSet,
@@ -46,9 +46,10 @@ pub async fn keystore(dir: &Path, name: &str) -> Arc<dyn Custody> {
 /// Reopens a keystore made by [`keystore`] (a restarted signer).
 pub async fn reopen_keystore(dir: &Path, name: &str) -> Arc<dyn Custody> {
     Arc::new(
-        Keystore::open_with_passphrase(
+        Keystore::open_with_options(
             dir.join(format!("{name}.keystore")),
             &SecretString::new("peer test passphrase".into()),
+            &OpenOptions::insecure_test(),
         )
         .await
         .unwrap(),

@@ -102,6 +102,8 @@ pub enum ErrorKind {
     Corrupt,
     /// A file or blob ends early.
     Truncated,
+    /// A file is older than one this backend used before: an old copy was put back.
+    RolledBack,
     /// Reading or writing a file failed.
     Io,
     /// All sessions are busy and the wait timed out.
@@ -132,6 +134,7 @@ impl ErrorKind {
             ErrorKind::Tampered => "authentication of sealed data failed",
             ErrorKind::Corrupt => "corrupt data",
             ErrorKind::Truncated => "truncated data",
+            ErrorKind::RolledBack => "an older copy was put back",
             ErrorKind::Io => "I/O error",
             ErrorKind::Busy => "busy",
             ErrorKind::AuditUnavailable => "audit log unavailable",
@@ -171,6 +174,9 @@ impl ErrorKind {
                 "the data was changed or belongs to another key or context; restore it from backup"
             }
             ErrorKind::Corrupt | ErrorKind::Truncated => "restore the file from backup",
+            ErrorKind::RolledBack => {
+                "put the newest copy back; accept the older one only deliberately, as the detail says"
+            }
             ErrorKind::Io => "check the path, permissions and free space",
             ErrorKind::Busy => "lower the load or raise the session pool size",
             ErrorKind::AuditUnavailable => {

@@ -1,17 +1,21 @@
-//! `[custody.keystore]`: where the file is, where its passphrase comes from, and how hard the KDF
-//! of a new file works.
+//! `[custody.keystore]`: where the file is, where its passphrase comes from, where its rollback
+//! mark is kept, and how hard the KDF of a new file works.
 //!
 //! ```toml
 //! [custody.keystore]
 //! path = "/var/lib/sbtc-hsm-signer/keystore.json"
 //! passphrase_credential = "keystore-passphrase"   # or passphrase_file / _env / _prompt = true
+//! # Optional: the rollback mark, by default "<path>.state" next to the keystore.
+//! state_path = "/var/lib/sbtc-hsm-signer/keystore.json.state"
 //!
-//! # Optional. Used only when a keystore is created; opening uses what the file records.
+//! # Optional. memory_kib, iterations and parallelism are used when a keystore is created;
+//! # opening uses what the file records.
 //! [custody.keystore.kdf]
 //! memory_kib = 65536        # at least 65536 (64 MiB)
 //! iterations = 3            # at least 3
 //! parallelism = 1
-//! insecure_test_kdf = false # true lifts the floor: throwaway test and devnet keystores only
+//! insecure_test_kdf = false # true lifts the floor and the passphrase rule, and lets a file with
+//!                           # test settings open: throwaway test and devnet keystores only
 //! ```
 
 use std::path::PathBuf;
@@ -32,6 +36,10 @@ pub struct Config {
     pub passphrase_credential: Option<String>,
     #[serde(default)]
     pub passphrase_prompt: bool,
+    /// The rollback mark (the highest generation of the keystore this host used); by default
+    /// `<path>.state` next to the keystore. Its directory must be writable by the signer.
+    #[serde(default)]
+    pub state_path: Option<PathBuf>,
     /// Argon2id settings for creating a keystore.
     #[serde(default)]
     pub kdf: KdfConfig,
@@ -44,7 +52,9 @@ pub struct KdfConfig {
     pub memory_kib: u32,
     pub iterations: u32,
     pub parallelism: u32,
-    /// Allows settings below the production floor (64 MiB, 3 passes), for tests and devnets.
+    /// Allows settings below the production floor (64 MiB, 3 passes), for tests and devnets: a new
+    /// keystore may use them (and then any non-empty passphrase), and only with this set does a
+    /// file with such settings open.
     pub insecure_test_kdf: bool,
 }
 
@@ -68,6 +78,7 @@ impl Config {
             passphrase_env: None,
             passphrase_credential: None,
             passphrase_prompt: false,
+            state_path: None,
             kdf: KdfConfig::default(),
         };
         match source {
@@ -95,6 +106,14 @@ impl Config {
         })
     }
 
+    /// What opening the file allows, from this section.
+    pub fn open_options(&self) -> OpenOptions {
+        OpenOptions {
+            insecure_test_kdf: self.kdf.insecure_test_kdf,
+            state_path: self.state_path.clone(),
+        }
+    }
+
     /// The Argon2id parameters for a new keystore, with the production floor unless
     /// `insecure_test_kdf = true`.
     pub fn kdf_params(&self) -> Result<KdfParams> {
@@ -109,5 +128,25 @@ impl Config {
                 .detail(detail)
                 .hint("fix [custody.keystore.kdf] in the config file")
         })
+    }
+}
+
+/// What opening a keystore file allows, and where its rollback mark is.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct OpenOptions {
+    /// Open a file whose Argon2id settings are below the production floor (a test or devnet
+    /// keystore). Without it such a file is refused.
+    pub insecure_test_kdf: bool,
+    /// The rollback mark file; None: `<keystore>.state` next to the keystore.
+    pub state_path: Option<PathBuf>,
+}
+
+impl OpenOptions {
+    /// Options for throwaway test keystores: files with the test KDF open.
+    pub fn insecure_test() -> Self {
+        OpenOptions {
+            insecure_test_kdf: true,
+            state_path: None,
+        }
     }
 }

@@ -3,7 +3,8 @@
 //!
 //! Each AEAD binds its context in the associated data (format version, file id, label, kind,
 //! public key), so an entry cannot be renamed, retyped or moved between files. The MAC covers every
-//! field in order, so deleting, reordering or swapping entries is detected too.
+//! field in order, so deleting, reordering or swapping entries is detected too, and so is a
+//! changed generation counter (format version 2).
 
 use chacha20poly1305::{
     aead::{Aead, KeyInit, Payload},
@@ -15,7 +16,7 @@ use sha2::Sha256;
 use zeroize::Zeroizing;
 
 use crate::{
-    format::{Document, Entry, FORMAT_VERSION, MAGIC},
+    format::{Document, Entry, FORMAT_VERSION_1, MAGIC},
     kdf::FileKeys,
 };
 
@@ -28,6 +29,9 @@ const CHECK_PLAINTEXT: &[u8] = b"sbtc-hsm-signer keystore passphrase check";
 const CHECK_DOMAIN: &[u8] = b"sbtc-hsm-signer/keystore/passphrase-check";
 const ENTRY_DOMAIN: &[u8] = b"sbtc-hsm-signer/keystore/entry";
 const MAC_DOMAIN: &[u8] = b"sbtc-hsm-signer/keystore/file-mac";
+/// The version the AADs of the check value and the entries name. Format version 2 only added the
+/// generation counter (to the MAC), so entries and check values of version 1 files stay valid.
+const AAD_VERSION: u32 = FORMAT_VERSION_1;
 
 /// Appends a length-prefixed field, so that no two field lists encode to the same bytes.
 pub(crate) fn put(buf: &mut Vec<u8>, field: &[u8]) {
@@ -86,7 +90,7 @@ pub(crate) fn aead_decrypt(
 fn check_aad(doc: &Document) -> Vec<u8> {
     let mut aad = Vec::new();
     put(&mut aad, CHECK_DOMAIN);
-    aad.extend_from_slice(&FORMAT_VERSION.to_be_bytes());
+    aad.extend_from_slice(&AAD_VERSION.to_be_bytes());
     put(&mut aad, &doc.salt);
     aad.extend_from_slice(&doc.kdf.memory_kib().to_be_bytes());
     aad.extend_from_slice(&doc.kdf.iterations().to_be_bytes());
@@ -117,7 +121,7 @@ pub(crate) fn passphrase_matches(keys: &FileKeys, doc: &Document) -> bool {
 fn entry_aad(id: &[u8], entry: &Entry) -> Vec<u8> {
     let mut aad = Vec::new();
     put(&mut aad, ENTRY_DOMAIN);
-    aad.extend_from_slice(&FORMAT_VERSION.to_be_bytes());
+    aad.extend_from_slice(&AAD_VERSION.to_be_bytes());
     put(&mut aad, id);
     put(&mut aad, entry.label.as_str().as_bytes());
     put(&mut aad, entry.kind.as_str().as_bytes());
@@ -163,8 +167,11 @@ fn mac_input(doc: &Document) -> Vec<u8> {
     let mut buf = Vec::new();
     put(&mut buf, MAC_DOMAIN);
     put(&mut buf, MAGIC.as_bytes());
-    buf.extend_from_slice(&FORMAT_VERSION.to_be_bytes());
+    buf.extend_from_slice(&doc.version.to_be_bytes());
     put(&mut buf, &doc.id);
+    if doc.version > FORMAT_VERSION_1 {
+        buf.extend_from_slice(&doc.generation.to_be_bytes());
+    }
     put(&mut buf, b"argon2id");
     buf.extend_from_slice(&doc.kdf.memory_kib().to_be_bytes());
     buf.extend_from_slice(&doc.kdf.iterations().to_be_bytes());

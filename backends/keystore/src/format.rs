@@ -4,8 +4,9 @@
 //! ```json
 //! {
 //!   "format": "sbtc-hsm-signer-keystore",
-//!   "version": 1,
+//!   "version": 2,
 //!   "id": "<16 bytes: the serial info() reports>",
+//!   "generation": 7,
 //!   "kdf": { "algorithm": "argon2id", "argon2_version": 19, "memory_kib": 65536,
 //!            "iterations": 3, "parallelism": 1, "salt": "<32 bytes>" },
 //!   "check": { "nonce": "<24 bytes>", "ciphertext": "<AEAD of a constant>" },
@@ -14,6 +15,12 @@
 //!   "mac": "<HMAC-SHA-256 of every field above>"
 //! }
 //! ```
+//!
+//! `generation` counts the writes since the file was created (1 at creation, one more on every
+//! `generate` and `destroy`) and is covered by the MAC, so an older copy of the file cannot claim
+//! to be newer; the rollback check compares it with a mark kept outside the file (`state.rs`).
+//! Version 1 files (before the generation counter) are read as generation 0 and written back as
+//! version 2 on their first change.
 //!
 //! Parsing sorts failures the way an operator acts on them: a file that ends early is
 //! [`ParseError::Truncated`]; one that is not this format, has bad hex or impossible values is
@@ -26,7 +33,10 @@ use serde::{Deserialize, Serialize};
 use crate::{crypto::NONCE_LEN, kdf::KdfParams};
 
 pub(crate) const MAGIC: &str = "sbtc-hsm-signer-keystore";
-pub(crate) const FORMAT_VERSION: u32 = 1;
+/// The version this release writes.
+pub(crate) const FORMAT_VERSION: u32 = 2;
+/// The first version, without `generation`; still read.
+pub(crate) const FORMAT_VERSION_1: u32 = 1;
 /// A keystore with hundreds of keys is a few hundred KiB; anything far larger is not ours.
 pub(crate) const MAX_FILE_BYTES: u64 = 16 * 1024 * 1024;
 pub(crate) const ID_LEN: usize = 16;
@@ -39,7 +49,11 @@ const ARGON2_VERSION: u32 = 0x13;
 /// The decoded file. Holds only ciphertexts, public keys and parameters.
 #[derive(Clone)]
 pub(crate) struct Document {
+    /// The format version the file was read in (written files are always [`FORMAT_VERSION`]).
+    pub version: u32,
     pub id: [u8; ID_LEN],
+    /// Writes since creation (0 for a version 1 file).
+    pub generation: u64,
     pub kdf: KdfParams,
     pub salt: [u8; SALT_LEN],
     pub check_nonce: [u8; NONCE_LEN],
@@ -88,8 +102,9 @@ impl Document {
     pub(crate) fn to_bytes(&self) -> Result<Vec<u8>, String> {
         let json = FileJson {
             format: MAGIC.to_owned(),
-            version: FORMAT_VERSION,
+            version: self.version,
             id: hex::encode(self.id),
+            generation: (self.version >= FORMAT_VERSION).then_some(self.generation),
             kdf: KdfJson {
                 algorithm: KDF_ALGORITHM.to_owned(),
                 argon2_version: ARGON2_VERSION,
@@ -127,6 +142,8 @@ struct FileJson {
     format: String,
     version: u32,
     id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    generation: Option<u64>,
     kdf: KdfJson,
     check: CheckJson,
     keys: Vec<EntryJson>,
@@ -205,11 +222,11 @@ pub(crate) fn parse(bytes: &[u8]) -> Result<Document, ParseError> {
         }
     }
     match object.get("version").and_then(|v| v.as_u64()) {
-        Some(v) if v == u64::from(FORMAT_VERSION) => {}
+        Some(v) if v == u64::from(FORMAT_VERSION) || v == u64::from(FORMAT_VERSION_1) => {}
         Some(v) if v > u64::from(FORMAT_VERSION) => return Err(ParseError::Newer(v)),
         _ => {
             return Err(ParseError::Corrupt(format!(
-            "the version field is missing or invalid (this release reads version {FORMAT_VERSION})"
+            "the version field is missing or invalid (this release reads versions {FORMAT_VERSION_1} and {FORMAT_VERSION})"
         )))
         }
     }
@@ -233,6 +250,21 @@ fn decode(json: FileJson) -> Result<Document, ParseError> {
     )
     .map_err(|e| ParseError::Corrupt(format!("refusing the file's KDF parameters: {e}")))?;
 
+    let generation = match (json.version, json.generation) {
+        (FORMAT_VERSION_1, None) => 0,
+        (FORMAT_VERSION_1, Some(_)) => {
+            return Err(ParseError::Corrupt(format!(
+                "a version {FORMAT_VERSION_1} file has no generation field, but this one has"
+            )))
+        }
+        (_, Some(g)) => g,
+        (_, None) => {
+            return Err(ParseError::Corrupt(format!(
+                "the generation field is missing (version {} files have one)",
+                json.version
+            )))
+        }
+    };
     let entries = json
         .keys
         .into_iter()
@@ -241,7 +273,9 @@ fn decode(json: FileJson) -> Result<Document, ParseError> {
         .collect::<Result<Vec<_>, _>>()?;
 
     Ok(Document {
+        version: json.version,
         id: hex_array("id", &json.id)?,
+        generation,
         kdf,
         salt: hex_array("kdf.salt", &json.kdf.salt)?,
         check_nonce: hex_array("check.nonce", &json.check.nonce)?,
@@ -305,7 +339,9 @@ mod tests {
 
     fn sample() -> Document {
         Document {
+            version: FORMAT_VERSION,
             id: [1; ID_LEN],
+            generation: 3,
             kdf: KdfParams::insecure_for_tests(),
             salt: [2; SALT_LEN],
             check_nonce: [3; NONCE_LEN],
@@ -339,7 +375,7 @@ mod tests {
     fn wrong_magic_version_and_hex_are_told_apart() {
         let bytes = sample().to_bytes().unwrap();
         let text = String::from_utf8(bytes).unwrap();
-        let newer = text.replace("\"version\": 1", "\"version\": 7");
+        let newer = text.replace("\"version\": 2", "\"version\": 7");
         assert_eq!(parse(newer.as_bytes()).err(), Some(ParseError::Newer(7)));
         let other = text.replace(MAGIC, "something-else");
         assert!(
@@ -355,6 +391,17 @@ mod tests {
         ));
         assert!(matches!(parse(b"[1, 2]"), Err(ParseError::Corrupt(_))));
         let hostile = text.replace("\"memory_kib\": 256", "\"memory_kib\": 4294967295");
+        let no_generation = text.replace("\"generation\": 3,", "");
+        assert!(
+            matches!(parse(no_generation.as_bytes()), Err(ParseError::Corrupt(m)) if m.contains("generation"))
+        );
+        // A version 1 file has no generation: it reads as generation 0 and writes back the same.
+        let v1 = no_generation.replace("\"version\": 2", "\"version\": 1");
+        let doc = parse(v1.as_bytes()).unwrap();
+        assert_eq!((doc.version, doc.generation), (FORMAT_VERSION_1, 0));
+        let written = String::from_utf8(doc.to_bytes().unwrap()).unwrap();
+        assert!(!written.contains("generation"), "{written}");
+        assert_eq!(parse(written.as_bytes()).unwrap().version, FORMAT_VERSION_1);
         assert!(
             matches!(parse(hostile.as_bytes()), Err(ParseError::Corrupt(m)) if m.contains("4 GiB"))
         );

@@ -4,7 +4,10 @@
 use std::{
     fmt, fs, io,
     path::{Path, PathBuf},
-    sync::{Arc, Mutex, PoisonError, RwLock},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex, PoisonError, RwLock,
+    },
     time::Duration,
 };
 
@@ -20,12 +23,14 @@ use secp256k1::{Message, SecretKey, SECP256K1};
 use zeroize::{Zeroize, Zeroizing};
 
 use crate::{
-    config::Config,
+    config::{Config, OpenOptions},
     crypto::{self, SECRET_LEN},
     file::{self, Fingerprint, LockError, ReadError, WriteLock},
     format::{self, Document, Entry, ParseError, FORMAT_VERSION, ID_LEN, MAC_LEN, SALT_LEN},
     kdf::{self, FileKeys, KdfError, KdfParams},
     seal::{self, UnsealError},
+    state::{self, Mark},
+    strength,
 };
 
 const BACKEND: BackendKind = BackendKind::Keystore;
@@ -48,6 +53,11 @@ pub struct Keystore {
 struct Inner {
     path: PathBuf,
     lock_path: PathBuf,
+    /// The rollback mark file.
+    state_path: PathBuf,
+    /// The highest generation this handle has read or written: a file older than this is a
+    /// rollback even if the mark file was removed meanwhile.
+    seen: AtomicU64,
     keys: FileKeys,
     loaded: RwLock<Loaded>,
     /// Serialises writers in this process; the flock on `lock_path` serialises processes.
@@ -70,6 +80,7 @@ impl fmt::Debug for Keystore {
         f.debug_struct("Keystore")
             .field("path", &self.inner.path)
             .field("serial", &loaded.doc.id_hex())
+            .field("generation", &loaded.doc.generation)
             .field("keys", &loaded.doc.entries.len())
             .finish_non_exhaustive()
     }
@@ -82,13 +93,14 @@ fn default_pool() -> BlockingPool {
 
 impl Keystore {
     /// Opens the keystore named by `[custody.keystore]`, reading the passphrase from its source.
-    /// Never creates a file: a missing file is an error, so a typo in `path` cannot start an
-    /// empty keystore.
+    /// Never creates a keystore: a missing file is an error, so a typo in `path` cannot start an
+    /// empty keystore. A file made with test-strength KDF settings opens only with
+    /// `insecure_test_kdf = true`; a file older than the rollback mark does not open.
     pub async fn open(config: &Config) -> Result<Keystore> {
         let source = config.passphrase_source()?;
         let pool = default_pool();
         let passphrase = load_passphrase(&pool, source, "keystore passphrase").await?;
-        Self::open_in(pool, config.path.clone(), passphrase).await
+        Self::open_in(pool, config.path.clone(), passphrase, config.open_options()).await
     }
 
     /// Creates a new, empty keystore at `config.path` with the configured KDF settings. Refuses
@@ -106,23 +118,39 @@ impl Keystore {
                     .hint("run the command again and type the same passphrase twice"));
             }
         }
-        Self::create_in(pool, config.path.clone(), passphrase, kdf).await
+        let state_path = config.state_path.clone();
+        Self::create_in(pool, config.path.clone(), passphrase, kdf, state_path).await
     }
 
-    /// Opens `path` with an explicit passphrase (tests, tools).
+    /// Opens `path` with an explicit passphrase (tools, tests) and the production rules: a file
+    /// with test-strength KDF settings is refused. The rollback mark is `<path>.state`.
     pub async fn open_with_passphrase(
         path: impl AsRef<Path>,
         passphrase: &SecretString,
+    ) -> Result<Keystore> {
+        Self::open_with_options(path, passphrase, &OpenOptions::default()).await
+    }
+
+    /// Opens `path` with an explicit passphrase and explicit options (for example
+    /// [`OpenOptions::insecure_test`] for a throwaway test keystore).
+    pub async fn open_with_options(
+        path: impl AsRef<Path>,
+        passphrase: &SecretString,
+        options: &OpenOptions,
     ) -> Result<Keystore> {
         Self::open_in(
             default_pool(),
             path.as_ref().to_path_buf(),
             passphrase.clone(),
+            options.clone(),
         )
         .await
     }
 
-    /// Creates an empty keystore at `path` with an explicit passphrase and KDF settings.
+    /// Creates an empty keystore at `path` with an explicit passphrase and KDF settings; the
+    /// rollback mark is `<path>.state`. With production settings the passphrase must pass the
+    /// strength rule; with test settings only a non-empty one is needed, and the file then opens
+    /// only with [`OpenOptions::insecure_test`].
     pub async fn create_with_passphrase(
         path: impl AsRef<Path>,
         passphrase: &SecretString,
@@ -133,6 +161,7 @@ impl Keystore {
             path.as_ref().to_path_buf(),
             passphrase.clone(),
             kdf,
+            None,
         )
         .await
     }
@@ -147,7 +176,22 @@ impl Keystore {
         self.inner.loaded().doc.kdf
     }
 
-    async fn open_in(pool: BlockingPool, path: PathBuf, passphrase: SecretString) -> Result<Self> {
+    /// The file's generation: 1 when created, one more for every key generated or destroyed.
+    pub fn generation(&self) -> u64 {
+        self.inner.loaded().doc.generation
+    }
+
+    /// The rollback mark file this handle keeps up to date.
+    pub fn state_path(&self) -> &Path {
+        &self.inner.state_path
+    }
+
+    async fn open_in(
+        pool: BlockingPool,
+        path: PathBuf,
+        passphrase: SecretString,
+        options: OpenOptions,
+    ) -> Result<Self> {
         let task_pool = pool.clone();
         pool.run(BACKEND, Operation::Open, move || {
             let op = Operation::Open;
@@ -155,9 +199,22 @@ impl Keystore {
             // so work on the real path. (A missing file is reported by read_document.)
             let path = fs::canonicalize(&path).unwrap_or(path);
             let (doc, fingerprint) = read_document(&path, op)?;
+            // Before Argon2 runs: the settings are the file's own claim, and a changed claim
+            // fails the passphrase check or the MAC below anyway.
+            if !doc.kdf.is_production_strength() && !options.insecure_test_kdf {
+                return Err(test_kdf_refused(&path, &doc.kdf, op));
+            }
             let keys = derive_keys(&passphrase, &doc, &path, op)?;
             drop(passphrase);
             verify(&keys, &doc, &path, op)?;
+            let state_path = options
+                .state_path
+                .clone()
+                .unwrap_or_else(|| state::default_path(&path));
+            let keystore = Keystore::assemble(path, keys, doc, fingerprint, task_pool, state_path);
+            keystore.inner.settle_mark(op)?;
+            let doc = keystore.inner.loaded().doc;
+            let path = &keystore.inner.path;
             if !doc.kdf.is_production_strength() {
                 tracing::warn!(
                     path = %path.display(),
@@ -167,8 +224,13 @@ impl Keystore {
                      keys in it"
                 );
             }
-            tracing::info!(path = %path.display(), keys = doc.entries.len(), "keystore opened");
-            Ok(Keystore::assemble(path, keys, doc, fingerprint, task_pool))
+            tracing::info!(
+                path = %path.display(),
+                keys = doc.entries.len(),
+                generation = doc.generation,
+                "keystore opened"
+            );
+            Ok(keystore)
         })
         .await
     }
@@ -178,15 +240,17 @@ impl Keystore {
         path: PathBuf,
         passphrase: SecretString,
         kdf: KdfParams,
+        state_path: Option<PathBuf>,
     ) -> Result<Self> {
         let task_pool = pool.clone();
         pool.run(BACKEND, Operation::Open, move || {
             let op = Operation::Open;
-            if passphrase.expose().is_empty() {
-                return Err(err(op, ErrorKind::Config)
-                    .detail("the passphrase for the new keystore is empty")
-                    .hint("choose a long passphrase and keep it where the config points"));
-            }
+            strength::check_new_passphrase(&passphrase, &kdf).map_err(|detail| {
+                err(op, ErrorKind::Config).detail(detail).hint(
+                    "choose a stronger passphrase for the new keystore and put it where the \
+                     config's passphrase source points",
+                )
+            })?;
             file::ensure_dir(&path).map_err(|e| {
                 err(op, ErrorKind::Io).detail(format!(
                     "cannot create the directory for {}: {e}",
@@ -210,7 +274,9 @@ impl Keystore {
                 }
             }
             let mut doc = Document {
+                version: FORMAT_VERSION,
                 id: random_array::<ID_LEN>(),
+                generation: 1,
                 kdf,
                 salt: random_array::<SALT_LEN>(),
                 check_nonce: [0; crypto::NONCE_LEN],
@@ -222,9 +288,27 @@ impl Keystore {
             drop(passphrase);
             crypto::make_check(&keys, &mut doc)
                 .map_err(|()| internal(op, "cannot encrypt the passphrase check value"))?;
+            // The mark first: if it cannot be written, no keystore exists yet. A mark left by a
+            // keystore that was moved away is replaced, deliberately: this is a new keystore.
+            let state_path = state_path.unwrap_or_else(|| state::default_path(&path));
+            write_mark(
+                &state_path,
+                &Mark {
+                    keystore_id: doc.id,
+                    generation: doc.generation,
+                },
+                op,
+            )?;
             let fingerprint = write_document(&path, &keys, &mut doc, op)?;
             tracing::info!(path = %path.display(), "keystore created");
-            Ok(Keystore::assemble(path, keys, doc, fingerprint, task_pool))
+            Ok(Keystore::assemble(
+                path,
+                keys,
+                doc,
+                fingerprint,
+                task_pool,
+                state_path,
+            ))
         })
         .await
     }
@@ -235,11 +319,14 @@ impl Keystore {
         doc: Document,
         fingerprint: Fingerprint,
         pool: BlockingPool,
+        state_path: PathBuf,
     ) -> Keystore {
         Keystore {
             inner: Arc::new(Inner {
                 lock_path: file::lock_path(&path),
                 path,
+                state_path,
+                seen: AtomicU64::new(doc.generation),
                 keys,
                 loaded: RwLock::new(Loaded {
                     doc: Arc::new(doc),
@@ -343,8 +430,10 @@ impl Inner {
         doc
     }
 
-    /// Reads and verifies the file with the keys derived at open (no Argon2 run).
-    fn read_verified(&self, op: Operation) -> Result<(Document, Fingerprint)> {
+    /// Reads and verifies the file with the keys derived at open (no Argon2 run), and checks it
+    /// against the rollback mark. The caller holds the write lock, so the keystore and its mark
+    /// are read in a consistent state. Returns the mark as found (None if there is none).
+    fn read_verified(&self, op: Operation) -> Result<(Document, Fingerprint, Option<Mark>)> {
         let (doc, fingerprint) = read_document(&self.path, op)?;
         // A different salt or KDF means another keystore was put in this one's place.
         let loaded = self.loaded();
@@ -357,13 +446,92 @@ impl Inner {
                 .hint("restart the signer to open the new file, or restore the old one"));
         }
         verify(&self.keys, &doc, &self.path, op)?;
-        Ok((doc, fingerprint))
+        let mark = self.check_mark(&doc, op)?;
+        self.seen.fetch_max(doc.generation, Ordering::AcqRel);
+        Ok((doc, fingerprint, mark))
+    }
+
+    /// Refuses a file older than the mark, or older than what this handle has seen.
+    fn check_mark(&self, doc: &Document, op: Operation) -> Result<Option<Mark>> {
+        let mark = state::read(&self.state_path).map_err(|detail| {
+            err(op, ErrorKind::Corrupt)
+                .detail(format!(
+                    "the keystore's rollback mark cannot be used: {detail}"
+                ))
+                .hint(format!(
+                    "restore {} from backup along with the keystore; if the keystore at {} is \
+                     surely the newest copy, remove the mark file and open again (a new mark is \
+                     started from the keystore)",
+                    self.state_path.display(),
+                    self.path.display()
+                ))
+        })?;
+        if let Some(m) = &mark {
+            if m.keystore_id != doc.id {
+                return Err(err(op, ErrorKind::RolledBack)
+                    .detail(format!(
+                        "{} is keystore {}, but the rollback mark {} belongs to keystore {}: \
+                         another keystore file was put in place of the one this host used",
+                        self.path.display(),
+                        doc.id_hex(),
+                        self.state_path.display(),
+                        hex::encode(m.keystore_id)
+                    ))
+                    .hint(format!(
+                        "put the keystore this host used back at {}; to use this one \
+                         deliberately instead, remove {} and open again",
+                        self.path.display(),
+                        self.state_path.display()
+                    )));
+            }
+        }
+        let seen = self.seen.load(Ordering::Acquire);
+        let high = mark.map_or(seen, |m| m.generation.max(seen));
+        if doc.generation < high {
+            return Err(rolled_back(
+                &self.path,
+                &self.state_path,
+                doc.generation,
+                high,
+                op,
+            ));
+        }
+        Ok(mark)
+    }
+
+    /// At open: under the write lock, reads the file again and checks it against the mark, then
+    /// starts the mark (none yet) or moves it up (a crash between a write and its mark).
+    fn settle_mark(&self, op: Operation) -> Result<()> {
+        let _guard = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+        let _lock = take_lock(&self.lock_path, op)?;
+        let (doc, fingerprint, mark) = self.read_verified(op)?;
+        let current = Mark {
+            keystore_id: doc.id,
+            generation: doc.generation,
+        };
+        match mark {
+            Some(m) if m.generation >= doc.generation => {}
+            Some(_) => write_mark(&self.state_path, &current, op)?,
+            None => {
+                tracing::warn!(
+                    path = %self.path.display(),
+                    state = %self.state_path.display(),
+                    generation = doc.generation,
+                    "the keystore has no rollback mark yet; starting one at its generation"
+                );
+                write_mark(&self.state_path, &current, op)?;
+            }
+        }
+        self.store(doc, fingerprint);
+        Ok(())
     }
 
     fn reload(&self, op: Operation) -> Result<Arc<Document>> {
         self.reloads
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let (doc, fingerprint) = self.read_verified(op)?;
+        // Under the lock, so that a write (file, then mark) is never seen half done.
+        let _lock = take_lock(&self.lock_path, op)?;
+        let (doc, fingerprint, _) = self.read_verified(op)?;
         Ok(self.store(doc, fingerprint))
     }
 
@@ -376,9 +544,25 @@ impl Inner {
     ) -> Result<T> {
         let _guard = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
         let _lock = take_lock(&self.lock_path, op)?;
-        let (mut doc, _) = self.read_verified(op)?;
+        let (mut doc, _, _) = self.read_verified(op)?;
         let out = change(&mut doc)?;
+        doc.version = FORMAT_VERSION;
+        doc.generation += 1;
         let fingerprint = write_document(&self.path, &self.keys, &mut doc, op)?;
+        self.seen.fetch_max(doc.generation, Ordering::AcqRel);
+        // The file first, then the mark: a crash between leaves the mark behind the file, which
+        // the next open moves up; the other order would refuse the file that was really written.
+        let mark = Mark {
+            keystore_id: doc.id,
+            generation: doc.generation,
+        };
+        if let Err(e) = write_mark(&self.state_path, &mark, op) {
+            // The change is on disk and must be reported as done; the next open retries the mark.
+            tracing::error!(
+                state = %self.state_path.display(),
+                "the keystore was written but its rollback mark was not: {e}"
+            );
+        }
         self.store(doc, fingerprint);
         Ok(out)
     }
@@ -400,6 +584,58 @@ fn random_array<const N: usize>() -> [u8; N] {
     let mut out = [0u8; N];
     OsRng.fill_bytes(&mut out);
     out
+}
+
+fn write_mark(path: &Path, mark: &Mark, op: Operation) -> Result<()> {
+    state::write(path, mark).map_err(|e| {
+        err(op, ErrorKind::Io)
+            .detail(format!(
+                "cannot write the keystore's rollback mark {}: {e}",
+                path.display()
+            ))
+            .hint(
+                "make that directory writable by the signer, or set state_path in \
+                 [custody.keystore] to a writable place",
+            )
+    })
+}
+
+fn rolled_back(path: &Path, state_path: &Path, generation: u64, mark: u64, op: Operation) -> Error {
+    err(op, ErrorKind::RolledBack)
+        .detail(format!(
+            "{} is generation {generation} of the keystore, but this host has already used \
+             generation {mark} (the rollback mark is {}): an older copy of the file was put back, \
+             so keys generated since are missing from it and keys destroyed since are back",
+            path.display(),
+            state_path.display()
+        ))
+        .hint(format!(
+            "put the newest copy of the keystore back at {}. To go on with this older copy \
+             deliberately (keys generated after it are lost to this signer, keys destroyed after \
+             it are usable again), remove {} and start again: the mark restarts at generation \
+             {generation}",
+            path.display(),
+            state_path.display()
+        ))
+}
+
+fn test_kdf_refused(path: &Path, kdf: &KdfParams, op: Operation) -> Error {
+    err(op, ErrorKind::Config)
+        .detail(format!(
+            "{} was made with test-strength Argon2id settings ({} KiB, {} passes; the production \
+             floor is {} KiB and {} passes), so a copy of it falls to a passphrase search quickly; \
+             it opens only when [custody.keystore.kdf] says insecure_test_kdf = true",
+            path.display(),
+            kdf.memory_kib(),
+            kdf.iterations(),
+            KdfParams::MIN_MEMORY_KIB,
+            KdfParams::MIN_ITERATIONS
+        ))
+        .hint(
+            "for a throwaway test or devnet keystore, set insecure_test_kdf = true under \
+             [custody.keystore.kdf]; for real keys, create a new keystore with production \
+             settings (`keys init` without insecure_test_kdf) and generate new keys in it",
+        )
 }
 
 /// Names the key an operation was about, unless the error already names one.
@@ -644,7 +880,9 @@ impl Custody for Keystore {
             model: "encrypted keystore file".into(),
             serial: doc.id_hex(),
             version: format!(
-                "format {FORMAT_VERSION} (Argon2id {} KiB, {} passes, {} lanes)",
+                "format {}, generation {} (Argon2id {} KiB, {} passes, {} lanes)",
+                doc.version,
+                doc.generation,
                 doc.kdf.memory_kib(),
                 doc.kdf.iterations(),
                 doc.kdf.parallelism()
@@ -832,5 +1070,70 @@ impl Custody for Keystore {
                 detail: e.to_string(),
             },
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A file as the release before the generation counter wrote it.
+    fn rewrite_as_version_1(path: &Path, passphrase: &SecretString) {
+        let (mut doc, _) = read_document(path, Operation::Open).unwrap();
+        let keys = kdf::derive(passphrase, &doc.salt, doc.kdf).unwrap();
+        doc.version = format::FORMAT_VERSION_1;
+        doc.generation = 0;
+        write_document(path, &keys, &mut doc, Operation::Open).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_version_1_file_opens_and_becomes_version_2_on_its_first_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keystore.json");
+        let passphrase = SecretString::new("orbit glacier mustard velvet".into());
+        let options = OpenOptions::insecure_test();
+        let ks =
+            Keystore::create_with_passphrase(&path, &passphrase, KdfParams::insecure_for_tests())
+                .await
+                .unwrap();
+        let identity = KeyLabel::new("identity").unwrap();
+        let pk = ks
+            .generate(&identity, KeyKind::Secp256k1)
+            .await
+            .unwrap()
+            .public_key
+            .unwrap();
+        drop(ks);
+        rewrite_as_version_1(&path, &passphrase);
+        fs::remove_file(state::default_path(&path)).unwrap();
+        let v1 = fs::read(&path).unwrap();
+        assert!(!String::from_utf8_lossy(&v1).contains("generation"));
+
+        let ks = Keystore::open_with_options(&path, &passphrase, &options)
+            .await
+            .unwrap();
+        assert_eq!(ks.generation(), 0);
+        let digest = [5u8; 32];
+        let sig = ks.sign_secp256k1_prehash(&identity, &digest).await.unwrap();
+        let PublicKey::Secp256k1(pk) = pk else {
+            panic!("{pk:?}")
+        };
+        assert!(sig.verify(&digest, &pk));
+        assert_eq!(fs::read(&path).unwrap(), v1, "opening rewrote the file");
+
+        ks.generate(&KeyLabel::new("tls").unwrap(), KeyKind::P256)
+            .await
+            .unwrap();
+        assert_eq!(ks.generation(), 1);
+        let (doc, _) = read_document(&path, Operation::Open).unwrap();
+        assert_eq!((doc.version, doc.generation), (FORMAT_VERSION, 1));
+        drop(ks);
+
+        // The version 1 copy is older than what this host has used since.
+        fs::write(&path, &v1).unwrap();
+        let e = Keystore::open_with_options(&path, &passphrase, &options)
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::RolledBack, "{e}");
     }
 }

@@ -1,8 +1,8 @@
 //! The encrypted software keystore: one file per signer, for solo operators and devnets.
 //!
 //! # What the file holds
-//! A JSON document (laid out in `src/format.rs`) with a format version, the Argon2id settings
-//! and salt, a passphrase check value, one entry per key (label, kind, public key, nonce,
+//! A JSON document (laid out in `src/format.rs`) with a format version, a generation counter
+//! (one more on every write), the Argon2id settings and salt, a passphrase check value, one entry per key (label, kind, public key, nonce,
 //! XChaCha20-Poly1305 ciphertext of the 32-byte private or seal key) and an HMAC-SHA-256 over all
 //! of it.
 //!
@@ -23,8 +23,25 @@
 //! | not JSON, not this format, bad hex, impossible values, newer format version | `Corrupt` |
 //! | parses and the passphrase is right, but the MAC or an entry fails: entries edited, deleted, reordered, relabelled, swapped | `Tampered` |
 //! | the file is readable or writable by group or others | `SecretUnavailable`, with the `chmod 600` to run |
+//! | the file is an older copy: its generation is below the rollback mark, or another keystore took its place | `RolledBack`, with the deliberate way out |
+//! | the file has test-strength KDF settings and the config lacks `insecure_test_kdf = true` | `Config` |
 //!
-//! None of these panics, and opening never writes: the file is byte-identical afterwards.
+//! None of these panics, and opening never writes the keystore: the file is byte-identical
+//! afterwards. (Opening may write the rollback mark next to it, see below.)
+//!
+//! # Rollback
+//! The generation counter is covered by the MAC. A mark outside the file (`<keystore>.state`, or
+//! `state_path`) records the highest generation this host has used: written at creation, after
+//! every write, and at open when missing or behind. A file whose generation is below the mark, or
+//! below what a running handle has seen, is refused; the error says how to accept an older copy
+//! deliberately (remove the mark). Restoring the keystore and its mark together, or deleting the
+//! mark before opening, defeats the check: it catches careless restores, not an attacker who owns
+//! the directory.
+//!
+//! # New passphrases
+//! A keystore with production KDF settings needs a passphrase that zxcvbn estimates at 10^14
+//! guesses or more. A keystore with test settings takes any non-empty passphrase: it is a
+//! throwaway, and opens only with `insecure_test_kdf = true`.
 //!
 //! # Use of private keys
 //! A private key is decrypted only for the one signature or seal that needs it, then wiped (the
@@ -51,8 +68,10 @@ mod format;
 mod kdf;
 mod keystore;
 mod seal;
+mod state;
+mod strength;
 
-pub use config::{Config, KdfConfig};
+pub use config::{Config, KdfConfig, OpenOptions};
 pub use kdf::KdfParams;
 pub use keystore::Keystore;
 

@@ -14,7 +14,7 @@ use p256::ecdsa::signature::hazmat::PrehashVerifier;
 use sbtc_custody::{
     Custody, Error, ErrorKind, KeyKind, KeyLabel, PublicKey, SealedBlob, SecretSource, SecretString,
 };
-use sbtc_custody_keystore::{Config, KdfParams, Keystore};
+use sbtc_custody_keystore::{Config, KdfParams, Keystore, OpenOptions};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -51,14 +51,16 @@ async fn populated(dir: &Path) -> PathBuf {
     path
 }
 
+/// Opens a test keystore (test KDF, so with the test options).
 async fn open(path: &Path) -> Result<Keystore, Error> {
-    Keystore::open_with_passphrase(path, &pass(PASS)).await
+    Keystore::open_with_options(path, &pass(PASS), &OpenOptions::insecure_test()).await
 }
 
 /// Opens a file that must fail; checks the bytes did not change and returns the error.
 async fn open_fails(path: &Path, passphrase: &str) -> Error {
     let before = fs::read(path).unwrap();
-    let result = Keystore::open_with_passphrase(path, &pass(passphrase)).await;
+    let result =
+        Keystore::open_with_options(path, &pass(passphrase), &OpenOptions::insecure_test()).await;
     assert_eq!(fs::read(path).unwrap(), before, "opening changed the file");
     let err = result.expect_err("the damaged file opened");
     let text = err.to_string();
@@ -361,7 +363,11 @@ async fn info_and_health_describe_the_file() {
     assert_eq!(info.model, "encrypted keystore file");
     assert_eq!(info.serial, read_json(&path)["id"].as_str().unwrap());
     assert_eq!(info.serial.len(), 32);
-    assert!(info.version.starts_with("format 1"), "{}", info.version);
+    assert!(
+        info.version.starts_with("format 2, generation 4"),
+        "{}",
+        info.version
+    );
     let caps = &info.capabilities;
     assert!(caps.secp256k1 && caps.p256 && caps.seal && caps.key_backup);
     assert!(caps.seal_method.contains("XChaCha20-Poly1305"));
@@ -451,7 +457,7 @@ async fn corrupted_files_are_corrupt() {
     assert!(e.to_string().contains("keys[0].ciphertext"), "{e}");
 
     restore();
-    edit_json(&path, |d| d["version"] = 2.into());
+    edit_json(&path, |d| d["version"] = 3.into());
     let e = open_fails(&path, PASS).await;
     assert_eq!(e.kind(), ErrorKind::Corrupt, "{e}");
     assert!(
@@ -655,14 +661,18 @@ async fn created_files_are_0600_and_never_overwritten() {
     assert_eq!(e.kind(), ErrorKind::KeyExists, "{e}");
     assert_eq!(fs::read(&path).unwrap(), before);
 
-    // Only the keystore and its lock file: no temp files left behind.
+    // Only the keystore, its lock file and its rollback mark: no temp files left behind.
     let names: BTreeSet<_> = fs::read_dir(&nested)
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect();
     assert_eq!(
         names,
-        BTreeSet::from(["keystore.json".to_owned(), "keystore.json.lock".to_owned()])
+        BTreeSet::from([
+            "keystore.json".to_owned(),
+            "keystore.json.lock".to_owned(),
+            "keystore.json.state".to_owned()
+        ])
     );
 }
 

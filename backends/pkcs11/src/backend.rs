@@ -68,7 +68,22 @@ pub fn open(config: &Config) -> Result<Pkcs11Backend> {
     };
     let slot = find_slot(&ctx, &config.module, &selector, Operation::Open)?;
     let pin = pin_source.load(BackendKind::Pkcs11, "PIN")?;
-    let inner = TokenSessions::open(ctx, config.module.clone(), selector, slot, pin, pin_source)?;
+    let inner = TokenSessions::open(
+        ctx,
+        config.module.clone(),
+        selector,
+        slot,
+        pin,
+        pin_source,
+        config.allow_imported_keys,
+    )?;
+    if config.allow_imported_keys {
+        tracing::warn!(
+            backend = "pkcs11",
+            "allow_imported_keys = true: keys that were imported, unwrapped or once extractable are \
+             used; their other copies are the operator's responsibility"
+        );
+    }
     tracing::info!(
         backend = "pkcs11",
         module = %config.module.display(),
@@ -100,6 +115,13 @@ impl Pkcs11Backend {
     /// The process-wide context of the module, for raw `cryptoki` calls in tests and benchmarks.
     pub fn context(&self) -> Arc<Pkcs11> {
         Arc::clone(&self.inner.ctx)
+    }
+
+    /// How many times this backend called C_Login (at open and when recovering a lost login).
+    /// After the token refused the PIN it stays where it is. For tests.
+    #[doc(hidden)]
+    pub fn login_attempts(&self) -> u64 {
+        self.inner.login_attempts()
     }
 
     /// Closes every session of this process on the token (`C_CloseAllSessions`), as a device

@@ -12,6 +12,7 @@ use sbtc_custody::{BackendKind, Error, ErrorKind, Operation, SecretSource};
 /// token_label = "sbtc-signer"
 /// pin_credential = "hsm-pin"     # or pin_file / pin_env / pin_prompt = true
 /// sessions = 4
+/// allow_imported_keys = false   # true: also use keys that were not generated on the token
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -42,6 +43,12 @@ pub struct Config {
     /// How long a call waits for a free session before failing with `Busy`.
     #[serde(default = "default_busy_timeout_secs")]
     pub busy_timeout_secs: u64,
+    /// Also use keys that were not generated on the token (`CKA_LOCAL` false: imported or
+    /// unwrapped) or that were once extractable or not sensitive (`CKA_NEVER_EXTRACTABLE` or
+    /// `CKA_ALWAYS_SENSITIVE` false). Off by default: a key that existed outside the token may
+    /// have a copy elsewhere. A key that is extractable or not sensitive now is refused always.
+    #[serde(default)]
+    pub allow_imported_keys: bool,
 }
 
 /// Upper bound on `sessions`: tokens limit sessions per application, and more than a few dozen
@@ -69,6 +76,7 @@ impl Config {
             pin_prompt: false,
             sessions: default_sessions(),
             busy_timeout_secs: default_busy_timeout_secs(),
+            allow_imported_keys: false,
         }
     }
 
@@ -133,6 +141,10 @@ mod tests {
         .unwrap();
         assert_eq!(c.sessions, 4);
         assert_eq!(c.busy_timeout_secs, 30);
+        assert!(
+            !c.allow_imported_keys,
+            "imported keys are refused unless asked for"
+        );
         assert_eq!(c.pin_source().unwrap(), SecretSource::Env("HSM_PIN".into()));
         c.check().unwrap();
 

@@ -122,11 +122,13 @@ pub(crate) fn label_taken(session: &Session, label: &KeyLabel) -> Result<bool, F
     Ok(!session.find_objects(&[label_attr(label)])?.is_empty())
 }
 
-/// Finds the key under `label`, checks that it can never leave the token, and reads its public key.
+/// Finds the key under `label`, checks that it can never leave the token and (unless
+/// `allow_imported`) that it was born there, and reads its public key.
 pub(crate) fn resolve(
     session: &Session,
     op: Operation,
     label: &KeyLabel,
+    allow_imported: bool,
 ) -> Result<ResolvedKey, Fail> {
     let err = |kind: ErrorKind, detail: String| {
         Fail::Custody(
@@ -171,18 +173,25 @@ pub(crate) fn resolve(
             AttributeType::Sensitive,
             AttributeType::Extractable,
             AttributeType::ValueLen,
+            AttributeType::Local,
+            AttributeType::AlwaysSensitive,
+            AttributeType::NeverExtractable,
         ],
     )?;
     let mut key_type = None;
     let mut sensitive = None;
     let mut extractable = None;
     let mut value_len = None;
+    let mut origin = KeyOrigin::default();
     for attr in attrs {
         match attr {
             Attribute::KeyType(t) => key_type = Some(t),
             Attribute::Sensitive(b) => sensitive = Some(b),
             Attribute::Extractable(b) => extractable = Some(b),
             Attribute::ValueLen(n) => value_len = Some(u64::from(n)),
+            Attribute::Local(b) => origin.local = Some(b),
+            Attribute::AlwaysSensitive(b) => origin.always_sensitive = Some(b),
+            Attribute::NeverExtractable(b) => origin.never_extractable = Some(b),
             _ => {}
         }
     }
@@ -204,6 +213,23 @@ pub(crate) fn resolve(
         return Err(err(
             ErrorKind::KeyPolicy,
             format!("the {what} key '{label}' could leave the token: {reason}; refusing to use it"),
+        ));
+    }
+    // A key that was imported, unwrapped, or once extractable or readable may have a copy
+    // outside the token, which no attribute of this object can rule out.
+    if let (Some(reason), false) = (origin.unproven(), allow_imported) {
+        return Err(Fail::Custody(
+            Error::new(BackendKind::Pkcs11, op, ErrorKind::KeyPolicy)
+                .label(label)
+                .detail(format!(
+                    "the {what} key '{label}' was not generated on the token and kept there: \
+                     {reason}; a copy of it may exist outside the token, so it is refused"
+                ))
+                .hint(format!(
+                    "generate the key on the token (destroy '{label}', then `sbtc-hsm-signer keys \
+                     generate`), or, if you imported it knowingly and its other copies are \
+                     accounted for, set allow_imported_keys = true in [custody.pkcs11]"
+                )),
         ));
     }
 
@@ -259,6 +285,49 @@ pub(crate) fn resolve(
         handle,
         public,
     })
+}
+
+/// Where a key came from, as the token records it. Tokens set these attributes themselves; an
+/// application cannot set any of them to true.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct KeyOrigin {
+    /// `CKA_LOCAL`: generated on the token (not imported with C_CreateObject or unwrapped).
+    pub local: Option<bool>,
+    /// `CKA_ALWAYS_SENSITIVE`: `CKA_SENSITIVE` was true ever since the key existed.
+    pub always_sensitive: Option<bool>,
+    /// `CKA_NEVER_EXTRACTABLE`: `CKA_EXTRACTABLE` was false ever since the key existed.
+    pub never_extractable: Option<bool>,
+}
+
+impl KeyOrigin {
+    /// Why this key is not proven to have lived only on the token, or None if it is.
+    pub(crate) fn unproven(&self) -> Option<String> {
+        let mut reasons = Vec::new();
+        for (name, value, meaning) in [
+            (
+                "CKA_LOCAL",
+                self.local,
+                "it was imported or unwrapped, not generated on the token",
+            ),
+            (
+                "CKA_ALWAYS_SENSITIVE",
+                self.always_sensitive,
+                "its value was readable at some time",
+            ),
+            (
+                "CKA_NEVER_EXTRACTABLE",
+                self.never_extractable,
+                "it was extractable at some time",
+            ),
+        ] {
+            match value {
+                Some(true) => {}
+                Some(false) => reasons.push(format!("{name} is false ({meaning})")),
+                None => reasons.push(format!("the token does not report {name}")),
+            }
+        }
+        (!reasons.is_empty()).then(|| reasons.join("; "))
+    }
 }
 
 /// The public key of the EC key pair under `label`: from its public key object, or, on tokens that
@@ -393,6 +462,30 @@ mod tests {
         assert_eq!(
             kind_of_params(&[0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x22]),
             None
+        );
+    }
+
+    #[test]
+    fn origin_names_every_attribute_that_is_not_true() {
+        let born_here = KeyOrigin {
+            local: Some(true),
+            always_sensitive: Some(true),
+            never_extractable: Some(true),
+        };
+        assert_eq!(born_here.unproven(), None);
+        let imported = KeyOrigin {
+            local: Some(false),
+            always_sensitive: Some(false),
+            never_extractable: Some(true),
+        };
+        let why = imported.unproven().unwrap();
+        assert!(why.contains("CKA_LOCAL is false"), "{why}");
+        assert!(why.contains("CKA_ALWAYS_SENSITIVE is false"), "{why}");
+        assert!(!why.contains("CKA_NEVER_EXTRACTABLE"), "{why}");
+        let silent = KeyOrigin::default().unproven().unwrap();
+        assert!(
+            silent.contains("does not report CKA_NEVER_EXTRACTABLE"),
+            "{silent}"
         );
     }
 

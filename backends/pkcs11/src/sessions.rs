@@ -1,6 +1,11 @@
 //! A pool of logged-in sessions on one token, with recovery after session loss, and the per-label
 //! cache of key handles and public keys.
 //!
+//! Logging in again after a lost session uses the PIN read at start. If the token refuses that PIN
+//! (it was changed under the running signer, say), the refusal is kept: C_Login is never called
+//! again by this backend, and every later call fails at once, since each wrong try counts towards
+//! locking the token. Logins are serialised, so concurrent recoveries make one try, not one each.
+//!
 //! `cryptoki::Session` is `Send` but not `Sync`: a session serves one call at a time. Each device
 //! call takes a session from the pool, or opens one if none is idle; the `BlockingPool` in front of
 //! this bounds how many run at once, so at most `sessions` sessions are ever open.
@@ -10,7 +15,7 @@ use std::{
     path::PathBuf,
     sync::{
         atomic::{AtomicU64, Ordering},
-        Arc, Mutex, MutexGuard, RwLock,
+        Arc, Mutex, MutexGuard, OnceLock, RwLock,
     },
 };
 
@@ -45,6 +50,14 @@ pub(crate) struct TokenSessions {
     idle: Mutex<Vec<Pooled>>,
     generation: AtomicU64,
     keys: RwLock<HashMap<KeyLabel, Arc<ResolvedKey>>>,
+    /// `allow_imported_keys` from the config.
+    allow_imported_keys: bool,
+    /// Held around every C_Login, so that a refused PIN is seen by the next would-be login.
+    login_lock: Mutex<()>,
+    /// Set once the token refused the PIN: the error every later call returns.
+    pin_refused: OnceLock<Error>,
+    /// C_Login calls made (tests prove with it that a refused PIN is not tried again).
+    login_attempts: AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -61,6 +74,7 @@ impl TokenSessions {
         slot: Slot,
         pin: SecretString,
         pin_source: SecretSource,
+        allow_imported_keys: bool,
     ) -> Result<Self, Error> {
         let sessions = TokenSessions {
             ctx,
@@ -72,6 +86,10 @@ impl TokenSessions {
             idle: Mutex::new(Vec::new()),
             generation: AtomicU64::new(0),
             keys: RwLock::new(HashMap::new()),
+            allow_imported_keys,
+            login_lock: Mutex::new(()),
+            pin_refused: OnceLock::new(),
+            login_attempts: AtomicU64::new(0),
         };
         let first = sessions.open_session(Operation::Open, 0)?;
         sessions.put_back(first);
@@ -80,6 +98,16 @@ impl TokenSessions {
 
     pub fn slot(&self) -> Slot {
         *lock(&self.slot)
+    }
+
+    /// How many times this backend called C_Login.
+    pub fn login_attempts(&self) -> u64 {
+        self.login_attempts.load(Ordering::Acquire)
+    }
+
+    /// The refusal to return, for the operation at hand, once the token refused the PIN.
+    fn refused(&self, op: Operation) -> Option<Error> {
+        self.pin_refused.get().map(|e| e.clone().into_operation(op))
     }
 
     /// Runs `f` on a logged-in session. If the session was lost (closed, logged out, device
@@ -91,6 +119,9 @@ impl TokenSessions {
         label: Option<&KeyLabel>,
         mut f: impl FnMut(&Session) -> Result<T, Fail>,
     ) -> Result<T, Error> {
+        if let Some(e) = self.refused(op) {
+            return Err(e);
+        }
         let mut retried = false;
         let mut next = None;
         loop {
@@ -134,6 +165,9 @@ impl TokenSessions {
                 Recovery::Session => {
                     // Still lost after a fresh session: leave it out of the pool.
                     drop(pooled);
+                    if let Some(refused) = self.refused(op) {
+                        return Err(refused);
+                    }
                     return Err(ck_error(op, label, &e).hint(
                         "the token keeps dropping sessions; check the device, its connection and \
                          its logs (the signer retries on the next call)",
@@ -141,7 +175,8 @@ impl TokenSessions {
                 }
                 Recovery::Handle | Recovery::None => {
                     self.put_back(pooled);
-                    return Err(ck_error(op, label, &e));
+                    // A login refused during the recovery explains the failure better.
+                    return Err(self.refused(op).unwrap_or_else(|| ck_error(op, label, &e)));
                 }
             }
         }
@@ -157,7 +192,7 @@ impl TokenSessions {
         if let Some(k) = self.read_keys().get(label) {
             return Ok(Arc::clone(k));
         }
-        let key = Arc::new(keys::resolve(session, op, label)?);
+        let key = Arc::new(keys::resolve(session, op, label, self.allow_imported_keys)?);
         self.remember(label, Arc::clone(&key));
         Ok(key)
     }
@@ -253,7 +288,10 @@ impl TokenSessions {
         };
         if let Err(e) = self.login(&session) {
             let _ = session.close();
-            return Err(self.login_error(&e));
+            return Err(match e {
+                LoginError::Refused(e) => e.into_operation(op),
+                LoginError::Ck(e) => self.login_error(&e),
+            });
         }
         Ok(Pooled {
             session,
@@ -276,13 +314,54 @@ impl TokenSessions {
     }
 
     /// C_Login as the user. Login state is shared by all sessions of this process on the token, so
-    /// "already logged in" is success.
-    fn login(&self, session: &Session) -> Result<(), CkError> {
+    /// "already logged in" is success. Once the token refused the PIN this never calls C_Login
+    /// again; the first refusal is kept and returned instead.
+    fn login(&self, session: &Session) -> Result<(), LoginError> {
+        let _one_at_a_time = lock(&self.login_lock);
+        if let Some(e) = self.pin_refused.get() {
+            return Err(LoginError::Refused(e.clone()));
+        }
+        self.login_attempts.fetch_add(1, Ordering::AcqRel);
         let pin = AuthPin::from(self.pin.expose().to_owned());
         match session.login(UserType::User, Some(&pin)) {
             Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => Ok(()),
-            Err(e) => Err(e),
+            Err(e) if refuses_pin(&e) => {
+                let refusal = self.refusal(&e);
+                tracing::error!(
+                    backend = "pkcs11",
+                    token = %self.selector.describe(),
+                    "{}; not logging in again until restarted",
+                    describe(&e)
+                );
+                Err(LoginError::Refused(
+                    self.pin_refused.get_or_init(|| refusal).clone(),
+                ))
+            }
+            Err(e) => Err(LoginError::Ck(e)),
         }
+    }
+
+    /// The error every call returns after the token refused the PIN.
+    fn refusal(&self, e: &CkError) -> Error {
+        let base = ck_error(Operation::Login, None, e);
+        let locked = base.kind() == ErrorKind::Locked;
+        base.detail(format!(
+            "the token with {} refused the PIN ({}); the signer will not log in again with it, so \
+             that repeated wrong tries cannot lock the token",
+            self.selector.describe(),
+            describe(e)
+        ))
+        .hint(if locked {
+            "the user PIN is locked; have the security officer unlock or reset it, then restart \
+             the signer"
+                .to_owned()
+        } else {
+            format!(
+                "fix the PIN source ({}): put the token's current user PIN there, and restart the \
+                 signer",
+                self.pin_source
+            )
+        })
     }
 
     fn login_error(&self, e: &CkError) -> Error {
@@ -301,6 +380,47 @@ impl TokenSessions {
         };
         err.hint(hint)
     }
+}
+
+/// Why C_Login did not log in.
+#[derive(Debug)]
+enum LoginError {
+    /// The token refused the PIN, now or before: do not try again.
+    Refused(Error),
+    /// Any other failure (session gone, device error): the usual recovery applies.
+    Ck(CkError),
+}
+
+trait IntoOperation {
+    fn into_operation(self, op: Operation) -> Error;
+}
+
+impl IntoOperation for Error {
+    /// The same error, reported for the operation of the call at hand.
+    fn into_operation(self, op: Operation) -> Error {
+        let mut out = Error::new(self.backend(), op, self.kind())
+            .detail(self.detail_text())
+            .hint(self.next_step());
+        if let Some(label) = self.key_label() {
+            out = out.label(label);
+        }
+        out
+    }
+}
+
+/// Return values of C_Login that say the PIN itself is wrong, expired or locked: trying the same
+/// PIN again cannot succeed and may lock the token.
+fn refuses_pin(e: &CkError) -> bool {
+    matches!(
+        rv(e),
+        Some(
+            RvError::PinIncorrect
+                | RvError::PinInvalid
+                | RvError::PinLenRange
+                | RvError::PinExpired
+                | RvError::PinLocked
+        )
+    )
 }
 
 impl Drop for TokenSessions {
