@@ -154,6 +154,9 @@ async fn run(name: &str, store: Arc<dyn Storage>) {
                         recipient: ScriptBuf::from_bytes(vec![0; 22]),
                         amount: Amount::from_sat(50_000),
                     }],
+                    change: vec![],
+                    fee: Amount::from_sat(1_000),
+                    weight: bitcoin::Weight::from_wu(800),
                 };
                 assert!(s.guard_spend(&intent).await.expect("guard").is_approved());
             }
@@ -189,6 +192,9 @@ async fn run(name: &str, store: Arc<dyn Storage>) {
                         recipient: ScriptBuf::from_bytes(vec![task as u8; 22]),
                         amount: Amount::from_sat(1_000),
                     }],
+                    change: vec![],
+                    fee: Amount::from_sat(1_000),
+                    weight: bitcoin::Weight::from_wu(800),
                 };
                 approved += u64::from(s.guard_spend(&intent).await.expect("guard").is_approved());
             }

@@ -6,7 +6,9 @@ mod storage_support;
 
 use std::{collections::HashSet, sync::Arc};
 
-use bitcoin::{hashes::Hash as _, Amount, OutPoint, TapNodeHash, TapSighash};
+use bitcoin::{
+    hashes::Hash as _, Amount, OutPoint, ScriptBuf, TapNodeHash, TapSighash, TxOut, Weight,
+};
 use sbtc_custody::SealedBlob;
 use sbtc_hsm_signer::{
     keys::AggregateKey,
@@ -53,6 +55,11 @@ suite!(
     guard_refuses_conflicts_and_allows_fee_bumps,
     guard_is_all_or_nothing_across_inputs,
     guard_under_concurrent_attempts,
+    guard_refuses_change_to_a_foreign_script,
+    guard_refuses_a_dropped_or_changed_payout,
+    guard_refuses_a_fee_above_the_cap,
+    guard_refuses_a_fee_not_raised,
+    guard_approves_a_proper_fee_bump,
 );
 
 async fn canonical_chain_follows_reorgs(s: Store) {
@@ -601,6 +608,17 @@ async fn audit_log_concurrent_appends_do_not_fork(s: Store) {
     assert_eq!(v.entries, 200);
 }
 
+/// The signers' peg script (a P2TR output to a fixed key) and the one an attacker would use.
+fn peg_script() -> ScriptBuf {
+    script(&[&[0x51, 0x20][..], &[0x77; 32]].concat())
+}
+
+fn foreign_script() -> ScriptBuf {
+    script(&[&[0x51, 0x20][..], &[0x66; 32]].concat())
+}
+
+/// Transaction `n`: change of 100,000 sat to the peg script, a fee of 1,000 + n sat at 250 vB
+/// (so a later `n` pays more).
 fn intent(
     n: u64,
     spends: &[OutPoint],
@@ -612,6 +630,12 @@ fn intent(
         spends: spends.to_vec(),
         deposits: deposits.to_vec(),
         withdrawals: withdrawals.to_vec(),
+        change: vec![TxOut {
+            value: Amount::from_sat(100_000),
+            script_pubkey: peg_script(),
+        }],
+        fee: Amount::from_sat(1_000 + n),
+        weight: Weight::from_vb_unchecked(250),
     }
 }
 
@@ -633,10 +657,10 @@ async fn guard_refuses_conflicts_and_allows_fee_bumps(s: Store) {
     let evil = intent(101, &[utxo], &[], &[payment(7, 49_000)]);
     assert_eq!(
         s.guard_spend(&evil).await.unwrap(),
-        GuardDecision::Refused {
+        GuardDecision::Refused(Refusal::PayoutsChanged {
             outpoint: utxo,
             decided_txid: t1.txid
-        }
+        })
     );
     // A fee bump: another txid (lower change), same requests, same outputs, inputs in another order.
     let bump = intent(102, &[dep, utxo], &[dep], &pays);
@@ -656,6 +680,8 @@ async fn guard_refuses_conflicts_and_allows_fee_bumps(s: Store) {
     let d = s.get_spend_decision(&utxo).await.unwrap().unwrap();
     assert_eq!(d.txid, t1.txid);
     assert_eq!(d.fingerprint, t1.fingerprint());
+    assert_eq!(d.change_scripts, Some(vec![peg_script()]));
+    assert_eq!(d.highest_fee, Some(bump.fee));
     assert_eq!(d.approved_txids, vec![t1.txid, bump.txid]);
     assert_eq!(s.get_spend_decision(&outpoint(9, 9)).await.unwrap(), None);
 
@@ -686,10 +712,10 @@ async fn guard_is_all_or_nothing_across_inputs(s: Store) {
         .unwrap();
     assert_eq!(
         refused,
-        GuardDecision::Refused {
+        GuardDecision::Refused(Refusal::PayoutsChanged {
             outpoint: a,
             decided_txid: txid(10)
-        }
+        })
     );
     assert_eq!(s.get_spend_decision(&b).await.unwrap(), None);
     assert_eq!(s.get_spend_decision(&c).await.unwrap(), None);
@@ -735,28 +761,294 @@ async fn guard_under_concurrent_attempts(s: Store) {
         let db = s.get_spend_decision(&b).await.unwrap().unwrap();
         assert_eq!((da.txid, db.txid), (winners[0], winners[0]));
     }
-    // Fee bumps racing each other: all pay the same requests, so all are approved, once each.
+    // Fee bumps racing each other: all pay the same requests, each with its own fee. A bump is
+    // approved only if it pays more than every one approved before it, so the approvals, in the
+    // order they were recorded, pay strictly rising fees, and the highest bidder always wins.
     let u = outpoint(3000, 0);
     let mut tasks = Vec::new();
+    let mut fees = std::collections::HashMap::new();
     for t in 0..16u64 {
         let s = s.clone();
         let i = intent(5000 + t, &[u], &[outpoint(3001, 0)], &[payment(9, 9_000)]);
+        fees.insert(i.txid, i.fee);
         tasks.push(tokio::spawn(
             async move { s.guard_spend(&i).await.unwrap() },
         ));
     }
-    let mut first = 0;
+    let (mut first, mut approved) = (0, 0);
     for t in tasks {
         match t.await.unwrap() {
             GuardDecision::Approved(Approval::First) => first += 1,
             GuardDecision::Approved(Approval::FeeBump { .. }) => {}
+            GuardDecision::Refused(Refusal::FeeNotRaised { .. }) => continue,
             other => panic!("unexpected {other:?}"),
         }
+        approved += 1;
     }
     assert_eq!(first, 1);
     let d = s.get_spend_decision(&u).await.unwrap().unwrap();
-    assert_eq!(d.approved_txids.len(), 16);
-    assert_eq!(d.approved_txids.iter().collect::<HashSet<_>>().len(), 16);
+    assert_eq!(d.approved_txids.len(), approved);
+    assert_eq!(
+        d.approved_txids.iter().collect::<HashSet<_>>().len(),
+        approved
+    );
+    let approved_fees: Vec<Amount> = d.approved_txids.iter().map(|t| fees[t]).collect();
+    assert!(
+        approved_fees.windows(2).all(|w| w[0] < w[1]),
+        "{approved_fees:?}"
+    );
+    assert_eq!(d.approved_txids.last(), Some(&txid(5015)));
+    assert_eq!(d.highest_fee, Some(fees[&txid(5015)]));
+}
+
+/// Records `first`, then checks that `refused` is refused, leaves every record as it was, and
+/// is refused again the same way; returns the refusal.
+async fn refused_and_unrecorded(s: &Store, first: &SpendIntent, refused: &SpendIntent) -> Refusal {
+    assert_eq!(
+        s.guard_spend(first).await.unwrap(),
+        GuardDecision::Approved(Approval::First)
+    );
+    let before: Vec<_> = {
+        let mut v = Vec::new();
+        for op in refused.spends.iter().chain(&first.spends) {
+            v.push(s.get_spend_decision(op).await.unwrap());
+        }
+        v
+    };
+    let decision = s.guard_spend(refused).await.unwrap();
+    let Some(refusal) = decision.refusal().cloned() else {
+        panic!("{} was approved: {decision:?}", refused.txid)
+    };
+    let mut after = Vec::new();
+    for op in refused.spends.iter().chain(&first.spends) {
+        after.push(s.get_spend_decision(op).await.unwrap());
+    }
+    assert_eq!(before, after, "a refused intent left a record");
+    // Refused again (nothing about it was remembered as approved).
+    assert_eq!(s.guard_spend(refused).await.unwrap(), decision);
+    refusal
+}
+
+async fn guard_refuses_change_to_a_foreign_script(s: Store) {
+    let utxo = outpoint(1, 0);
+    let t1 = intent(100, &[utxo], &[], &[payment(7, 50_000)]);
+    // Same payouts, more fee, but the change goes to someone else's script.
+    let mut evil = intent(101, &[utxo], &[], &[payment(7, 50_000)]);
+    evil.change[0].script_pubkey = foreign_script();
+    let r = refused_and_unrecorded(&s, &t1, &evil).await;
+    assert_eq!(
+        r,
+        Refusal::ForeignChange {
+            outpoint: utxo,
+            decided_txid: t1.txid,
+            recorded: vec![peg_script()],
+            proposed: vec![foreign_script()],
+        }
+    );
+    assert!(r.to_string().starts_with("foreign change script"), "{r}");
+    assert_eq!(r.code(), "foreign_change_script");
+    // An extra change output to a foreign script next to the peg one is just as foreign.
+    let mut split = intent(102, &[utxo], &[], &[payment(7, 50_000)]);
+    split.change.push(TxOut {
+        value: Amount::from_sat(40_000),
+        script_pubkey: foreign_script(),
+    });
+    assert_eq!(
+        s.guard_spend(&split)
+            .await
+            .unwrap()
+            .refusal()
+            .map(Refusal::code),
+        Some("foreign_change_script")
+    );
+    // No change at all (everything else to fees or payouts) is not the same peg script either.
+    let mut none = intent(103, &[utxo], &[], &[payment(7, 50_000)]);
+    none.change.clear();
+    assert_eq!(
+        s.guard_spend(&none)
+            .await
+            .unwrap()
+            .refusal()
+            .map(Refusal::code),
+        Some("foreign_change_script")
+    );
+}
+
+async fn guard_refuses_a_dropped_or_changed_payout(s: Store) {
+    let utxo = outpoint(1, 0);
+    let dep = outpoint(2, 0);
+    let pays = [payment(7, 50_000), payment(8, 20_000)];
+    let t1 = intent(100, &[utxo, dep], &[dep], &pays);
+    // Withdrawal 8 dropped (its 20,000 sat would go to change): refused.
+    let dropped = intent(101, &[utxo, dep], &[dep], &pays[..1]);
+    let r = refused_and_unrecorded(&s, &t1, &dropped).await;
+    assert_eq!(
+        r,
+        Refusal::PayoutsChanged {
+            outpoint: utxo,
+            decided_txid: t1.txid
+        }
+    );
+    assert!(r.to_string().starts_with("payouts changed"), "{r}");
+    // The same withdrawal to another recipient, or with another amount, or the deposit left out.
+    let mut redirected = intent(102, &[utxo, dep], &[dep], &pays);
+    redirected.withdrawals[1].recipient = foreign_script();
+    let mut less = intent(103, &[utxo, dep], &[dep], &pays);
+    less.withdrawals[0].amount = Amount::from_sat(49_999);
+    let unswept = intent(104, &[utxo, dep], &[], &pays);
+    for i in [redirected, less, unswept] {
+        assert_eq!(
+            s.guard_spend(&i)
+                .await
+                .unwrap()
+                .refusal()
+                .map(Refusal::code),
+            Some("payouts_changed"),
+            "{}",
+            i.txid
+        );
+    }
+    let d = s.get_spend_decision(&utxo).await.unwrap().unwrap();
+    assert_eq!(d.approved_txids, vec![t1.txid]);
+}
+
+async fn guard_refuses_a_fee_above_the_cap(s: Store) {
+    // The stores in this suite run with the default policy: 1,000,000 sat and 500 sat/vB.
+    let policy = GuardPolicy::default();
+    assert_eq!(policy.max_fee, Amount::from_sat(1_000_000));
+    let utxo = outpoint(1, 0);
+    let t1 = intent(100, &[utxo], &[], &[payment(7, 50_000)]);
+    // A bump above the absolute cap: 1,000,001 sat over 100,000 vB is only 10 sat/vB.
+    let mut big = intent(101, &[utxo], &[], &[payment(7, 50_000)]);
+    big.fee = Amount::from_sat(1_000_001);
+    big.weight = Weight::from_vb_unchecked(100_000);
+    let r = refused_and_unrecorded(&s, &t1, &big).await;
+    assert_eq!(
+        r,
+        Refusal::FeeAboveCap {
+            txid: big.txid,
+            fee: big.fee,
+            vsize: 100_000,
+            max_fee: Amount::from_sat(1_000_000),
+            max_fee_rate_sat_per_vb: 500,
+        }
+    );
+    assert!(r.to_string().contains("guard_max_fee_sats"), "{r}");
+    // Above the rate cap: 250 vB at 501 sat/vB, far below the absolute cap.
+    let mut steep = intent(102, &[utxo], &[], &[payment(7, 50_000)]);
+    steep.fee = Amount::from_sat(250 * 501);
+    assert_eq!(
+        s.guard_spend(&steep)
+            .await
+            .unwrap()
+            .refusal()
+            .map(Refusal::code),
+        Some("fee_above_cap")
+    );
+    // Exactly at the rate cap is fine.
+    let mut at_cap = intent(103, &[utxo], &[], &[payment(7, 50_000)]);
+    at_cap.fee = Amount::from_sat(250 * 500);
+    assert_eq!(
+        s.guard_spend(&at_cap).await.unwrap(),
+        GuardDecision::Approved(Approval::FeeBump { original: t1.txid })
+    );
+    // The cap holds for a first spend too, and a refused first spend records nothing.
+    let fresh = outpoint(5, 0);
+    let mut greedy = intent(104, &[fresh], &[], &[payment(9, 1)]);
+    greedy.fee = Amount::from_sat(2_000_000);
+    greedy.weight = Weight::from_vb_unchecked(1_000_000);
+    assert_eq!(
+        s.guard_spend(&greedy)
+            .await
+            .unwrap()
+            .refusal()
+            .map(Refusal::code),
+        Some("fee_above_cap")
+    );
+    assert_eq!(s.get_spend_decision(&fresh).await.unwrap(), None);
+}
+
+async fn guard_refuses_a_fee_not_raised(s: Store) {
+    let utxo = outpoint(1, 0);
+    let t1 = intent(100, &[utxo], &[], &[payment(7, 50_000)]);
+    // Another transaction with the same payouts and change script and the same fee.
+    let mut same_fee = intent(101, &[utxo], &[], &[payment(7, 50_000)]);
+    same_fee.fee = t1.fee;
+    let r = refused_and_unrecorded(&s, &t1, &same_fee).await;
+    assert_eq!(
+        r,
+        Refusal::FeeNotRaised {
+            outpoint: utxo,
+            decided_txid: t1.txid,
+            fee: t1.fee,
+            highest_approved_fee: t1.fee,
+        }
+    );
+    assert!(r.to_string().starts_with("fee not raised"), "{r}");
+    let mut lower = intent(102, &[utxo], &[], &[payment(7, 50_000)]);
+    lower.fee = t1.fee - Amount::from_sat(1);
+    assert_eq!(
+        s.guard_spend(&lower)
+            .await
+            .unwrap()
+            .refusal()
+            .map(Refusal::code),
+        Some("fee_not_raised")
+    );
+}
+
+async fn guard_approves_a_proper_fee_bump(s: Store) {
+    let utxo = outpoint(1, 0);
+    let dep = outpoint(2, 0);
+    let pays = [payment(7, 50_000), payment(8, 20_000)];
+    let t1 = intent(100, &[utxo, dep], &[dep], &pays);
+    assert_eq!(
+        s.guard_spend(&t1).await.unwrap(),
+        GuardDecision::Approved(Approval::First)
+    );
+    // Inputs and outputs in another order, change lowered by what the fee rose.
+    let mut bump = intent(
+        101,
+        &[dep, utxo],
+        &[dep],
+        &[pays[1].clone(), pays[0].clone()],
+    );
+    bump.fee = Amount::from_sat(3_000);
+    bump.change[0].value = Amount::from_sat(100_000 + 1_100 - 3_000);
+    assert_eq!(
+        s.guard_spend(&bump).await.unwrap(),
+        GuardDecision::Approved(Approval::FeeBump { original: t1.txid })
+    );
+    // The next bump must beat the bump, not only the original.
+    let mut between = intent(102, &[utxo, dep], &[dep], &pays);
+    between.fee = Amount::from_sat(2_000);
+    assert_eq!(
+        s.guard_spend(&between).await.unwrap(),
+        GuardDecision::Refused(Refusal::FeeNotRaised {
+            outpoint: utxo,
+            decided_txid: t1.txid,
+            fee: Amount::from_sat(2_000),
+            highest_approved_fee: Amount::from_sat(3_000),
+        })
+    );
+    let mut again = intent(103, &[utxo, dep], &[dep], &pays);
+    again.fee = Amount::from_sat(3_001);
+    assert!(s.guard_spend(&again).await.unwrap().is_approved());
+    // The original may still be signed again (a retry), and so may the first bump.
+    assert_eq!(
+        s.guard_spend(&t1).await.unwrap(),
+        GuardDecision::Approved(Approval::Repeat)
+    );
+    assert_eq!(
+        s.guard_spend(&bump).await.unwrap(),
+        GuardDecision::Approved(Approval::Repeat)
+    );
+    for op in [utxo, dep] {
+        let d = s.get_spend_decision(&op).await.unwrap().unwrap();
+        assert_eq!(d.approved_txids, vec![t1.txid, bump.txid, again.txid]);
+        assert_eq!(d.highest_fee, Some(Amount::from_sat(3_001)));
+        assert_eq!(d.change_scripts, Some(vec![peg_script()]));
+    }
 }
 
 // ---- PostgreSQL only ----
@@ -781,13 +1073,14 @@ async fn pg_migrations_are_recorded_and_idempotent() {
         vec![
             (1, "initial"),
             (2, "dkg_shares_signer_position"),
-            (3, "audit_outcome")
+            (3, "audit_outcome"),
+            (4, "whole_transaction_guard")
         ]
     );
     let second = store.migrate().await.unwrap();
     assert!(second.applied.is_empty());
     assert_eq!(second.version, latest_version());
-    assert_eq!(store.check_schema().await.unwrap(), 3);
+    assert_eq!(store.check_schema().await.unwrap(), 4);
     let rows = db
         .client()
         .await
@@ -797,7 +1090,7 @@ async fn pg_migrations_are_recorded_and_idempotent() {
         )
         .await
         .unwrap();
-    assert_eq!(rows.len(), 3);
+    assert_eq!(rows.len(), 4);
 }
 
 #[tokio::test]
@@ -1006,7 +1299,11 @@ async fn pg_migration_2_refuses_old_dkg_rows_until_they_are_moved_away() {
     let report = store.migrate().await.unwrap();
     assert_eq!(
         report.applied,
-        vec![(2, "dkg_shares_signer_position"), (3, "audit_outcome")]
+        vec![
+            (2, "dkg_shares_signer_position"),
+            (3, "audit_outcome"),
+            (4, "whole_transaction_guard")
+        ]
     );
     assert_eq!(store.check_schema().await.unwrap(), latest_version());
     assert_eq!(
@@ -1066,7 +1363,11 @@ async fn pg_migration_2_applies_to_a_version_1_database_without_dkg_rows() {
     let report = store.migrate().await.unwrap();
     assert_eq!(
         report.applied,
-        vec![(2, "dkg_shares_signer_position"), (3, "audit_outcome")]
+        vec![
+            (2, "dkg_shares_signer_position"),
+            (3, "audit_outcome"),
+            (4, "whole_transaction_guard")
+        ]
     );
     assert_eq!(
         store.get_bitcoin_canonical_tip().await.unwrap(),
@@ -1164,10 +1465,79 @@ async fn pg_guard_decisions_survive_a_restart_of_the_signer() {
     let conflicting = intent(2, &[outpoint(1, 0)], &[], &[payment(1, 999)]);
     assert_eq!(
         store.guard_spend(&conflicting).await.unwrap(),
-        GuardDecision::Refused {
+        GuardDecision::Refused(Refusal::PayoutsChanged {
             outpoint: outpoint(1, 0),
             decided_txid: t1.txid
-        }
+        })
+    );
+}
+
+/// A decision recorded by a release before migration 4 has no change script or fee: after the
+/// upgrade its own transaction may be signed again, but no bump of it is approved.
+#[tokio::test]
+async fn pg_guard_decisions_from_before_migration_4_allow_no_bump() {
+    let Some(db) = TestDb::create("pg_guard_decisions_from_before_migration_4_allow_no_bump").await
+    else {
+        return;
+    };
+    let store = PgStore::connect(db.settings()).await.unwrap();
+    store.migrate_with(&MIGRATIONS[..3]).await.unwrap();
+    let t1 = intent(1, &[outpoint(1, 0)], &[], &[payment(1, 1_000)]);
+    // What the release before wrote for an approval of t1.
+    let client = db.client().await;
+    let (t, v) = (h(1).to_vec(), 0i64);
+    client
+        .execute(
+            "INSERT INTO sbtc_signer.spend_decisions (prevout_txid, prevout_output_index, txid, \
+             payment_fingerprint) VALUES ($1, $2, $3, $4)",
+            &[
+                &t,
+                &v,
+                &h(1).to_vec(),
+                &t1.fingerprint().as_bytes().to_vec(),
+            ],
+        )
+        .await
+        .unwrap();
+    client
+        .execute(
+            "INSERT INTO sbtc_signer.spend_approvals (prevout_txid, prevout_output_index, txid) \
+             VALUES ($1, $2, $3)",
+            &[&t, &v, &h(1).to_vec()],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        store.migrate().await.unwrap().applied,
+        vec![(4, "whole_transaction_guard")]
+    );
+    let d = store
+        .get_spend_decision(&outpoint(1, 0))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((d.change_scripts, d.highest_fee), (None, None));
+    assert_eq!(
+        store.guard_spend(&t1).await.unwrap(),
+        GuardDecision::Approved(Approval::Repeat)
+    );
+    let bump = intent(2, &[outpoint(1, 0)], &[], &[payment(1, 1_000)]);
+    let r = store.guard_spend(&bump).await.unwrap();
+    assert_eq!(
+        r,
+        GuardDecision::Refused(Refusal::DecidedBeforeUpgrade {
+            outpoint: outpoint(1, 0),
+            decided_txid: t1.txid
+        })
+    );
+    assert_eq!(
+        store
+            .get_spend_decision(&outpoint(1, 0))
+            .await
+            .unwrap()
+            .unwrap()
+            .approved_txids,
+        vec![t1.txid]
     );
 }
 

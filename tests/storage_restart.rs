@@ -118,6 +118,9 @@ async fn server_down_at_start_and_restarted_midway() {
                     spends: vec![outpoint(n, 0)],
                     deposits: vec![outpoint(n, 0)],
                     withdrawals: vec![],
+                    change: vec![],
+                    fee: bitcoin::Amount::from_sat(1_000),
+                    weight: bitcoin::Weight::from_wu(800),
                 };
                 let d = s
                     .guard_spend(&intent)

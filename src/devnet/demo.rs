@@ -66,6 +66,9 @@ fn demo_intent(sighash: &[u8; 32]) -> SpendIntent {
         }],
         deposits: Vec::new(),
         withdrawals: Vec::new(),
+        change: Vec::new(),
+        fee: bitcoin::Amount::ZERO,
+        weight: bitcoin::Weight::from_wu(4),
     }
 }
 

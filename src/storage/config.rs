@@ -17,7 +17,11 @@ use sbtc_custody::{check_private, SecretString};
 use serde::Deserialize;
 use zeroize::Zeroizing;
 
-use super::{Error, ErrorKind, Result};
+use super::{
+    guard::GuardPolicy,
+    tls::{self, TlsPolicy},
+    Error, ErrorKind, Result,
+};
 
 #[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -32,6 +36,15 @@ pub struct StorageConfig {
     pub connect_retry_secs: Option<u64>,
     /// How long one operation keeps retrying through a server restart, in seconds (default 60).
     pub operation_retry_secs: Option<u64>,
+    /// The most fee the no-equivocation guard lets one spend pay, in satoshis (default
+    /// 1,000,000: 0.01 BTC).
+    pub guard_max_fee_sats: Option<u64>,
+    /// The most fee rate the guard lets one spend pay, in sat/vB (default 500).
+    pub guard_max_fee_rate_sat_per_vb: Option<u64>,
+    /// Allows `sslmode=disable` (or `allow`) for a server that is not on this machine (default
+    /// false): only for a network path protected some other way.
+    #[serde(default)]
+    pub insecure_plaintext: bool,
 }
 
 // By hand: a url someone wrote with a password in it must not leak through `{:?}`.
@@ -43,6 +56,12 @@ impl std::fmt::Debug for StorageConfig {
             .field("pool_size", &self.pool_size)
             .field("connect_retry_secs", &self.connect_retry_secs)
             .field("operation_retry_secs", &self.operation_retry_secs)
+            .field("guard_max_fee_sats", &self.guard_max_fee_sats)
+            .field(
+                "guard_max_fee_rate_sat_per_vb",
+                &self.guard_max_fee_rate_sat_per_vb,
+            )
+            .field("insecure_plaintext", &self.insecure_plaintext)
             .finish()
     }
 }
@@ -69,7 +88,15 @@ impl StorageConfig {
             pool_size: None,
             connect_retry_secs: None,
             operation_retry_secs: None,
+            guard_max_fee_sats: None,
+            guard_max_fee_rate_sat_per_vb: None,
+            insecure_plaintext: false,
         }
+    }
+
+    /// The no-equivocation guard's fee cap.
+    pub fn guard_policy(&self) -> Result<GuardPolicy> {
+        GuardPolicy::from_config(self.guard_max_fee_sats, self.guard_max_fee_rate_sat_per_vb)
     }
 
     /// A PostgreSQL config for `url` with the defaults (used by tests and the benchmark).
@@ -83,6 +110,7 @@ impl StorageConfig {
     /// Resolves the config: parses the url and reads the password.
     pub fn target(&self) -> Result<Target> {
         if self.url == "memory" {
+            self.guard_policy()?;
             return Ok(Target::Memory);
         }
         if !(self.url.starts_with("postgresql://") || self.url.starts_with("postgres://")) {
@@ -90,7 +118,10 @@ impl StorageConfig {
                 "[storage] url must be \"memory\" or start with postgresql://".to_string(),
             ));
         }
-        let mut pg = tokio_postgres::Config::from_str(&self.url).map_err(|e| {
+        // tokio-postgres knows neither verify-ca/verify-full nor sslrootcert: they are taken out
+        // of the url here and applied by our TLS policy.
+        let (url, tls_params) = split_tls_params(&self.url)?;
+        let mut pg = tokio_postgres::Config::from_str(&url).map_err(|e| {
             // The parser's message quotes no part of the url, so no password can leak here.
             config_error(format!("[storage] url is not a valid PostgreSQL url: {e}"))
         })?;
@@ -102,6 +133,16 @@ impl StorageConfig {
             ));
         }
         fill_from_env(&mut pg);
+        let var = |name| std::env::var(name).ok().filter(|v: &String| !v.is_empty());
+        let sslmode = tls_params.sslmode.or_else(|| var("PGSSLMODE"));
+        let sslrootcert = tls_params.sslrootcert.or_else(|| var("PGSSLROOTCERT"));
+        let tls = TlsPolicy::resolve(
+            sslmode.as_deref(),
+            sslrootcert.as_deref(),
+            tls::is_local(&pg),
+            self.insecure_plaintext,
+        )?;
+        pg.ssl_mode(tls.ssl_mode());
         if pg.get_user().is_none() {
             return Err(config_error(
                 "no database user: put it in the url (postgresql://USER@host/db) or set PGUSER"
@@ -123,6 +164,8 @@ impl StorageConfig {
             pool_size: self.pool_size.unwrap_or(8).max(1),
             connect_retry: Duration::from_secs(self.connect_retry_secs.unwrap_or(60)),
             operation_retry: Duration::from_secs(self.operation_retry_secs.unwrap_or(60)),
+            guard: self.guard_policy()?,
+            tls,
         })))
     }
 
@@ -164,6 +207,10 @@ pub struct PgSettings {
     pub pool_size: usize,
     pub connect_retry: Duration,
     pub operation_retry: Duration,
+    /// The no-equivocation guard's fee cap.
+    pub guard: GuardPolicy,
+    /// TLS to the server (from `sslmode`, `sslrootcert` and whether the host is loopback).
+    pub tls: TlsPolicy,
 }
 
 impl std::fmt::Debug for PgSettings {
@@ -173,8 +220,52 @@ impl std::fmt::Debug for PgSettings {
             .field("pool_size", &self.pool_size)
             .field("connect_retry", &self.connect_retry)
             .field("operation_retry", &self.operation_retry)
+            .field("guard", &self.guard)
+            .field("tls", &self.tls.describe())
             .finish()
     }
+}
+
+/// The url's TLS parameters, taken out of it.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct TlsParams {
+    sslmode: Option<String>,
+    sslrootcert: Option<String>,
+}
+
+/// Splits `sslmode` and `sslrootcert` (percent-decoded) off the url's query; the rest of the url
+/// is returned as it was.
+fn split_tls_params(url: &str) -> Result<(String, TlsParams)> {
+    let Some((base, query)) = url.split_once('?') else {
+        return Ok((url.to_string(), TlsParams::default()));
+    };
+    let mut params = TlsParams::default();
+    let mut kept = Vec::new();
+    for pair in query.split('&') {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let slot = match key {
+            "sslmode" => &mut params.sslmode,
+            "sslrootcert" => &mut params.sslrootcert,
+            _ => {
+                kept.push(pair);
+                continue;
+            }
+        };
+        let value = percent_encoding::percent_decode_str(value)
+            .decode_utf8()
+            .map_err(|_| config_error(format!("[storage] url's {key} is not valid UTF-8")))?;
+        if slot.replace(value.into_owned()).is_some() {
+            return Err(config_error(format!(
+                "[storage] url gives {key} twice; keep one"
+            )));
+        }
+    }
+    let url = if kept.is_empty() {
+        base.to_string()
+    } else {
+        format!("{base}?{}", kept.join("&"))
+    };
+    Ok((url, params))
 }
 
 fn config_error(detail: String) -> Error {
@@ -313,6 +404,73 @@ mod tests {
             !debug.contains("hunter2") && debug.contains("signer:[redacted]@127.0.0.1"),
             "{debug}"
         );
+    }
+
+    #[test]
+    fn sslmode_and_sslrootcert_come_out_of_the_url() {
+        let (url, p) = split_tls_params(
+            "postgresql://u@db.example.com/db?application_name=x&sslmode=verify-full&sslrootcert=%2Fetc%2Fca%20file.pem",
+        )
+        .unwrap();
+        assert_eq!(url, "postgresql://u@db.example.com/db?application_name=x");
+        assert_eq!(p.sslmode.as_deref(), Some("verify-full"));
+        assert_eq!(p.sslrootcert.as_deref(), Some("/etc/ca file.pem"));
+        assert!(split_tls_params("postgresql://u@h/db?sslmode=require&sslmode=disable").is_err());
+
+        // The url's words reach the policy: verify-full on a remote host needs no opt-in, plain
+        // does; no sslmode on a remote host is verify-full.
+        let target = |url: &str| match StorageConfig::postgres(url).target() {
+            Ok(Target::Postgres(s)) => Ok(s.tls),
+            Ok(Target::Memory) => unreachable!(),
+            Err(e) => Err(e),
+        };
+        assert_eq!(
+            target("postgresql://u@db.example.com/db").unwrap(),
+            TlsPolicy::Required {
+                verify: tls::Verify::ChainAndHostName,
+                roots: tls::Roots::Mozilla
+            }
+        );
+        assert_eq!(
+            target("postgresql://u@127.0.0.1/db?sslmode=verify-ca&sslrootcert=/ca.pem").unwrap(),
+            TlsPolicy::Required {
+                verify: tls::Verify::Chain,
+                roots: tls::Roots::File("/ca.pem".into())
+            }
+        );
+        let err = target("postgresql://u@db.example.com/db?sslmode=disable").unwrap_err();
+        assert!(err.to_string().contains("insecure_plaintext"), "{err}");
+        let mut c = StorageConfig::postgres("postgresql://u@db.example.com/db?sslmode=disable");
+        c.insecure_plaintext = true;
+        let Target::Postgres(s) = c.target().unwrap() else {
+            panic!("expected postgres")
+        };
+        assert_eq!(s.tls, TlsPolicy::Plain);
+        assert_eq!(
+            s.pg.get_ssl_mode(),
+            tokio_postgres::config::SslMode::Disable
+        );
+        assert_eq!(
+            target("postgresql://u@127.0.0.1/db").unwrap(),
+            TlsPolicy::Plain
+        );
+    }
+
+    #[test]
+    fn guard_policy_keys() {
+        let mut c = StorageConfig::memory();
+        assert_eq!(c.guard_policy().unwrap(), GuardPolicy::default());
+        c.guard_max_fee_sats = Some(50_000);
+        c.guard_max_fee_rate_sat_per_vb = Some(20);
+        let p = c.guard_policy().unwrap();
+        assert_eq!(p.max_fee, bitcoin::Amount::from_sat(50_000));
+        assert_eq!(p.max_fee_rate.to_sat_per_vb_floor(), 20);
+        c.guard_max_fee_sats = Some(0);
+        let err = c.target().unwrap_err().to_string();
+        assert!(err.contains("guard_max_fee_sats"), "{err}");
+        let parsed: StorageConfig =
+            toml::from_str("url = \"memory\"\nguard_max_fee_rate_sat_per_vb = 0\n").unwrap();
+        assert!(parsed.target().is_err());
     }
 
     #[test]

@@ -23,6 +23,9 @@ pub enum ErrorKind {
     OutOfRange,
     /// The caller passed something meaningless (e.g. a spend with no inputs).
     InvalidInput,
+    /// The TLS connection to the server failed (no TLS offered, an untrusted or wrong
+    /// certificate): retrying does not help.
+    Tls,
 }
 
 impl ErrorKind {
@@ -51,6 +54,10 @@ impl ErrorKind {
             ErrorKind::Query => "check the PostgreSQL server log; report a bug if this persists",
             ErrorKind::OutOfRange => "the value is out of range for storage; report a bug",
             ErrorKind::InvalidInput => "this is a bug in the caller; report it",
+            ErrorKind::Tls => {
+                "check sslmode and sslrootcert in [storage] url against the server's TLS \
+                 certificate (docs/security.md, \"PostgreSQL TLS\")"
+            }
         }
     }
 }
@@ -67,6 +74,7 @@ impl fmt::Display for ErrorKind {
             ErrorKind::Query => "database error",
             ErrorKind::OutOfRange => "value out of range",
             ErrorKind::InvalidInput => "invalid input",
+            ErrorKind::Tls => "TLS to the database failed",
         })
     }
 }

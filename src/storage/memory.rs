@@ -12,7 +12,9 @@ use bitcoin::{secp256k1::PublicKey, BlockHash, OutPoint, TapSighash, Txid};
 
 use super::{
     audit::{self, AuditEntry, AuditRecord},
-    guard::{self, Check, GuardDecision, SpendDecision, SpendIntent},
+    guard::{
+        self, Check, GuardDecision, GuardPolicy, Proposal, Recorded, SpendDecision, SpendIntent,
+    },
     model::*,
     DbRead, DbWrite, Result,
 };
@@ -66,11 +68,21 @@ impl State {
 #[derive(Default)]
 pub struct MemoryStore {
     state: Mutex<State>,
+    policy: GuardPolicy,
 }
 
 impl MemoryStore {
+    /// A store with the default [`GuardPolicy`].
     pub fn new() -> Self {
         MemoryStore::default()
+    }
+
+    /// A store whose guard applies `policy`.
+    pub fn with_guard_policy(policy: GuardPolicy) -> Self {
+        MemoryStore {
+            state: Mutex::default(),
+            policy,
+        }
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -419,7 +431,10 @@ impl DbWrite for MemoryStore {
 
     async fn guard_spend(&self, intent: &SpendIntent) -> Result<GuardDecision> {
         intent.validate()?;
-        let fingerprint = intent.fingerprint();
+        let proposal = Proposal::new(intent);
+        if let Some(refused) = proposal.precheck(&self.policy) {
+            return Ok(refused);
+        }
         let spends = intent.sorted_spends();
         let mut s = self.state();
         let outcomes: Vec<(OutPoint, Check)> = spends
@@ -427,12 +442,15 @@ impl DbWrite for MemoryStore {
             .map(|op| {
                 let check = match s.spends.get(op) {
                     None => Check::Free,
-                    Some(d) => guard::check(
-                        &intent.txid,
-                        &fingerprint,
-                        &d.txid,
-                        &d.fingerprint,
-                        d.approved_txids.contains(&intent.txid),
+                    Some(d) => proposal.check(
+                        *op,
+                        &Recorded {
+                            txid: d.txid,
+                            fingerprint: d.fingerprint,
+                            change_scripts: d.change_scripts.as_deref(),
+                            highest_fee: d.highest_fee,
+                            already_approved: d.approved_txids.contains(&intent.txid),
+                        },
                     ),
                 };
                 (*op, check)
@@ -448,7 +466,9 @@ impl DbWrite for MemoryStore {
                             SpendDecision {
                                 outpoint: *op,
                                 txid: intent.txid,
-                                fingerprint,
+                                fingerprint: proposal.fingerprint,
+                                change_scripts: Some(proposal.change_scripts.clone()),
+                                highest_fee: Some(intent.fee),
                                 approved_txids: vec![intent.txid],
                             },
                         );
@@ -456,6 +476,7 @@ impl DbWrite for MemoryStore {
                     Check::FeeBump(_) => {
                         if let Some(d) = s.spends.get_mut(op) {
                             d.approved_txids.push(intent.txid);
+                            d.highest_fee = Some(intent.fee);
                         }
                     }
                     Check::Same | Check::Conflict(_) => {}

@@ -13,6 +13,7 @@ pub mod guard;
 pub mod memory;
 pub mod model;
 pub mod postgres;
+pub mod tls;
 
 use std::sync::Arc;
 
@@ -22,7 +23,7 @@ use bitcoin::{secp256k1::XOnlyPublicKey, BlockHash, OutPoint, TapSighash, Txid};
 pub use audit::{AuditEntry, AuditRecord, AuditVerification, ChainBreak};
 pub use config::StorageConfig;
 pub use error::{Error, ErrorKind, Result};
-pub use guard::{Approval, GuardDecision, SpendDecision, SpendIntent};
+pub use guard::{Approval, GuardDecision, GuardPolicy, Refusal, SpendDecision, SpendIntent};
 pub use model::*;
 
 use crate::keys::AggregateKey;
@@ -184,7 +185,9 @@ pub enum OnOpen {
 /// backoff, then checking or migrating the schema).
 pub async fn open(config: &StorageConfig, on_open: OnOpen) -> Result<Arc<dyn Storage>> {
     match config.target()? {
-        config::Target::Memory => Ok(Arc::new(memory::MemoryStore::new())),
+        config::Target::Memory => Ok(Arc::new(memory::MemoryStore::with_guard_policy(
+            config.guard_policy()?,
+        ))),
         config::Target::Postgres(pg) => {
             let store = postgres::PgStore::connect(*pg).await?;
             match on_open {

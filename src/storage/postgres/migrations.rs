@@ -39,6 +39,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "audit_outcome",
         sql: include_str!("../migrations/0003_audit_outcome.sql"),
     },
+    Migration {
+        version: 4,
+        name: "whole_transaction_guard",
+        sql: include_str!("../migrations/0004_whole_transaction_guard.sql"),
+    },
 ];
 
 /// The schema version this binary needs.

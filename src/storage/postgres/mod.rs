@@ -27,8 +27,9 @@ use tokio_postgres::{error::SqlState, NoTls, Row};
 use super::{
     audit::{self, AuditEntry, AuditRecord},
     config::PgSettings,
-    guard::{self, Check, GuardDecision, SpendDecision, SpendIntent},
+    guard::{self, Check, GuardDecision, Proposal, SpendDecision, SpendIntent},
     model::*,
+    tls::{self, TlsPolicy, Verify},
     DbRead, DbWrite, Error, ErrorKind, Result,
 };
 use crate::{keys::AggregateKey, signing::DkgId};
@@ -244,14 +245,32 @@ impl PgStore {
     /// with backoff until `connect_retry` runs out, then fails with a clear error. Does not touch
     /// the schema (see [`PgStore::migrate`] and [`PgStore::check_schema`]).
     pub async fn connect(settings: PgSettings) -> Result<PgStore> {
-        let manager = Manager::from_config(
-            settings.pg.clone(),
-            NoTls,
-            ManagerConfig {
-                // Fast: a connection the server closed is detected and replaced on checkout.
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
+        let manager_config = || ManagerConfig {
+            // Fast: a connection the server closed is detected and replaced on checkout.
+            recycling_method: RecyclingMethod::Fast,
+        };
+        let manager = match settings.tls.client_config()? {
+            None => Manager::from_config(settings.pg.clone(), NoTls, manager_config()),
+            Some(tls) => Manager::from_config(
+                settings.pg.clone(),
+                tokio_postgres_rustls::MakeRustlsConnect::new(tls),
+                manager_config(),
+            ),
+        };
+        if matches!(
+            settings.tls,
+            TlsPolicy::Required {
+                verify: Verify::Nothing,
+                ..
+            }
+        ) {
+            tracing::warn!(
+                url = %settings.redacted_url,
+                "sslmode=prefer/require without sslrootcert: the connection is encrypted but the \
+                 server's certificate is not checked, so an active attacker can stand in for it; \
+                 use sslmode=verify-full with sslrootcert"
+            );
+        }
         let pool = Pool::builder(manager)
             .max_size(settings.pool_size)
             .runtime(Runtime::Tokio1)
@@ -268,10 +287,23 @@ impl PgStore {
         let mut delay = Duration::from_millis(100);
         loop {
             match store.pool.get().await {
-                Ok(_) => return Ok(store),
+                Ok(_) => {
+                    tracing::info!(url = %store.settings.redacted_url, tls = %store.settings.tls.describe(), "connected to PostgreSQL");
+                    return Ok(store);
+                }
                 Err(e) => {
-                    let detail = match pool_failure(e) {
+                    let detail = match store.pool_failure(e) {
                         Failure::Transient(d) => d,
+                        Failure::Fatal(ErrorKind::Tls, d) => {
+                            return Err(Error::new(
+                                ErrorKind::Tls,
+                                "connect",
+                                format!(
+                                    "cannot talk to PostgreSQL at {} safely: {d}",
+                                    store.settings.redacted_url
+                                ),
+                            ));
+                        }
                         Failure::Fatal(_, d) => {
                             // Wrong password, unknown database or user: retrying will not help.
                             return Err(Error::new(
@@ -305,6 +337,35 @@ impl PgStore {
                 }
             }
         }
+    }
+
+    /// A failure to get a connection; a TLS failure is not retried (it does not go away).
+    fn pool_failure(&self, e: deadpool_postgres::PoolError) -> Failure {
+        if let deadpool_postgres::PoolError::Backend(e) = &e {
+            if let Some(why) = tls::explain(e, &self.settings.tls) {
+                return Failure::Fatal(ErrorKind::Tls, why);
+            }
+        }
+        pool_failure(e)
+    }
+
+    /// Whether the server sees this store's session as TLS, and with which protocol version
+    /// (from `pg_stat_ssl`): what the operator can check against `sslmode`.
+    pub async fn session_tls(&self) -> Result<Option<String>> {
+        self.run("session_tls", |c| async move {
+            let row = query_opt!(
+                c,
+                "SELECT ssl, version FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+                &[]
+            );
+            Ok(match row {
+                Some(r) if r.get_as::<bool>("ssl")? => {
+                    Some(r.get_as::<Option<String>>("version")?.unwrap_or_default())
+                }
+                _ => None,
+            })
+        })
+        .await
     }
 
     /// How many operation attempts were retried after a connection failure since connect.
@@ -350,7 +411,7 @@ impl PgStore {
         loop {
             let outcome = match self.pool.get().await {
                 Ok(client) => attempt(client).await,
-                Err(e) => Err(pool_failure(e)),
+                Err(e) => Err(self.pool_failure(e)),
             };
             match outcome {
                 Ok(v) => return Ok(v),
@@ -767,7 +828,7 @@ impl DbRead for PgStore {
             let v = i64::from(op.vout);
             let Some(row) = query_opt!(
                 c,
-                "SELECT txid, payment_fingerprint FROM sbtc_signer.spend_decisions \
+                "SELECT txid, payment_fingerprint, change_scripts FROM sbtc_signer.spend_decisions \
                  WHERE prevout_txid = $1 AND prevout_output_index = $2",
                 &[&t, &v]
             ) else {
@@ -775,14 +836,17 @@ impl DbRead for PgStore {
             };
             let approvals = query!(
                 c,
-                "SELECT txid FROM sbtc_signer.spend_approvals \
+                "SELECT txid, fee FROM sbtc_signer.spend_approvals \
                  WHERE prevout_txid = $1 AND prevout_output_index = $2 ORDER BY seq",
                 &[&t, &v]
             );
+            let recorded = recorded(&row, &approvals, None)?;
             Ok(Some(SpendDecision {
                 outpoint: *op,
-                txid: row.fixed("txid", parse_txid)?,
-                fingerprint: row.fixed("payment_fingerprint", PaymentFingerprint::from_slice)?,
+                txid: recorded.txid,
+                fingerprint: recorded.fingerprint,
+                change_scripts: recorded.change_scripts,
+                highest_fee: recorded.highest_fee,
                 approved_txids: approvals
                     .iter()
                     .map(|r| r.fixed("txid", parse_txid))
@@ -1223,25 +1287,35 @@ impl DbWrite for PgStore {
 
     async fn guard_spend(&self, intent: &SpendIntent) -> Result<GuardDecision> {
         intent.validate()?;
-        let fingerprint = intent.fingerprint();
-        let spends = intent.sorted_spends();
+        let proposal = Proposal::new(intent);
+        if let Some(refused) = proposal.precheck(&self.settings.guard) {
+            return Ok(refused);
+        }
+        let fee = storable_sats(intent.fee, "fee", "guard_spend")?;
+        let change: Vec<&[u8]> = proposal
+            .change_scripts
+            .iter()
+            .map(|s| s.as_bytes())
+            .collect();
+        let (spends, change, proposal) = (intent.sorted_spends(), &change, &proposal);
         let spends = spends.as_slice();
         self.run("guard_spend", |mut c| async move {
             let txid = intent.txid.as_byte_array().as_slice();
-            let fp = fingerprint.as_bytes().as_slice();
+            let fp = proposal.fingerprint.as_bytes().as_slice();
             let tx = c.transaction().await?;
             let mut outcomes = Vec::with_capacity(spends.len());
             // Inputs in sorted order: concurrent decisions lock rows in the same order, so they
             // cannot deadlock. ON CONFLICT waits for a concurrent insert of the same outpoint to
-            // commit, then the SELECT ... FOR UPDATE sees (and locks) the winner's row.
+            // commit, then the SELECT ... FOR UPDATE sees (and locks) the winner's row, so the
+            // approvals of one outpoint (and their fees) are decided one at a time.
             for op in spends {
                 let t = op.txid.as_byte_array().as_slice();
                 let v = i64::from(op.vout);
                 let inserted = execute!(
                     tx,
-                    "INSERT INTO sbtc_signer.spend_decisions (prevout_txid, prevout_output_index, txid, payment_fingerprint) \
-                     VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
-                    &[&t, &v, &txid, &fp]
+                    "INSERT INTO sbtc_signer.spend_decisions (prevout_txid, prevout_output_index, txid, \
+                     payment_fingerprint, change_scripts) VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+                    &[&t, &v, &txid, &fp, change]
                 );
                 if inserted == 1 {
                     outcomes.push((*op, Check::Free));
@@ -1249,24 +1323,31 @@ impl DbWrite for PgStore {
                 }
                 let Some(row) = query_opt!(
                     tx,
-                    "SELECT txid, payment_fingerprint FROM sbtc_signer.spend_decisions \
+                    "SELECT txid, payment_fingerprint, change_scripts FROM sbtc_signer.spend_decisions \
                      WHERE prevout_txid = $1 AND prevout_output_index = $2 FOR UPDATE",
                     &[&t, &v]
                 ) else {
                     return Err(Failure::Transient("spend decision vanished; retrying".into()));
                 };
-                let approved = query_opt!(
+                let approvals = query!(
                     tx,
-                    "SELECT 1 FROM sbtc_signer.spend_approvals \
-                     WHERE prevout_txid = $1 AND prevout_output_index = $2 AND txid = $3",
-                    &[&t, &v, &txid]
-                )
-                .is_some();
-                let existing_txid = row.fixed("txid", parse_txid)?;
-                let existing_fp = row.fixed("payment_fingerprint", PaymentFingerprint::from_slice)?;
+                    "SELECT txid, fee FROM sbtc_signer.spend_approvals \
+                     WHERE prevout_txid = $1 AND prevout_output_index = $2 ORDER BY seq",
+                    &[&t, &v]
+                );
+                let r = recorded(&row, &approvals, Some(&intent.txid))?;
                 outcomes.push((
                     *op,
-                    guard::check(&intent.txid, &fingerprint, &existing_txid, &existing_fp, approved),
+                    proposal.check(
+                        *op,
+                        &guard::Recorded {
+                            txid: r.txid,
+                            fingerprint: r.fingerprint,
+                            change_scripts: r.change_scripts.as_deref(),
+                            highest_fee: r.highest_fee,
+                            already_approved: r.already_approved,
+                        },
+                    ),
                 ));
             }
             let decision = guard::combine(&outcomes);
@@ -1278,9 +1359,9 @@ impl DbWrite for PgStore {
                 if matches!(check, Check::Free | Check::FeeBump(_)) {
                     execute!(
                         tx,
-                        "INSERT INTO sbtc_signer.spend_approvals (prevout_txid, prevout_output_index, txid) \
-                         VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
-                        &[&op.txid.as_byte_array().as_slice(), &i64::from(op.vout), &txid]
+                        "INSERT INTO sbtc_signer.spend_approvals (prevout_txid, prevout_output_index, txid, fee) \
+                         VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+                        &[&op.txid.as_byte_array().as_slice(), &i64::from(op.vout), &txid, &fee]
                     );
                 }
             }
@@ -1289,4 +1370,48 @@ impl DbWrite for PgStore {
         })
         .await
     }
+}
+
+/// One outpoint's decision as the tables hold it.
+struct RecordedRows {
+    txid: Txid,
+    fingerprint: PaymentFingerprint,
+    change_scripts: Option<Vec<ScriptBuf>>,
+    highest_fee: Option<Amount>,
+    already_approved: bool,
+}
+
+/// Reads a `spend_decisions` row and its `spend_approvals` rows (in order). Rows from before
+/// migration 4 have no change scripts or fee: those stay None, and the guard refuses bumps.
+fn recorded(row: &Row, approvals: &[Row], intent: Option<&Txid>) -> Attempt<RecordedRows> {
+    let change: Option<Vec<Vec<u8>>> = row.get_as("change_scripts")?;
+    let mut highest_fee = Some(Amount::ZERO);
+    let mut already_approved = false;
+    for a in approvals {
+        let fee: Option<i64> = a.get_as("fee")?;
+        let fee = match fee {
+            Some(f) => Some(Amount::from_sat(
+                u64::try_from(f).map_err(|_| corrupt("fee"))?,
+            )),
+            None => None,
+        };
+        highest_fee = match (highest_fee, fee) {
+            (Some(h), Some(f)) => Some(h.max(f)),
+            _ => None,
+        };
+        if intent == Some(&a.fixed("txid", parse_txid)?) {
+            already_approved = true;
+        }
+    }
+    if approvals.is_empty() {
+        // A decision row is always written with its approval; without one, nothing is known.
+        highest_fee = None;
+    }
+    Ok(RecordedRows {
+        txid: row.fixed("txid", parse_txid)?,
+        fingerprint: row.fixed("payment_fingerprint", PaymentFingerprint::from_slice)?,
+        change_scripts: change.map(|c| c.into_iter().map(ScriptBuf::from_bytes).collect()),
+        highest_fee,
+        already_approved,
+    })
 }
