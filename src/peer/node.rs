@@ -14,12 +14,14 @@ use tokio::{net::TcpListener, sync::mpsc, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 
 use super::{
+    budget::{HandshakeBudget, LogLimiter},
     cert::{self, PeerCertificate},
     limits::{Limits, TokenBucket},
-    link::{self, Link, PeerClient},
+    link::{self, Link, PeerClient, Queued},
     message::{self, ChainTip, Envelope, StatementKind},
     metrics::{Metrics, MetricsSnapshot},
     proto::Frame,
+    quota::{Charge, PeerQuota},
     server,
     set::{SharedSet, SignerSet},
     stream::Connections,
@@ -44,7 +46,34 @@ pub struct NodeParams {
 pub struct Inbound {
     pub from: secp256k1::PublicKey,
     pub envelope: Envelope,
+    /// This message's share of its sender's part of the inbox; given back when the last clone
+    /// is dropped.
+    _held: Option<Arc<Charge>>,
 }
+
+impl Inbound {
+    /// An envelope that holds no share of any inbox (tests and in-process transports).
+    pub fn new(from: secp256k1::PublicKey, envelope: Envelope) -> Inbound {
+        Inbound {
+            from,
+            envelope,
+            _held: None,
+        }
+    }
+
+    pub(crate) fn held(from: secp256k1::PublicKey, envelope: Envelope, charge: Charge) -> Inbound {
+        Inbound {
+            from,
+            envelope,
+            _held: Some(Arc::new(charge)),
+        }
+    }
+}
+
+/// Inbox slots per 4 x [`Limits::queue_depth`]: each peer may hold 4 x `queue_depth` messages, so
+/// this many peers fill the inbox's message count before any one of them reaches its own share.
+/// (A bounded channel allocates its slots as they are used.)
+const INBOX_PEERS: usize = 256;
 
 /// What the listener, the links and the service share.
 pub(crate) struct Shared {
@@ -55,6 +84,12 @@ pub(crate) struct Shared {
     pub inbox: mpsc::Sender<Inbound>,
     pub connections: Arc<Connections>,
     pub buckets: Mutex<HashMap<[u8; 33], TokenBucket>>,
+    /// Each peer's share of the inbox (`inbox_bytes_per_peer`, 4 x `queue_depth` messages).
+    pub inbox_quotas: Mutex<HashMap<[u8; 33], Arc<PeerQuota>>>,
+    /// HSM signatures for handshakes, and unauthenticated connections per source address.
+    pub budget: Arc<HandshakeBudget>,
+    /// For log lines a stranger can cause at will.
+    pub stranger_log: LogLimiter,
     pub server_tls: Arc<ServerConfig>,
     pub client_tls: Arc<ClientConfig>,
     pub shutdown: CancellationToken,
@@ -89,9 +124,21 @@ impl PeerNode {
                     .into(),
             ));
         }
+        // Peers would refuse it: say so now rather than be refused by everyone.
+        info.check_lifetime(p.limits.max_cert_lifetime)
+            .and_then(|()| info.check_time(cert::now_unix()))
+            .map_err(|e| {
+                PeerError::Certificate(format!(
+                    "our own certificate: {e}; delete [peer] cert_path to make a new one"
+                ))
+            })?;
         let metrics = Arc::new(Metrics::default());
         let set = SharedSet::new(p.set);
-        let verifier = PeerVerifier::new(set.clone(), metrics.clone());
+        let verifier = PeerVerifier::with_max_lifetime(
+            set.clone(),
+            metrics.clone(),
+            p.limits.max_cert_lifetime,
+        );
         let tls_key = CustodyTlsKey::new(p.custody.clone(), p.tls_label.clone(), metrics.clone())?;
         let server_tls = tls::server_config(&tls_key, &p.certificate, verifier.clone())?;
         let client_tls = tls::client_config(
@@ -110,7 +157,16 @@ impl PeerNode {
             addr: p.listen,
             source,
         })?;
-        let (inbox_tx, inbox_rx) = mpsc::channel(p.limits.queue_depth.saturating_mul(4).max(1));
+        let (inbox_tx, inbox_rx) = mpsc::channel(
+            p.limits
+                .queue_depth
+                .saturating_mul(4 * INBOX_PEERS)
+                .clamp(1, tokio::sync::Semaphore::MAX_PERMITS),
+        );
+        let budget = HandshakeBudget::new(
+            p.limits.handshake_signatures_per_sec,
+            p.limits.max_handshakes_per_address,
+        );
         let dial_slots = Arc::new(tokio::sync::Semaphore::new(
             p.limits.max_concurrent_dials.max(1),
         ));
@@ -122,6 +178,9 @@ impl PeerNode {
             inbox: inbox_tx,
             connections: Arc::new(Connections::default()),
             buckets: Mutex::new(HashMap::new()),
+            inbox_quotas: Mutex::new(HashMap::new()),
+            budget,
+            stranger_log: LogLimiter::default(),
             server_tls,
             client_tls,
             shutdown: CancellationToken::new(),
@@ -160,7 +219,7 @@ impl PeerNode {
             &keys.custody,
             &keys.tls,
             &keys.identity,
-            peer.validity(),
+            peer.validity()?,
         )
         .await?;
         PeerNode::start(NodeParams {
@@ -170,7 +229,7 @@ impl PeerNode {
             certificate,
             listen: peer.listen,
             set,
-            limits: peer.limits(),
+            limits: peer.limits()?,
         })
         .await
     }
@@ -213,6 +272,11 @@ impl PeerNode {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .retain(|key, _| keep.contains(key));
+        self.shared
+            .inbox_quotas
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|key, _| keep.contains(key));
         let closed = self
             .shared
             .connections
@@ -235,6 +299,23 @@ impl PeerNode {
             })
             .map(|(k, _)| *k)
             .collect()
+    }
+
+    /// Bytes of `peer`'s messages waiting in the inbox now (encoded envelopes plus a fixed
+    /// overhead each); at most `inbox_bytes_per_peer`.
+    pub fn inbox_bytes_held(&self, peer: &secp256k1::PublicKey) -> usize {
+        self.shared.inbox_quota(peer).held()
+    }
+
+    /// The most bytes `peer`'s messages ever held in the inbox at once.
+    pub fn inbox_bytes_peak(&self, peer: &secp256k1::PublicKey) -> usize {
+        self.shared.inbox_quota(peer).peak()
+    }
+
+    /// Bytes waiting in the queue toward `peer` now; at most `queue_bytes_per_peer`.
+    pub fn queue_bytes_held(&self, peer: &secp256k1::PublicKey) -> usize {
+        let links = self.links.lock().unwrap_or_else(|p| p.into_inner());
+        links.get(&peer.serialize()).map_or(0, |l| l.bytes.held())
     }
 
     /// Live admitted connections (inbound and outbound) with `peer`.
@@ -284,12 +365,17 @@ impl PeerNode {
         self.check_size(&bytes)?;
         let queue = {
             let links = self.links.lock().unwrap_or_else(|p| p.into_inner());
-            links.get(&peer.serialize()).map(|l| l.queue.clone())
+            links
+                .get(&peer.serialize())
+                .map(|l| (l.queue.clone(), l.bytes.clone()))
         };
-        let Some(queue) = queue else {
+        let Some((queue, quota)) = queue else {
             return Ok(false);
         };
-        let sent = queue.send(bytes).await.is_ok();
+        let Some(charge) = quota.charge(bytes.len()).await else {
+            return Ok(false);
+        };
+        let sent = queue.send(Queued { bytes, charge }).await.is_ok();
         if sent {
             Metrics::inc(&self.shared.metrics.sent);
         }
@@ -309,7 +395,11 @@ impl PeerNode {
     }
 
     fn enqueue(&self, link: &Link, bytes: Bytes) -> bool {
-        match link.queue.try_send(bytes) {
+        let Some(charge) = link.bytes.try_charge(bytes.len()) else {
+            Metrics::inc(&self.shared.metrics.queue_full);
+            return false;
+        };
+        match link.queue.try_send(Queued { bytes, charge }) {
             Ok(()) => {
                 Metrics::inc(&self.shared.metrics.sent);
                 true
@@ -390,7 +480,11 @@ impl PeerNode {
 
     /// A verifier that admits by this node's current set, counting into this node's metrics.
     pub fn verifier(&self) -> Arc<PeerVerifier> {
-        PeerVerifier::new(self.shared.set.clone(), self.shared.metrics.clone())
+        PeerVerifier::with_max_lifetime(
+            self.shared.set.clone(),
+            self.shared.metrics.clone(),
+            self.shared.limits.max_cert_lifetime,
+        )
     }
 
     /// Stops the listener and every link, closes every connection, and waits (bounded) for the

@@ -28,6 +28,7 @@ use sha2::{Digest, Sha256};
 
 use super::{
     cert::{self, CertError, CertInfo, PeerCertificate},
+    limits::DEFAULT_MAX_CERT_LIFETIME,
     metrics::Metrics,
     set::SharedSet,
     PeerError,
@@ -154,6 +155,7 @@ pub struct PeerVerifier {
     set: Arc<SharedSet>,
     metrics: Arc<Metrics>,
     algorithms: WebPkiSupportedAlgorithms,
+    max_lifetime: Duration,
 }
 
 impl fmt::Debug for PeerVerifier {
@@ -163,17 +165,29 @@ impl fmt::Debug for PeerVerifier {
 }
 
 impl PeerVerifier {
+    /// A verifier that admits certificates of at most the default lifetime (30 days).
     pub fn new(set: Arc<SharedSet>, metrics: Arc<Metrics>) -> Arc<PeerVerifier> {
+        Self::with_max_lifetime(set, metrics, DEFAULT_MAX_CERT_LIFETIME)
+    }
+
+    /// A verifier that refuses certificates whose not_after - not_before exceeds `max_lifetime`.
+    pub fn with_max_lifetime(
+        set: Arc<SharedSet>,
+        metrics: Arc<Metrics>,
+        max_lifetime: Duration,
+    ) -> Arc<PeerVerifier> {
         Arc::new(PeerVerifier {
             set,
             metrics,
             algorithms: provider().signature_verification_algorithms,
+            max_lifetime,
         })
     }
 
     /// The admission decision, without counting.
     pub fn admit(&self, der: &[u8], now: i64) -> Result<CertInfo, CertError> {
         let info = cert::parse(der)?;
+        info.check_lifetime(self.max_lifetime)?;
         info.check_time(now)?;
         let set = self.set.get();
         let member = set
@@ -200,7 +214,11 @@ impl PeerVerifier {
             Ok(_) => Ok(()),
             Err(e) => {
                 self.metrics.refuse(e.reason());
-                tracing::warn!(side, reason = %e, "peer handshake refused");
+                // The binding names the peer; for a bad binding that name is only a claim.
+                let peer = cert::claimed_identity(der.as_ref())
+                    .map(|k| hex::encode(k.serialize()))
+                    .unwrap_or_else(|| "unknown".into());
+                tracing::warn!(side, %peer, reason = e.reason(), error = %e, "peer handshake refused");
                 Err(rustls::Error::InvalidCertificate(match e {
                     CertError::Expired => CertificateError::Expired,
                     CertError::NotYetValid => CertificateError::NotValidYet,
