@@ -848,7 +848,13 @@ async fn a_connection_is_closed_when_the_peer_certificate_expires() {
     let dir = tempfile::tempdir().unwrap();
     let a = keystore(dir.path(), "a").await;
     let b = keystore(dir.path(), "b").await;
-    let b_id = identity(&b).await;
+    let set: SignerSet = [
+        (identity(&a).await, Member::default()),
+        (identity(&b).await, Member::default()),
+    ]
+    .into_iter()
+    .collect();
+    let node = start(&a, loopback(), set, test_limits()).await;
     let now = SystemTime::now();
     // B's certificate runs out in about 3 s (whole seconds).
     let short = certificate_between(
@@ -857,29 +863,110 @@ async fn a_connection_is_closed_when_the_peer_certificate_expires() {
         now + Duration::from_secs(3),
     )
     .await;
-    let nb = start_with_cert(&b, short, SignerSet::default(), test_limits())
+    let expires = std::time::UNIX_EPOCH + Duration::from_secs(short.info().not_after as u64);
+    let tls13: &[&'static rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13];
+    let config = client(&b, &short, node.identity(), tls13);
+    let tcp = TcpStream::connect(node.local_addr()).await.unwrap();
+    let mut tls = TlsConnector::from(config.clone())
+        .connect(tls::peer_server_name().unwrap(), tcp)
         .await
         .unwrap();
+    // HTTP/2 preface, empty SETTINGS and an ACK of the server's: a quiet, live connection.
+    let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    hello.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
+    hello.extend_from_slice(&[0, 0, 0, 4, 1, 0, 0, 0, 0]);
+    tls.write_all(&hello).await.unwrap();
+    tls.flush().await.unwrap();
+    let mut buf = [0u8; 1024];
+    assert!(tls.read(&mut buf).await.unwrap() > 0, "admitted");
+    assert_eq!(node.connections_with(&identity(&b).await), 1);
+
+    // The node closes it when the certificate expires, not before (bounded wait).
+    let closed = tokio::time::timeout(Duration::from_secs(15), async {
+        loop {
+            match tls.read(&mut buf).await {
+                Ok(0) | Err(_) => return SystemTime::now(),
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+    .expect("the connection outlived its peer's certificate");
+    assert!(
+        closed + Duration::from_millis(100) >= expires,
+        "closed {:?} before the expiry",
+        expires.duration_since(closed).unwrap_or_default()
+    );
+    let m = node.metrics();
+    assert_eq!(m.expired_disconnects, 1, "{m:?}");
+    eventually("the connection unregistered", WAIT, || {
+        node.connections_with(&identity_sync(&short)) == 0
+    })
+    .await;
+    // Coming back with the same certificate is refused: a fresh one is needed.
+    assert!(!admitted(config, node.local_addr()).await);
+    assert_eq!(node.metrics().refused("expired"), 1);
+    node.shutdown().await;
+}
+
+fn identity_sync(cert: &cert::PeerCertificate) -> secp256k1::PublicKey {
+    cert.info().identity
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_running_node_renews_its_certificate_and_its_peers_readmit_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = keystore(dir.path(), "a").await;
+    let b = keystore(dir.path(), "b").await;
+    let b_id = identity(&b).await;
+    // A 12 s lifetime: valid from 6 s ago to 6 s from now, renewed when 3 s are left.
+    let first = cert::generate(&b, &tls_label(), &identity_label(), Duration::from_secs(12))
+        .await
+        .unwrap();
+    assert_eq!(first.info().lifetime(), 12);
+    let nb = start_with_cert(&b, first.clone(), SignerSet::default(), test_limits())
+        .await
+        .unwrap();
+    let saved = dir.path().join("b-cert.der");
+    nb.keep_certificate_at(saved.clone());
     let na = start(&a, loopback(), SignerSet::default(), test_limits()).await;
     let set = mesh_set(&[&na, &nb]);
     na.set_signer_set(set.clone());
     nb.set_signer_set(set);
-    eventually("links up before the expiry", Duration::from_secs(2), || {
+    eventually("links up", Duration::from_secs(3), || {
         na.connections_with(&b_id) == 2
     })
     .await;
-    assert_eq!(na.metrics().expired_disconnects, 0);
 
-    // Both of A's connections with B (B's dial, A's dial) close when B's certificate expires,
-    // and B's redials with the same certificate are refused.
-    eventually("connections closed at expiry", WAIT, || {
-        let m = na.metrics();
-        m.expired_disconnects >= 2 && na.connections_with(&b_id) == 0 && m.refused("expired") >= 1
+    eventually("B renewed its certificate", WAIT, || {
+        nb.metrics().certificate_renewals >= 1
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(na.connections_with(&b_id), 0, "not readmitted");
-    assert!(na.connected_peers().is_empty());
+    let renewed = nb.certificate();
+    assert_ne!(renewed.fingerprint(), first.fingerprint());
+    assert!(renewed.info().not_after > first.info().not_after);
+    assert_eq!(renewed.info().lifetime(), 12);
+    assert_eq!(renewed.info().spki_sha256(), first.info().spki_sha256());
+    // Saved where it was told, so `peer card` shows what peers see.
+    eventually("renewed certificate saved", WAIT, || {
+        std::fs::read(&saved).is_ok_and(|d| cert::parse(&d).is_ok())
+    })
+    .await;
+
+    // The connections made with the first certificate close when it expires, and the links
+    // come back with the renewed one: no handshake is refused as expired.
+    eventually(
+        "connections with the old certificate closed and redialled",
+        WAIT,
+        || na.metrics().expired_disconnects >= 2 && na.connections_with(&b_id) == 2,
+    )
+    .await;
+    let m = na.metrics();
+    assert_eq!(m.refused("expired"), 0, "{m:?}");
+    assert!(
+        m.handshakes_accepted >= 2 && m.handshakes_dialed >= 2,
+        "{m:?}"
+    );
     na.shutdown().await;
     nb.shutdown().await;
 }

@@ -122,12 +122,14 @@ impl CertInfo {
         Ok(())
     }
 
-    /// Checks the validity period against `now` (Unix seconds).
+    /// Checks the validity period against `now` (Unix seconds). The period is taken as
+    /// [not_before, not_after): at whole seconds, "not after T" must already refuse T.5, which
+    /// is when a connection closed at its peer's expiry (T) may redial.
     pub fn check_time(&self, now: i64) -> Result<(), CertError> {
         if now < self.not_before {
             return Err(CertError::NotYetValid);
         }
-        if now > self.not_after {
+        if now >= self.not_after {
             return Err(CertError::Expired);
         }
         Ok(())

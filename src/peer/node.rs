@@ -3,6 +3,7 @@
 use std::{
     collections::HashMap,
     net::SocketAddr,
+    path::PathBuf,
     sync::{atomic::Ordering, Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -25,7 +26,7 @@ use super::{
     server,
     set::{SharedSet, SignerSet},
     stream::Connections,
-    tls::{self, CustodyTlsKey, PeerVerifier},
+    tls::{self, CertSlot, CustodyTlsKey, PeerVerifier},
     PeerError,
 };
 
@@ -108,7 +109,10 @@ pub struct PeerNode {
     tasks: Vec<JoinHandle<()>>,
     custody: Arc<dyn Custody>,
     identity_label: KeyLabel,
-    certificate: PeerCertificate,
+    /// The certificate presented now (the renewal task replaces it).
+    certificate: Arc<Mutex<PeerCertificate>>,
+    /// Where renewed certificates are written, if anywhere.
+    cert_path: Arc<Mutex<Option<PathBuf>>>,
     tls_key: CustodyTlsKey,
 }
 
@@ -140,13 +144,10 @@ impl PeerNode {
             p.limits.max_cert_lifetime,
         );
         let tls_key = CustodyTlsKey::new(p.custody.clone(), p.tls_label.clone(), metrics.clone())?;
-        let server_tls = tls::server_config(&tls_key, &p.certificate, verifier.clone())?;
-        let client_tls = tls::client_config(
-            &tls_key,
-            &p.certificate,
-            verifier,
-            &[&rustls::version::TLS13],
-        )?;
+        let slot = CertSlot::new(&tls_key, &p.certificate);
+        let server_tls = tls::server_config_with(slot.clone(), verifier.clone())?;
+        let client_tls =
+            tls::client_config_with(slot.clone(), verifier, &[&rustls::version::TLS13])?;
         let listener = TcpListener::bind(p.listen)
             .await
             .map_err(|source| PeerError::Listen {
@@ -188,10 +189,22 @@ impl PeerNode {
         });
         let links: Links = Arc::new(Mutex::new(HashMap::new()));
         let (admitted_tx, admitted_rx) = mpsc::channel(64);
+        let certificate = Arc::new(Mutex::new(p.certificate));
+        let cert_path = Arc::new(Mutex::new(None));
+        let renewal = Renewal {
+            shared: shared.clone(),
+            custody: p.custody.clone(),
+            tls_label: p.tls_label.clone(),
+            identity_label: p.identity_label.clone(),
+            slot,
+            certificate: certificate.clone(),
+            cert_path: cert_path.clone(),
+        };
         let tasks = vec![
             tokio::spawn(server::accept_loop(shared.clone(), listener, admitted_tx)),
             tokio::spawn(server::serve(shared.clone(), admitted_rx)),
             tokio::spawn(manage_links(shared.clone(), links.clone())),
+            tokio::spawn(renewal.run()),
         ];
         Ok(PeerNode {
             shared,
@@ -201,7 +214,8 @@ impl PeerNode {
             tasks,
             custody: p.custody,
             identity_label: p.identity_label,
-            certificate: p.certificate,
+            certificate,
+            cert_path,
             tls_key,
         })
     }
@@ -222,7 +236,7 @@ impl PeerNode {
             peer.validity()?,
         )
         .await?;
-        PeerNode::start(NodeParams {
+        let node = PeerNode::start(NodeParams {
             custody: keys.custody.clone(),
             identity_label: keys.identity.clone(),
             tls_label: keys.tls.clone(),
@@ -231,7 +245,14 @@ impl PeerNode {
             set,
             limits: peer.limits()?,
         })
-        .await
+        .await?;
+        node.keep_certificate_at(peer.cert_path.clone());
+        Ok(node)
+    }
+
+    /// Writes every renewed certificate to `path` (so `peer card` shows what peers see).
+    pub fn keep_certificate_at(&self, path: PathBuf) {
+        *self.cert_path.lock().unwrap_or_else(|p| p.into_inner()) = Some(path);
     }
 
     pub fn identity(&self) -> secp256k1::PublicKey {
@@ -242,8 +263,13 @@ impl PeerNode {
         self.local_addr
     }
 
-    pub fn certificate(&self) -> &PeerCertificate {
-        &self.certificate
+    /// The certificate presented now; renewed while the node runs, when a quarter of its
+    /// lifetime is left.
+    pub fn certificate(&self) -> PeerCertificate {
+        self.certificate
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     pub fn metrics(&self) -> MetricsSnapshot {
@@ -518,6 +544,82 @@ impl Drop for PeerNode {
         self.stop();
         for task in &self.tasks {
             task.abort();
+        }
+    }
+}
+
+/// Renews this node's certificate while it runs: when a quarter of its lifetime is left, a new
+/// one of the same lifetime (at most `max_cert_lifetime`) for the same keys; new handshakes present
+/// it at once. Peers close the connections made with the old one when it expires and the links
+/// redial with the new one.
+struct Renewal {
+    shared: Arc<Shared>,
+    custody: Arc<dyn Custody>,
+    tls_label: KeyLabel,
+    identity_label: KeyLabel,
+    slot: Arc<CertSlot>,
+    certificate: Arc<Mutex<PeerCertificate>>,
+    cert_path: Arc<Mutex<Option<PathBuf>>>,
+}
+
+impl Renewal {
+    async fn run(self) {
+        loop {
+            let info = self
+                .certificate
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .info()
+                .clone();
+            let lifetime = u64::try_from(info.lifetime())
+                .unwrap_or(1)
+                .clamp(1, self.shared.limits.max_cert_lifetime.as_secs().max(1));
+            let renew_at = info.not_after.saturating_sub(info.lifetime() / 4);
+            let wait = u64::try_from(renew_at.saturating_sub(cert::now_unix())).unwrap_or(0);
+            // At least a second between renewals, however short the lifetime.
+            let wait = Duration::from_secs(wait.max(1));
+            tokio::select! {
+                _ = self.shared.shutdown.cancelled() => return,
+                _ = tokio::time::sleep(wait) => {}
+            }
+            let validity = Duration::from_secs(lifetime);
+            match cert::generate(
+                &self.custody,
+                &self.tls_label,
+                &self.identity_label,
+                validity,
+            )
+            .await
+            {
+                Ok(new) => {
+                    let path = self
+                        .cert_path
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .clone();
+                    if let Some(path) = path {
+                        if let Err(e) = cert::write_atomic(&path, new.der().as_ref()) {
+                            tracing::warn!(error = %e, "renewed peer certificate not saved; it is used anyway");
+                        }
+                    }
+                    self.slot.replace(&new);
+                    Metrics::inc(&self.shared.metrics.certificate_renewals);
+                    tracing::info!(
+                        not_after = new.info().not_after,
+                        cert_sha256 = %hex::encode(new.fingerprint()),
+                        "peer certificate renewed"
+                    );
+                    *self.certificate.lock().unwrap_or_else(|p| p.into_inner()) = new;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, not_after = info.not_after, "cannot renew the peer certificate; retrying");
+                    let retry = Duration::from_secs((lifetime / 16).clamp(1, 60));
+                    tokio::select! {
+                        _ = self.shared.shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(retry) => {}
+                    }
+                }
+            }
         }
     }
 }
