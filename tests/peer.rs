@@ -802,7 +802,9 @@ async fn a_member_presenting_a_one_year_certificate_is_refused_both_ways() {
     })
     .await;
     assert_eq!(node.connections_with(&member_id), 0);
-    assert!(node.connected_peers().is_empty() && m.connected_peers().is_empty());
+    // (Only A's view is checked: in TLS 1.3 a client whose certificate the server refuses has
+    // finished its side of the handshake, so M may see its link up until the first read fails.)
+    assert!(node.connected_peers().is_empty());
     assert_eq!(node.metrics().handshakes_accepted, 0);
 
     // The refusal names the peer and the limits.
@@ -856,11 +858,11 @@ async fn a_connection_is_closed_when_the_peer_certificate_expires() {
     .collect();
     let node = start(&a, loopback(), set, test_limits()).await;
     let now = SystemTime::now();
-    // B's certificate runs out in about 3 s (whole seconds).
+    // B's certificate runs out in about 4 s (whole seconds).
     let short = certificate_between(
         &b,
         now - Duration::from_secs(60),
-        now + Duration::from_secs(3),
+        now + Duration::from_secs(4),
     )
     .await;
     let expires = std::time::UNIX_EPOCH + Duration::from_secs(short.info().not_after as u64);
@@ -919,11 +921,11 @@ async fn a_running_node_renews_its_certificate_and_its_peers_readmit_it() {
     let a = keystore(dir.path(), "a").await;
     let b = keystore(dir.path(), "b").await;
     let b_id = identity(&b).await;
-    // A 12 s lifetime: valid from 6 s ago to 6 s from now, renewed when 3 s are left.
-    let first = cert::generate(&b, &tls_label(), &identity_label(), Duration::from_secs(12))
+    // A 20 s lifetime: valid from 10 s ago to 10 s from now, renewed when 5 s are left.
+    let first = cert::generate(&b, &tls_label(), &identity_label(), Duration::from_secs(20))
         .await
         .unwrap();
-    assert_eq!(first.info().lifetime(), 12);
+    assert_eq!(first.info().lifetime(), 20);
     let nb = start_with_cert(&b, first.clone(), SignerSet::default(), test_limits())
         .await
         .unwrap();
@@ -933,7 +935,7 @@ async fn a_running_node_renews_its_certificate_and_its_peers_readmit_it() {
     let set = mesh_set(&[&na, &nb]);
     na.set_signer_set(set.clone());
     nb.set_signer_set(set);
-    eventually("links up", Duration::from_secs(3), || {
+    eventually("links up", Duration::from_secs(4), || {
         na.connections_with(&b_id) == 2
     })
     .await;
@@ -945,7 +947,7 @@ async fn a_running_node_renews_its_certificate_and_its_peers_readmit_it() {
     let renewed = nb.certificate();
     assert_ne!(renewed.fingerprint(), first.fingerprint());
     assert!(renewed.info().not_after > first.info().not_after);
-    assert_eq!(renewed.info().lifetime(), 12);
+    assert_eq!(renewed.info().lifetime(), 20);
     assert_eq!(renewed.info().spki_sha256(), first.info().spki_sha256());
     // Saved where it was told, so `peer card` shows what peers see.
     eventually("renewed certificate saved", WAIT, || {
