@@ -752,3 +752,457 @@ async fn a_frame_that_is_not_protobuf_is_dropped_and_counted_and_the_connection_
     na.shutdown().await;
     nb.shutdown().await;
 }
+
+/// Starts a node with a given certificate (and limits).
+async fn start_with_cert(
+    custody: &Arc<dyn sbtc_custody::Custody>,
+    certificate: cert::PeerCertificate,
+    set: SignerSet,
+    limits: Limits,
+) -> Result<sbtc_hsm_signer::peer::PeerNode, sbtc_hsm_signer::peer::PeerError> {
+    sbtc_hsm_signer::peer::PeerNode::start(sbtc_hsm_signer::peer::NodeParams {
+        custody: custody.clone(),
+        identity_label: identity_label(),
+        tls_label: tls_label(),
+        certificate,
+        listen: loopback(),
+        set,
+        limits,
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_member_presenting_a_one_year_certificate_is_refused_both_ways() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = keystore(dir.path(), "a").await;
+    let member = keystore(dir.path(), "member").await;
+    let member_id = identity(&member).await;
+    let now = SystemTime::now();
+    let year = certificate_between(
+        &member,
+        now - Duration::from_secs(60),
+        now + Duration::from_secs(365 * 86_400),
+    )
+    .await;
+
+    // A member that admits long certificates presents it, on its dials and its listener.
+    let lenient = Limits {
+        max_cert_lifetime: Duration::from_secs(400 * 86_400),
+        ..test_limits()
+    };
+    let m = start_with_cert(&member, year.clone(), SignerSet::default(), lenient)
+        .await
+        .unwrap();
+    let node = start(&a, loopback(), SignerSet::default(), test_limits()).await;
+    let set = mesh_set(&[&node, &m]);
+    node.set_signer_set(set.clone());
+    m.set_signer_set(set);
+    eventually("both directions refused", WAIT, || {
+        node.metrics().refused("lifetime_too_long") >= 2
+    })
+    .await;
+    assert_eq!(node.connections_with(&member_id), 0);
+    // (Only A's view is checked: in TLS 1.3 a client whose certificate the server refuses has
+    // finished its side of the handshake, so M may see its link up until the first read fails.)
+    assert!(node.connected_peers().is_empty());
+    assert_eq!(node.metrics().handshakes_accepted, 0);
+
+    // The refusal names the peer and the limits.
+    let why = node
+        .verifier()
+        .admit(year.der(), cert::now_unix())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        why.contains(&hex::encode(member_id.serialize())) && why.contains("365.0 days"),
+        "{why}"
+    );
+
+    // Our own node will not start with it: every peer with the default maximum would refuse it.
+    let err = start_with_cert(&member, year.clone(), SignerSet::default(), test_limits())
+        .await
+        .err()
+        .expect("a node with a 1-year certificate must not start")
+        .to_string();
+    assert!(err.contains("longer than the 30 days"), "{err}");
+
+    // Control: the same member with a 30-day certificate is admitted.
+    let tls13: &[&'static rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13];
+    let month = certificate_between(
+        &member,
+        now - Duration::from_secs(60),
+        now - Duration::from_secs(60) + Duration::from_secs(30 * 86_400),
+    )
+    .await;
+    assert!(
+        admitted(
+            client(&member, &month, node.identity(), tls13),
+            node.local_addr()
+        )
+        .await
+    );
+    m.shutdown().await;
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_connection_is_closed_when_the_peer_certificate_expires() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = keystore(dir.path(), "a").await;
+    let b = keystore(dir.path(), "b").await;
+    let set: SignerSet = [
+        (identity(&a).await, Member::default()),
+        (identity(&b).await, Member::default()),
+    ]
+    .into_iter()
+    .collect();
+    let node = start(&a, loopback(), set, test_limits()).await;
+    let now = SystemTime::now();
+    // B's certificate runs out in about 4 s (whole seconds).
+    let short = certificate_between(
+        &b,
+        now - Duration::from_secs(60),
+        now + Duration::from_secs(4),
+    )
+    .await;
+    let expires = std::time::UNIX_EPOCH + Duration::from_secs(short.info().not_after as u64);
+    let tls13: &[&'static rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13];
+    let config = client(&b, &short, node.identity(), tls13);
+    let tcp = TcpStream::connect(node.local_addr()).await.unwrap();
+    let mut tls = TlsConnector::from(config.clone())
+        .connect(tls::peer_server_name().unwrap(), tcp)
+        .await
+        .unwrap();
+    // HTTP/2 preface, empty SETTINGS and an ACK of the server's: a quiet, live connection.
+    let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    hello.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
+    hello.extend_from_slice(&[0, 0, 0, 4, 1, 0, 0, 0, 0]);
+    tls.write_all(&hello).await.unwrap();
+    tls.flush().await.unwrap();
+    let mut buf = [0u8; 1024];
+    assert!(tls.read(&mut buf).await.unwrap() > 0, "admitted");
+    assert_eq!(node.connections_with(&identity(&b).await), 1);
+
+    // The node closes it when the certificate expires, not before (bounded wait).
+    let closed = tokio::time::timeout(Duration::from_secs(15), async {
+        loop {
+            match tls.read(&mut buf).await {
+                Ok(0) | Err(_) => return SystemTime::now(),
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+    .expect("the connection outlived its peer's certificate");
+    assert!(
+        closed + Duration::from_millis(100) >= expires,
+        "closed {:?} before the expiry",
+        expires.duration_since(closed).unwrap_or_default()
+    );
+    let m = node.metrics();
+    assert_eq!(m.expired_disconnects, 1, "{m:?}");
+    eventually("the connection unregistered", WAIT, || {
+        node.connections_with(&identity_sync(&short)) == 0
+    })
+    .await;
+    // Coming back with the same certificate is refused: a fresh one is needed.
+    assert!(!admitted(config, node.local_addr()).await);
+    assert_eq!(node.metrics().refused("expired"), 1);
+    node.shutdown().await;
+}
+
+fn identity_sync(cert: &cert::PeerCertificate) -> secp256k1::PublicKey {
+    cert.info().identity
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_running_node_renews_its_certificate_and_its_peers_readmit_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = keystore(dir.path(), "a").await;
+    let b = keystore(dir.path(), "b").await;
+    let b_id = identity(&b).await;
+    // A 20 s lifetime: valid from 10 s ago to 10 s from now, renewed when 5 s are left.
+    let first = cert::generate(&b, &tls_label(), &identity_label(), Duration::from_secs(20))
+        .await
+        .unwrap();
+    assert_eq!(first.info().lifetime(), 20);
+    let nb = start_with_cert(&b, first.clone(), SignerSet::default(), test_limits())
+        .await
+        .unwrap();
+    let saved = dir.path().join("b-cert.der");
+    nb.keep_certificate_at(saved.clone());
+    let na = start(&a, loopback(), SignerSet::default(), test_limits()).await;
+    let set = mesh_set(&[&na, &nb]);
+    na.set_signer_set(set.clone());
+    nb.set_signer_set(set);
+    eventually("links up", Duration::from_secs(4), || {
+        na.connections_with(&b_id) == 2
+    })
+    .await;
+
+    eventually("B renewed its certificate", WAIT, || {
+        nb.metrics().certificate_renewals >= 1
+    })
+    .await;
+    let renewed = nb.certificate();
+    assert_ne!(renewed.fingerprint(), first.fingerprint());
+    assert!(renewed.info().not_after > first.info().not_after);
+    assert_eq!(renewed.info().lifetime(), 20);
+    assert_eq!(renewed.info().spki_sha256(), first.info().spki_sha256());
+    // Saved where it was told, so `peer card` shows what peers see.
+    eventually("renewed certificate saved", WAIT, || {
+        std::fs::read(&saved).is_ok_and(|d| cert::parse(&d).is_ok())
+    })
+    .await;
+
+    // The connections made with the first certificate close when it expires, and the links
+    // come back with the renewed one: no handshake is refused as expired.
+    eventually(
+        "connections with the old certificate closed and redialled",
+        WAIT,
+        || na.metrics().expired_disconnects >= 2 && na.connections_with(&b_id) == 2,
+    )
+    .await;
+    let m = na.metrics();
+    assert_eq!(m.refused("expired"), 0, "{m:?}");
+    assert!(
+        m.handshakes_accepted >= 2 && m.handshakes_dialed >= 2,
+        "{m:?}"
+    );
+    na.shutdown().await;
+    nb.shutdown().await;
+}
+
+/// A TCP connection to `addr` from the loopback address `from`.
+async fn connect_from(from: &str, addr: SocketAddr) -> std::io::Result<TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(format!("{from}:0").parse().unwrap())?;
+    socket.connect(addr).await
+}
+
+/// The bytes of a TLS 1.3 ClientHello of `config`.
+fn client_hello(config: Arc<ClientConfig>) -> Vec<u8> {
+    let mut conn = rustls::ClientConnection::new(config, tls::peer_server_name().unwrap()).unwrap();
+    let mut out = Vec::new();
+    while conn.wants_write() {
+        conn.write_tls(&mut out).unwrap();
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn strangers_flooding_from_one_address_neither_starve_a_member_nor_exceed_the_signature_budget(
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let counted = Arc::new(sbtc_hsm_signer::keys::AuditedCustody::unrecorded(
+        keystore(dir.path(), "a").await,
+    ));
+    let a: Arc<dyn sbtc_custody::Custody> = counted.clone();
+    let member = keystore(dir.path(), "member").await;
+    let stranger = keystore(dir.path(), "stranger").await;
+    const RATE: u64 = 10;
+    let limits = Limits {
+        handshake_signatures_per_sec: RATE as u32,
+        max_handshakes_per_address: 4,
+        handshake_timeout: Duration::from_secs(2),
+        ..test_limits()
+    };
+    // A does not know where the member dials from: no exemption for its address.
+    let set: SignerSet = [
+        (identity(&a).await, Member::default()),
+        (identity(&member).await, Member::default()),
+    ]
+    .into_iter()
+    .collect();
+    let node = start(&a, loopback(), set, limits).await;
+    let addr = node.local_addr();
+    let signatures = || counted.counts()["sign_p256_prehash"];
+    let before = signatures();
+    let started = std::time::Instant::now();
+
+    // 64 idle sockets from 127.0.0.2.
+    let mut idle = Vec::new();
+    for _ in 0..64 {
+        idle.push(connect_from("127.0.0.2", addr).await.unwrap());
+    }
+    // A ClientHello flood from 127.0.0.2: each one that is processed makes A sign.
+    let stranger_cert = certificate(&stranger).await;
+    let hello = client_hello(client(
+        &stranger,
+        &stranger_cert,
+        node.identity(),
+        &[&rustls::version::TLS13],
+    ));
+    let flood_until = std::time::Instant::now() + Duration::from_secs(4);
+    let mut flooders = Vec::new();
+    for _ in 0..4 {
+        let hello = hello.clone();
+        flooders.push(tokio::spawn(async move {
+            let mut sent = 0u32;
+            while sent < 1000 && std::time::Instant::now() < flood_until {
+                let Ok(mut tcp) = connect_from("127.0.0.2", addr).await else {
+                    continue;
+                };
+                sent += 1;
+                if tcp.write_all(&hello).await.is_ok() {
+                    let mut buf = [0u8; 4096];
+                    let _ =
+                        tokio::time::timeout(Duration::from_millis(200), tcp.read(&mut buf)).await;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            sent
+        }));
+    }
+
+    // During the flood, the member dials from 127.0.0.1 with a 5 s handshake timeout: while the
+    // idle sockets wait for their timeout (2 s), and after, while the ClientHellos get through.
+    let good = certificate(&member).await;
+    let tls13: &[&'static rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13];
+    for wait in [500, 2000] {
+        tokio::time::sleep(Duration::from_millis(wait)).await;
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let connected = tokio::time::timeout(
+            Duration::from_secs(5),
+            TlsConnector::from(client(&member, &good, node.identity(), tls13))
+                .connect(tls::peer_server_name().unwrap(), tcp),
+        )
+        .await;
+        assert!(
+            matches!(connected, Ok(Ok(_))),
+            "the member connects within its timeout during the flood: {connected:?}"
+        );
+    }
+    let mut sent = 0;
+    for f in flooders {
+        sent += f.await.unwrap();
+    }
+    drop(idle);
+    let spent = signatures() - before;
+    let seconds = started.elapsed().as_secs() + 1;
+    let m = node.metrics();
+    assert!(sent > 100, "the flood ran: {sent} connections");
+    // Counted, not timed: the bucket holds RATE and refills RATE a second.
+    assert!(
+        spent <= RATE + RATE * seconds,
+        "{spent} handshake signatures in {seconds} s exceed the budget of {RATE}/s: {m:?}"
+    );
+    assert!(m.refused("too_many_from_address") > 0, "{m:?}");
+    assert!(
+        m.refused("handshake_rate_from_address") > 0,
+        "the address's share of the rate ran out: {m:?}"
+    );
+    assert!(m.handshakes_accepted >= 2, "{m:?}");
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_peer_flooding_the_inbox_is_held_to_its_bytes_and_another_peer_still_delivers() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = keystore(dir.path(), "a").await;
+    let flooder = keystore(dir.path(), "flooder").await;
+    let honest = keystore(dir.path(), "honest").await;
+    let dead = keystore(dir.path(), "dead").await;
+    const LIMIT: usize = 1 << 20;
+    let limits = Limits {
+        max_message_bytes: 64 << 10,
+        inbox_bytes_per_peer: LIMIT,
+        queue_bytes_per_peer: LIMIT,
+        rate_per_sec: 1_000_000,
+        burst: 1_000_000,
+        ..test_limits()
+    };
+    let closed_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let set: SignerSet = [
+        (identity(&a).await, Member::default()),
+        (identity(&flooder).await, Member::default()),
+        (identity(&honest).await, Member::default()),
+        (
+            identity(&dead).await,
+            Member {
+                endpoint: Some(closed_port.to_string()),
+                spki_pin: None,
+            },
+        ),
+    ]
+    .into_iter()
+    .collect();
+    let na = start(&a, loopback(), set.clone(), limits.clone()).await;
+    let nf = start(&flooder, loopback(), set.clone(), limits.clone()).await;
+    let nh = start(&honest, loopback(), set, limits).await;
+    let mut inbox = na.take_inbox().unwrap();
+    let big = |i: u8| sbtc_hsm_signer::peer::proto::Frame {
+        envelope: message::encode(&message::opaque_round(
+            tip(),
+            [i; 32],
+            Bytes::from(vec![i; 60 << 10]),
+        )),
+    };
+    // 100 messages of 60 KiB (6 MiB) while nobody reads the inbox.
+    let mut fc = nf
+        .dial(na.identity(), &na.local_addr().to_string())
+        .await
+        .unwrap();
+    let closed = fc
+        .open(tokio_stream::iter((0..100u8).map(big)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(closed.received, 100);
+    let m = na.metrics();
+    let peak = na.inbox_bytes_peak(&nf.identity());
+    assert!(peak <= LIMIT, "the flooder held {peak} bytes of the inbox");
+    assert!(
+        peak > LIMIT / 2,
+        "the share was used (so the bound mattered): {peak}"
+    );
+    assert!(na.inbox_bytes_held(&nf.identity()) <= LIMIT);
+    assert!(m.inbox_peer_full >= 80, "{m:?}");
+    assert_eq!(m.received + m.inbox_peer_full, 100, "{m:?}");
+
+    // The honest member's message still gets in while the flooder's share is full.
+    let mut hc = nh
+        .dial(na.identity(), &na.local_addr().to_string())
+        .await
+        .unwrap();
+    hc.open(tokio_stream::iter(vec![big(200)])).await.unwrap();
+    let mut from_honest = 0;
+    while let Ok(Some(msg)) = tokio::time::timeout(Duration::from_secs(2), inbox.recv()).await {
+        if msg.from == nh.identity() {
+            assert_eq!(msg.envelope.round_id[0], 200);
+            from_honest += 1;
+        }
+    }
+    assert_eq!(from_honest, 1);
+    assert_eq!(
+        na.inbox_bytes_held(&nf.identity()),
+        0,
+        "read messages give their bytes back"
+    );
+
+    // Toward a dead peer: the queue holds at most LIMIT bytes; the rest is dropped and counted.
+    let env = message::opaque_round(tip(), [1; 32], Bytes::from(vec![1; 60 << 10]));
+    let before = na.metrics().queue_full;
+    for _ in 0..40 {
+        na.send_to(&dead_id(&na), &env).unwrap();
+    }
+    let held = na.queue_bytes_held(&dead_id(&na));
+    assert!(held <= LIMIT && held > LIMIT / 2, "{held}");
+    assert!(na.metrics().queue_full - before >= 20, "{:?}", na.metrics());
+    na.shutdown().await;
+    nf.shutdown().await;
+    nh.shutdown().await;
+}
+
+/// The one member of `node`'s set with an endpoint (the dead one in the inbox test).
+fn dead_id(node: &sbtc_hsm_signer::peer::PeerNode) -> secp256k1::PublicKey {
+    node.signer_set()
+        .iter()
+        .find(|(_, m)| m.endpoint.is_some())
+        .map(|(k, _)| *k)
+        .unwrap()
+}

@@ -55,7 +55,7 @@ pub async fn card(peer: &PeerConfig, keys: &Keys) -> Result<PeerCard, PeerError>
         &keys.custody,
         &keys.tls,
         &keys.identity,
-        peer.validity(),
+        peer.validity()?,
     )
     .await?;
     let info = certificate.info();

@@ -54,6 +54,17 @@ pub enum CertError {
     Expired,
     #[error("certificate not valid yet")]
     NotYetValid,
+    #[error(
+        "certificate of {identity} is valid for {} (not_after - not_before), longer than the {} \
+         this signer admits (max_cert_lifetime_days); its operator must make a shorter one \
+         (cert_validity_days, then delete cert_path)",
+        fmt_secs(*.lifetime), fmt_secs(*.max)
+    )]
+    LifetimeTooLong {
+        identity: String,
+        lifetime: i64,
+        max: i64,
+    },
     #[error("identity {0} is not in the signer set")]
     NotInSet(String),
     #[error("certificate public key does not match the SPKI pin for {0}")]
@@ -69,6 +80,7 @@ impl CertError {
             CertError::BadBinding => "bad_binding",
             CertError::Expired => "expired",
             CertError::NotYetValid => "not_yet_valid",
+            CertError::LifetimeTooLong { .. } => "lifetime_too_long",
             CertError::NotInSet(_) => "not_in_set",
             CertError::PinMismatch(_) => "pin_mismatch",
         }
@@ -92,12 +104,32 @@ impl CertInfo {
         Sha256::digest(&self.spki_der).into()
     }
 
-    /// Checks the validity period against `now` (Unix seconds).
+    /// not_after - not_before, in seconds: the period the binding vouches for.
+    pub fn lifetime(&self) -> i64 {
+        self.not_after.saturating_sub(self.not_before)
+    }
+
+    /// Refuses a certificate whose lifetime is longer than `max`.
+    pub fn check_lifetime(&self, max: Duration) -> Result<(), CertError> {
+        let max = i64::try_from(max.as_secs()).unwrap_or(i64::MAX);
+        if self.lifetime() > max {
+            return Err(CertError::LifetimeTooLong {
+                identity: hex::encode(self.identity.serialize()),
+                lifetime: self.lifetime(),
+                max,
+            });
+        }
+        Ok(())
+    }
+
+    /// Checks the validity period against `now` (Unix seconds). The period is taken as
+    /// [not_before, not_after): at whole seconds, "not after T" must already refuse T.5, which
+    /// is when a connection closed at its peer's expiry (T) may redial.
     pub fn check_time(&self, now: i64) -> Result<(), CertError> {
         if now < self.not_before {
             return Err(CertError::NotYetValid);
         }
-        if now > self.not_after {
+        if now >= self.not_after {
             return Err(CertError::Expired);
         }
         Ok(())
@@ -111,6 +143,23 @@ pub fn parse(der: &[u8]) -> Result<CertInfo, CertError> {
         return Err(CertError::BadBinding);
     }
     Ok(info)
+}
+
+/// The identity key a certificate's binding names, without checking the binding: only for
+/// naming the peer in logs of a refusal. Never use it to admit a peer.
+pub fn claimed_identity(der: &[u8]) -> Option<secp256k1::PublicKey> {
+    parse_unverified(der).ok().map(|(info, _)| info.identity)
+}
+
+/// `2592000` -> "30 days", `90` -> "90 s".
+fn fmt_secs(secs: i64) -> String {
+    if secs >= 86_400 && secs % 86_400 == 0 {
+        format!("{} days", secs / 86_400)
+    } else if secs >= 86_400 {
+        format!("{:.1} days", secs as f64 / 86_400.0)
+    } else {
+        format!("{secs} s")
+    }
 }
 
 /// Parses a peer certificate without checking its binding signature.
@@ -220,7 +269,12 @@ pub struct CertRequest<'a> {
     pub not_after: SystemTime,
 }
 
-/// Makes a certificate for this signer's keys, valid from an hour ago (clock skew) for `validity`.
+/// How far back a new certificate's validity starts, for peers whose clocks are behind.
+pub const CLOCK_SKEW: Duration = Duration::from_secs(3600);
+
+/// Makes a certificate for this signer's keys whose whole lifetime (not_after - not_before) is
+/// `validity`, starting [`CLOCK_SKEW`] ago; so it is never longer than a peer's maximum as long
+/// as `validity` is not.
 pub async fn generate(
     custody: &Arc<dyn Custody>,
     tls_label: &KeyLabel,
@@ -228,13 +282,16 @@ pub async fn generate(
     validity: Duration,
 ) -> Result<PeerCertificate, PeerError> {
     let identity = identity_key(custody, identity_label).await?;
-    let now = SystemTime::now();
+    // Whole seconds, so that the lifetime is exactly `validity` (the certificate keeps seconds).
+    let now = UNIX_EPOCH + Duration::from_secs(u64::try_from(now_unix()).unwrap_or(0));
+    let validity = Duration::from_secs(validity.as_secs().max(1));
+    let skew = Duration::from_secs(CLOCK_SKEW.as_secs().min(validity.as_secs() / 2));
     let cert = generate_with(CertRequest {
         tls: (custody, tls_label),
         binder: (custody, identity_label),
         identity,
-        not_before: now - Duration::from_secs(3600),
-        not_after: now + validity,
+        not_before: now - skew,
+        not_after: now - skew + validity,
     })
     .await?;
     PeerCertificate::from_der(cert.der().to_vec())
@@ -410,9 +467,9 @@ impl SigningKey for CustodyCertKey {
     }
 }
 
-/// Loads the certificate at `path` if it still fits the backend's keys and has at least a
-/// quarter of `validity` left; otherwise makes a new one and writes it there. Returns the
-/// certificate and whether it is new.
+/// Loads the certificate at `path` if it still fits the backend's keys, is not longer-lived than
+/// `validity` and has at least a quarter of `validity` left; otherwise makes a new one and writes
+/// it there. Returns the certificate and whether it is new.
 pub async fn load_or_generate(
     path: &Path,
     custody: &Arc<dyn Custody>,
@@ -430,6 +487,7 @@ pub async fn load_or_generate(
                 if info.identity == identity
                     && info.tls_key == tls
                     && info.check_time(now_unix()).is_ok()
+                    && info.check_lifetime(validity).is_ok()
                     && info.not_after.saturating_sub(now_unix()) > margin
                 {
                     return Ok((cert, false));
@@ -450,7 +508,7 @@ pub async fn load_or_generate(
     Ok((cert, true))
 }
 
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), PeerError> {
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), PeerError> {
     use std::io::Write;
     let file_err = |action, source| PeerError::File {
         action,

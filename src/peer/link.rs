@@ -1,6 +1,7 @@
 //! The dialling side: one link per peer in the set, kept up with jittered exponential backoff.
 //! Each link owns a bounded queue; when it is full, new messages to that peer are dropped and
-//! counted, so a slow peer costs at most `queue_depth` messages of memory.
+//! counted, so a slow peer costs at most `queue_depth` messages and `queue_bytes_per_peer` bytes
+//! of memory.
 
 use std::{
     sync::{
@@ -23,7 +24,8 @@ use super::{
     metrics::Metrics,
     node::Shared,
     proto::{signer_peer_client::SignerPeerClient, Frame},
-    server::{count_failed_handshake, peer_identity, FRAME_OVERHEAD},
+    quota::{Charge, PeerQuota},
+    server::{count_failed_handshake, peer_info, FRAME_OVERHEAD},
     stream::{PeerConnInfo, PeerStream},
     tls, PeerError,
 };
@@ -32,10 +34,18 @@ pub type PeerClient = SignerPeerClient<Channel>;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// An envelope waiting in a link's queue, holding its share of the queue's bytes.
+pub(crate) struct Queued {
+    pub bytes: Bytes,
+    pub charge: Charge,
+}
+
 /// One outbound link.
 pub(crate) struct Link {
     pub endpoint: String,
-    pub queue: mpsc::Sender<Bytes>,
+    pub queue: mpsc::Sender<Queued>,
+    /// Bytes and messages waiting in `queue`.
+    pub bytes: Arc<PeerQuota>,
     pub client: Arc<Mutex<Option<PeerClient>>>,
     pub up: Arc<AtomicBool>,
     pub cancel: CancellationToken,
@@ -45,6 +55,10 @@ pub(crate) struct Link {
 impl Link {
     pub(crate) fn spawn(shared: Arc<Shared>, peer: secp256k1::PublicKey, endpoint: String) -> Link {
         let (queue, rx) = mpsc::channel(shared.limits.queue_depth.max(1));
+        let bytes = PeerQuota::new(
+            shared.limits.queue_bytes_per_peer,
+            shared.limits.queue_depth.max(1),
+        );
         let client = Arc::new(Mutex::new(None));
         let up = Arc::new(AtomicBool::new(false));
         let cancel = shared.shutdown.child_token();
@@ -60,6 +74,7 @@ impl Link {
         Link {
             endpoint,
             queue,
+            bytes,
             client,
             up,
             cancel,
@@ -79,7 +94,7 @@ async fn run(
     shared: Arc<Shared>,
     peer: secp256k1::PublicKey,
     endpoint: String,
-    mut queue: mpsc::Receiver<Bytes>,
+    mut queue: mpsc::Receiver<Queued>,
     client_slot: Arc<Mutex<Option<PeerClient>>>,
     up: Arc<AtomicBool>,
     cancel: CancellationToken,
@@ -112,12 +127,13 @@ async fn run(
                             break false;
                         }
                         next = queue.recv() => {
-                            let Some(envelope) = next else { break true };
+                            let Some(Queued { bytes: envelope, charge }) = next else { break true };
                             tokio::select! {
                                 _ = cancel.cancelled() => break true,
                                 _ = &mut call => break false,
                                 sent = frames.send(Frame { envelope }) => if sent.is_err() { break false },
                             }
+                            drop(charge);
                         }
                     }
                 };
@@ -219,25 +235,33 @@ async fn connect(
     let remote = tcp.peer_addr().ok();
     let _ = tcp.set_nodelay(true);
     tcp_keepalive(&tcp);
+    let deadline = tokio::time::Instant::now() + shared.limits.handshake_timeout;
+    // Our handshake signature, from the handshake budget (our dials come first).
+    if !shared.budget.outbound(deadline).await {
+        shared.metrics.refuse("handshake_budget");
+        return Err(link_err(
+            "no handshake signature left in the budget (handshake_signatures_per_sec) in time"
+                .into(),
+        ));
+    }
     let connector = TlsConnector::from(shared.client_tls.clone());
-    let tls = match tokio::time::timeout(
-        shared.limits.handshake_timeout,
-        connector.connect(tls::peer_server_name()?, tcp),
-    )
-    .await
-    {
-        Err(_) => {
-            shared.metrics.refuse("handshake_timeout");
-            return Err(link_err("TLS handshake timed out".into()));
-        }
-        Ok(Err(e)) => {
-            count_failed_handshake(&shared.metrics, &e, "outbound", remote);
-            return Err(link_err(format!("TLS handshake failed: {e}")));
-        }
-        Ok(Ok(tls)) => tls,
-    };
-    let identity = peer_identity(tls.get_ref().1.peer_certificates())
+    let tls =
+        match tokio::time::timeout_at(deadline, connector.connect(tls::peer_server_name()?, tcp))
+            .await
+        {
+            Err(_) => {
+                shared.metrics.refuse("handshake_timeout");
+                return Err(link_err("TLS handshake timed out".into()));
+            }
+            Ok(Err(e)) => {
+                count_failed_handshake(&shared.metrics, &e, "outbound", remote, true);
+                return Err(link_err(format!("TLS handshake failed: {e}")));
+            }
+            Ok(Ok(tls)) => tls,
+        };
+    let info = peer_info(tls.get_ref().1.peer_certificates())
         .ok_or_else(|| link_err("no usable certificate".into()))?;
+    let identity = info.identity;
     if identity != *peer {
         shared.metrics.refuse("wrong_peer");
         return Err(link_err(format!(
@@ -252,6 +276,7 @@ async fn connect(
     if !shared.set.get().contains(&identity) {
         return Err(link_err("left the signer set during the handshake".into()));
     }
+    guard.close_at_expiry(info.not_after, shared.metrics.clone(), "outbound");
     Metrics::inc(&shared.metrics.handshakes_dialed);
     Ok(PeerStream::new(
         tls,

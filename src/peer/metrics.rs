@@ -30,6 +30,13 @@ pub struct Metrics {
     pub queue_full: AtomicU64,
     /// Connections closed because their peer left the signer set.
     pub removed_disconnects: AtomicU64,
+    /// Connections closed because the peer's certificate expired.
+    pub expired_disconnects: AtomicU64,
+    /// Our own certificate renewed while the node runs.
+    pub certificate_renewals: AtomicU64,
+    /// Envelopes dropped because their sender's share of the inbox (`inbox_bytes_per_peer`
+    /// bytes, 4 x `queue_depth` messages) was full.
+    pub inbox_peer_full: AtomicU64,
     refusals: Mutex<BTreeMap<&'static str, u64>>,
 }
 
@@ -62,6 +69,9 @@ impl Metrics {
             inbox_full: get(&self.inbox_full),
             queue_full: get(&self.queue_full),
             removed_disconnects: get(&self.removed_disconnects),
+            expired_disconnects: get(&self.expired_disconnects),
+            certificate_renewals: get(&self.certificate_renewals),
+            inbox_peer_full: get(&self.inbox_peer_full),
             refusals: self
                 .refusals
                 .lock()
@@ -90,8 +100,11 @@ pub struct MetricsSnapshot {
     pub inbox_full: u64,
     pub queue_full: u64,
     pub removed_disconnects: u64,
-    /// Refused handshakes by reason (`not_in_set`, `bad_binding`, `expired`, `no_certificate`,
-    /// `incompatible_tls`, ...).
+    pub expired_disconnects: u64,
+    pub certificate_renewals: u64,
+    pub inbox_peer_full: u64,
+    /// Refused handshakes by reason (`not_in_set`, `bad_binding`, `expired`, `lifetime_too_long`,
+    /// `no_certificate`, `incompatible_tls`, `too_many_from_address`, `handshake_budget`, ...).
     pub refusals: BTreeMap<String, u64>,
 }
 

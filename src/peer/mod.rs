@@ -15,6 +15,7 @@
 //! See docs/peer-links.md.
 
 pub mod binding;
+mod budget;
 pub mod card;
 pub mod cert;
 pub mod config;
@@ -24,6 +25,7 @@ mod link;
 pub mod message;
 mod metrics;
 pub mod node;
+mod quota;
 mod server;
 pub mod set;
 mod stream;

@@ -3,6 +3,7 @@
 use std::{
     collections::HashMap,
     net::SocketAddr,
+    path::PathBuf,
     sync::{atomic::Ordering, Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -14,16 +15,18 @@ use tokio::{net::TcpListener, sync::mpsc, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 
 use super::{
+    budget::{HandshakeBudget, LogLimiter},
     cert::{self, PeerCertificate},
     limits::{Limits, TokenBucket},
-    link::{self, Link, PeerClient},
+    link::{self, Link, PeerClient, Queued},
     message::{self, ChainTip, Envelope, StatementKind},
     metrics::{Metrics, MetricsSnapshot},
     proto::Frame,
+    quota::{Charge, PeerQuota},
     server,
     set::{SharedSet, SignerSet},
     stream::Connections,
-    tls::{self, CustodyTlsKey, PeerVerifier},
+    tls::{self, CertSlot, CustodyTlsKey, PeerVerifier},
     PeerError,
 };
 
@@ -44,7 +47,34 @@ pub struct NodeParams {
 pub struct Inbound {
     pub from: secp256k1::PublicKey,
     pub envelope: Envelope,
+    /// This message's share of its sender's part of the inbox; given back when the last clone
+    /// is dropped.
+    _held: Option<Arc<Charge>>,
 }
+
+impl Inbound {
+    /// An envelope that holds no share of any inbox (tests and in-process transports).
+    pub fn new(from: secp256k1::PublicKey, envelope: Envelope) -> Inbound {
+        Inbound {
+            from,
+            envelope,
+            _held: None,
+        }
+    }
+
+    pub(crate) fn held(from: secp256k1::PublicKey, envelope: Envelope, charge: Charge) -> Inbound {
+        Inbound {
+            from,
+            envelope,
+            _held: Some(Arc::new(charge)),
+        }
+    }
+}
+
+/// Inbox slots per 4 x [`Limits::queue_depth`]: each peer may hold 4 x `queue_depth` messages, so
+/// this many peers fill the inbox's message count before any one of them reaches its own share.
+/// (A bounded channel allocates its slots as they are used.)
+const INBOX_PEERS: usize = 256;
 
 /// What the listener, the links and the service share.
 pub(crate) struct Shared {
@@ -55,6 +85,12 @@ pub(crate) struct Shared {
     pub inbox: mpsc::Sender<Inbound>,
     pub connections: Arc<Connections>,
     pub buckets: Mutex<HashMap<[u8; 33], TokenBucket>>,
+    /// Each peer's share of the inbox (`inbox_bytes_per_peer`, 4 x `queue_depth` messages).
+    pub inbox_quotas: Mutex<HashMap<[u8; 33], Arc<PeerQuota>>>,
+    /// HSM signatures for handshakes, and unauthenticated connections per source address.
+    pub budget: Arc<HandshakeBudget>,
+    /// For log lines a stranger can cause at will.
+    pub stranger_log: LogLimiter,
     pub server_tls: Arc<ServerConfig>,
     pub client_tls: Arc<ClientConfig>,
     pub shutdown: CancellationToken,
@@ -73,7 +109,10 @@ pub struct PeerNode {
     tasks: Vec<JoinHandle<()>>,
     custody: Arc<dyn Custody>,
     identity_label: KeyLabel,
-    certificate: PeerCertificate,
+    /// The certificate presented now (the renewal task replaces it).
+    certificate: Arc<Mutex<PeerCertificate>>,
+    /// Where renewed certificates are written, if anywhere.
+    cert_path: Arc<Mutex<Option<PathBuf>>>,
     tls_key: CustodyTlsKey,
 }
 
@@ -89,17 +128,26 @@ impl PeerNode {
                     .into(),
             ));
         }
+        // Peers would refuse it: say so now rather than be refused by everyone.
+        info.check_lifetime(p.limits.max_cert_lifetime)
+            .and_then(|()| info.check_time(cert::now_unix()))
+            .map_err(|e| {
+                PeerError::Certificate(format!(
+                    "our own certificate: {e}; delete [peer] cert_path to make a new one"
+                ))
+            })?;
         let metrics = Arc::new(Metrics::default());
         let set = SharedSet::new(p.set);
-        let verifier = PeerVerifier::new(set.clone(), metrics.clone());
+        let verifier = PeerVerifier::with_max_lifetime(
+            set.clone(),
+            metrics.clone(),
+            p.limits.max_cert_lifetime,
+        );
         let tls_key = CustodyTlsKey::new(p.custody.clone(), p.tls_label.clone(), metrics.clone())?;
-        let server_tls = tls::server_config(&tls_key, &p.certificate, verifier.clone())?;
-        let client_tls = tls::client_config(
-            &tls_key,
-            &p.certificate,
-            verifier,
-            &[&rustls::version::TLS13],
-        )?;
+        let slot = CertSlot::new(&tls_key, &p.certificate);
+        let server_tls = tls::server_config_with(slot.clone(), verifier.clone())?;
+        let client_tls =
+            tls::client_config_with(slot.clone(), verifier, &[&rustls::version::TLS13])?;
         let listener = TcpListener::bind(p.listen)
             .await
             .map_err(|source| PeerError::Listen {
@@ -110,7 +158,16 @@ impl PeerNode {
             addr: p.listen,
             source,
         })?;
-        let (inbox_tx, inbox_rx) = mpsc::channel(p.limits.queue_depth.saturating_mul(4).max(1));
+        let (inbox_tx, inbox_rx) = mpsc::channel(
+            p.limits
+                .queue_depth
+                .saturating_mul(4 * INBOX_PEERS)
+                .clamp(1, tokio::sync::Semaphore::MAX_PERMITS),
+        );
+        let budget = HandshakeBudget::new(
+            p.limits.handshake_signatures_per_sec,
+            p.limits.max_handshakes_per_address,
+        );
         let dial_slots = Arc::new(tokio::sync::Semaphore::new(
             p.limits.max_concurrent_dials.max(1),
         ));
@@ -122,6 +179,9 @@ impl PeerNode {
             inbox: inbox_tx,
             connections: Arc::new(Connections::default()),
             buckets: Mutex::new(HashMap::new()),
+            inbox_quotas: Mutex::new(HashMap::new()),
+            budget,
+            stranger_log: LogLimiter::default(),
             server_tls,
             client_tls,
             shutdown: CancellationToken::new(),
@@ -129,10 +189,22 @@ impl PeerNode {
         });
         let links: Links = Arc::new(Mutex::new(HashMap::new()));
         let (admitted_tx, admitted_rx) = mpsc::channel(64);
+        let certificate = Arc::new(Mutex::new(p.certificate));
+        let cert_path = Arc::new(Mutex::new(None));
+        let renewal = Renewal {
+            shared: shared.clone(),
+            custody: p.custody.clone(),
+            tls_label: p.tls_label.clone(),
+            identity_label: p.identity_label.clone(),
+            slot,
+            certificate: certificate.clone(),
+            cert_path: cert_path.clone(),
+        };
         let tasks = vec![
             tokio::spawn(server::accept_loop(shared.clone(), listener, admitted_tx)),
             tokio::spawn(server::serve(shared.clone(), admitted_rx)),
             tokio::spawn(manage_links(shared.clone(), links.clone())),
+            tokio::spawn(renewal.run()),
         ];
         Ok(PeerNode {
             shared,
@@ -142,7 +214,8 @@ impl PeerNode {
             tasks,
             custody: p.custody,
             identity_label: p.identity_label,
-            certificate: p.certificate,
+            certificate,
+            cert_path,
             tls_key,
         })
     }
@@ -160,19 +233,26 @@ impl PeerNode {
             &keys.custody,
             &keys.tls,
             &keys.identity,
-            peer.validity(),
+            peer.validity()?,
         )
         .await?;
-        PeerNode::start(NodeParams {
+        let node = PeerNode::start(NodeParams {
             custody: keys.custody.clone(),
             identity_label: keys.identity.clone(),
             tls_label: keys.tls.clone(),
             certificate,
             listen: peer.listen,
             set,
-            limits: peer.limits(),
+            limits: peer.limits()?,
         })
-        .await
+        .await?;
+        node.keep_certificate_at(peer.cert_path.clone());
+        Ok(node)
+    }
+
+    /// Writes every renewed certificate to `path` (so `peer card` shows what peers see).
+    pub fn keep_certificate_at(&self, path: PathBuf) {
+        *self.cert_path.lock().unwrap_or_else(|p| p.into_inner()) = Some(path);
     }
 
     pub fn identity(&self) -> secp256k1::PublicKey {
@@ -183,8 +263,13 @@ impl PeerNode {
         self.local_addr
     }
 
-    pub fn certificate(&self) -> &PeerCertificate {
-        &self.certificate
+    /// The certificate presented now; renewed while the node runs, when a quarter of its
+    /// lifetime is left.
+    pub fn certificate(&self) -> PeerCertificate {
+        self.certificate
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     pub fn metrics(&self) -> MetricsSnapshot {
@@ -213,6 +298,11 @@ impl PeerNode {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .retain(|key, _| keep.contains(key));
+        self.shared
+            .inbox_quotas
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|key, _| keep.contains(key));
         let closed = self
             .shared
             .connections
@@ -235,6 +325,23 @@ impl PeerNode {
             })
             .map(|(k, _)| *k)
             .collect()
+    }
+
+    /// Bytes of `peer`'s messages waiting in the inbox now (encoded envelopes plus a fixed
+    /// overhead each); at most `inbox_bytes_per_peer`.
+    pub fn inbox_bytes_held(&self, peer: &secp256k1::PublicKey) -> usize {
+        self.shared.inbox_quota(peer).held()
+    }
+
+    /// The most bytes `peer`'s messages ever held in the inbox at once.
+    pub fn inbox_bytes_peak(&self, peer: &secp256k1::PublicKey) -> usize {
+        self.shared.inbox_quota(peer).peak()
+    }
+
+    /// Bytes waiting in the queue toward `peer` now; at most `queue_bytes_per_peer`.
+    pub fn queue_bytes_held(&self, peer: &secp256k1::PublicKey) -> usize {
+        let links = self.links.lock().unwrap_or_else(|p| p.into_inner());
+        links.get(&peer.serialize()).map_or(0, |l| l.bytes.held())
     }
 
     /// Live admitted connections (inbound and outbound) with `peer`.
@@ -284,12 +391,17 @@ impl PeerNode {
         self.check_size(&bytes)?;
         let queue = {
             let links = self.links.lock().unwrap_or_else(|p| p.into_inner());
-            links.get(&peer.serialize()).map(|l| l.queue.clone())
+            links
+                .get(&peer.serialize())
+                .map(|l| (l.queue.clone(), l.bytes.clone()))
         };
-        let Some(queue) = queue else {
+        let Some((queue, quota)) = queue else {
             return Ok(false);
         };
-        let sent = queue.send(bytes).await.is_ok();
+        let Some(charge) = quota.charge(bytes.len()).await else {
+            return Ok(false);
+        };
+        let sent = queue.send(Queued { bytes, charge }).await.is_ok();
         if sent {
             Metrics::inc(&self.shared.metrics.sent);
         }
@@ -309,7 +421,11 @@ impl PeerNode {
     }
 
     fn enqueue(&self, link: &Link, bytes: Bytes) -> bool {
-        match link.queue.try_send(bytes) {
+        let Some(charge) = link.bytes.try_charge(bytes.len()) else {
+            Metrics::inc(&self.shared.metrics.queue_full);
+            return false;
+        };
+        match link.queue.try_send(Queued { bytes, charge }) {
             Ok(()) => {
                 Metrics::inc(&self.shared.metrics.sent);
                 true
@@ -390,7 +506,11 @@ impl PeerNode {
 
     /// A verifier that admits by this node's current set, counting into this node's metrics.
     pub fn verifier(&self) -> Arc<PeerVerifier> {
-        PeerVerifier::new(self.shared.set.clone(), self.shared.metrics.clone())
+        PeerVerifier::with_max_lifetime(
+            self.shared.set.clone(),
+            self.shared.metrics.clone(),
+            self.shared.limits.max_cert_lifetime,
+        )
     }
 
     /// Stops the listener and every link, closes every connection, and waits (bounded) for the
@@ -424,6 +544,82 @@ impl Drop for PeerNode {
         self.stop();
         for task in &self.tasks {
             task.abort();
+        }
+    }
+}
+
+/// Renews this node's certificate while it runs: when a quarter of its lifetime is left, a new
+/// one of the same lifetime (at most `max_cert_lifetime`) for the same keys; new handshakes present
+/// it at once. Peers close the connections made with the old one when it expires and the links
+/// redial with the new one.
+struct Renewal {
+    shared: Arc<Shared>,
+    custody: Arc<dyn Custody>,
+    tls_label: KeyLabel,
+    identity_label: KeyLabel,
+    slot: Arc<CertSlot>,
+    certificate: Arc<Mutex<PeerCertificate>>,
+    cert_path: Arc<Mutex<Option<PathBuf>>>,
+}
+
+impl Renewal {
+    async fn run(self) {
+        loop {
+            let info = self
+                .certificate
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .info()
+                .clone();
+            let lifetime = u64::try_from(info.lifetime())
+                .unwrap_or(1)
+                .clamp(1, self.shared.limits.max_cert_lifetime.as_secs().max(1));
+            let renew_at = info.not_after.saturating_sub(info.lifetime() / 4);
+            let wait = u64::try_from(renew_at.saturating_sub(cert::now_unix())).unwrap_or(0);
+            // At least a second between renewals, however short the lifetime.
+            let wait = Duration::from_secs(wait.max(1));
+            tokio::select! {
+                _ = self.shared.shutdown.cancelled() => return,
+                _ = tokio::time::sleep(wait) => {}
+            }
+            let validity = Duration::from_secs(lifetime);
+            match cert::generate(
+                &self.custody,
+                &self.tls_label,
+                &self.identity_label,
+                validity,
+            )
+            .await
+            {
+                Ok(new) => {
+                    let path = self
+                        .cert_path
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .clone();
+                    if let Some(path) = path {
+                        if let Err(e) = cert::write_atomic(&path, new.der().as_ref()) {
+                            tracing::warn!(error = %e, "renewed peer certificate not saved; it is used anyway");
+                        }
+                    }
+                    self.slot.replace(&new);
+                    Metrics::inc(&self.shared.metrics.certificate_renewals);
+                    tracing::info!(
+                        not_after = new.info().not_after,
+                        cert_sha256 = %hex::encode(new.fingerprint()),
+                        "peer certificate renewed"
+                    );
+                    *self.certificate.lock().unwrap_or_else(|p| p.into_inner()) = new;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, not_after = info.not_after, "cannot renew the peer certificate; retrying");
+                    let retry = Duration::from_secs((lifetime / 16).clamp(1, 60));
+                    tokio::select! {
+                        _ = self.shared.shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(retry) => {}
+                    }
+                }
+            }
         }
     }
 }

@@ -1,5 +1,5 @@
 //! An admitted TLS connection: knows which identity is on the other end, and can be closed from
-//! outside when that identity leaves the signer set.
+//! outside when that identity leaves the signer set or its certificate expires.
 
 use std::{
     collections::HashMap,
@@ -9,10 +9,13 @@ use std::{
     pin::Pin,
     sync::{
         atomic::{AtomicU64, Ordering},
-        Arc, Mutex,
+        Arc, Mutex, OnceLock,
     },
     task::{Context, Poll},
+    time::{Duration, SystemTime, UNIX_EPOCH},
 };
+
+use super::metrics::Metrics;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
@@ -24,8 +27,26 @@ pub struct PeerConnInfo {
     pub remote: Option<SocketAddr>,
 }
 
+/// Closes one connection, remembering why (the first reason wins).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Closer {
+    token: CancellationToken,
+    reason: Arc<OnceLock<&'static str>>,
+}
+
+impl Closer {
+    pub(crate) fn close(&self, reason: &'static str) {
+        let _ = self.reason.set(reason);
+        self.token.cancel();
+    }
+
+    fn reason(&self) -> &'static str {
+        self.reason.get().copied().unwrap_or("connection closed")
+    }
+}
+
 /// Live connections of one identity: (connection id, its closer).
-type Live = HashMap<[u8; 33], Vec<(u64, CancellationToken)>>;
+type Live = HashMap<[u8; 33], Vec<(u64, Closer)>>;
 
 /// Every live admitted connection, by identity, so that a removal from the set closes them.
 #[derive(Debug, Default)]
@@ -48,13 +69,13 @@ impl Connections {
             return None;
         }
         let id = self.next.fetch_add(1, Ordering::Relaxed);
-        let token = CancellationToken::new();
-        entry.push((id, token.clone()));
+        let closer = Closer::default();
+        entry.push((id, closer.clone()));
         Some(ConnGuard {
             connections: self.clone(),
             key,
             id,
-            token,
+            closer,
         })
     }
 
@@ -64,8 +85,8 @@ impl Connections {
         let mut n = 0;
         for (key, conns) in live.iter() {
             if !keep(key) {
-                for (_, token) in conns {
-                    token.cancel();
+                for (_, closer) in conns {
+                    closer.close("peer left the signer set");
                     n += 1;
                 }
             }
@@ -88,11 +109,43 @@ pub(crate) struct ConnGuard {
     connections: Arc<Connections>,
     key: [u8; 33],
     id: u64,
-    token: CancellationToken,
+    closer: Closer,
+}
+
+impl ConnGuard {
+    /// Closes the connection when the peer's certificate expires (`not_after`, Unix seconds):
+    /// the link then redials, and the peer must present a fresh certificate. Counted
+    /// (`expired_disconnects`) and logged with the peer's identity.
+    pub(crate) fn close_at_expiry(
+        &self,
+        not_after: i64,
+        metrics: Arc<Metrics>,
+        side: &'static str,
+    ) {
+        let closer = self.closer.clone();
+        let peer = hex::encode(self.key);
+        let at = UNIX_EPOCH + Duration::from_secs(u64::try_from(not_after).unwrap_or(0));
+        let wait = at
+            .duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO);
+        tokio::spawn(async move {
+            tokio::select! {
+                // Ended for another reason (or dropped): nothing to do.
+                _ = closer.token.cancelled() => {}
+                _ = tokio::time::sleep(wait) => {
+                    Metrics::inc(&metrics.expired_disconnects);
+                    tracing::warn!(%peer, side, not_after, "peer certificate expired: connection closed; the peer must present a fresh certificate");
+                    closer.close("peer certificate expired");
+                }
+            }
+        });
+    }
 }
 
 impl Drop for ConnGuard {
     fn drop(&mut self) {
+        // Ends the expiry timer of this connection, if any.
+        self.closer.token.cancel();
         let mut live = self
             .connections
             .live
@@ -113,17 +166,17 @@ pub struct PeerStream<S> {
     inner: S,
     info: PeerConnInfo,
     closed: Pin<Box<WaitForCancellationFutureOwned>>,
-    _guard: ConnGuard,
+    guard: ConnGuard,
 }
 
 impl<S> PeerStream<S> {
     pub(crate) fn new(inner: S, info: PeerConnInfo, guard: ConnGuard) -> Self {
-        let closed = Box::pin(guard.token.clone().cancelled_owned());
+        let closed = Box::pin(guard.closer.token.clone().cancelled_owned());
         PeerStream {
             inner,
             info,
             closed,
-            _guard: guard,
+            guard,
         }
     }
 
@@ -131,7 +184,7 @@ impl<S> PeerStream<S> {
         match self.closed.as_mut().poll(cx) {
             Poll::Ready(()) => Err(io::Error::new(
                 io::ErrorKind::ConnectionAborted,
-                "peer left the signer set",
+                self.guard.closer.reason(),
             )),
             Poll::Pending => Ok(()),
         }

@@ -15,11 +15,17 @@
 use std::{fmt, sync::Arc, time::Duration};
 
 use rustls::{
-    client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
+    client::{
+        danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
+        ResolvesClientCert,
+    },
     crypto::{CryptoProvider, WebPkiSupportedAlgorithms},
     pki_types::{CertificateDer, ServerName, UnixTime},
-    server::danger::{ClientCertVerified, ClientCertVerifier},
-    sign::{CertifiedKey, SingleCertAndKey},
+    server::{
+        danger::{ClientCertVerified, ClientCertVerifier},
+        ClientHello, ResolvesServerCert,
+    },
+    sign::CertifiedKey,
     CertificateError, ClientConfig, DigitallySignedStruct, DistinguishedName, ServerConfig,
     SignatureAlgorithm, SignatureScheme, SupportedProtocolVersion,
 };
@@ -28,6 +34,7 @@ use sha2::{Digest, Sha256};
 
 use super::{
     cert::{self, CertError, CertInfo, PeerCertificate},
+    limits::DEFAULT_MAX_CERT_LIFETIME,
     metrics::Metrics,
     set::SharedSet,
     PeerError,
@@ -154,6 +161,7 @@ pub struct PeerVerifier {
     set: Arc<SharedSet>,
     metrics: Arc<Metrics>,
     algorithms: WebPkiSupportedAlgorithms,
+    max_lifetime: Duration,
 }
 
 impl fmt::Debug for PeerVerifier {
@@ -163,17 +171,29 @@ impl fmt::Debug for PeerVerifier {
 }
 
 impl PeerVerifier {
+    /// A verifier that admits certificates of at most the default lifetime (30 days).
     pub fn new(set: Arc<SharedSet>, metrics: Arc<Metrics>) -> Arc<PeerVerifier> {
+        Self::with_max_lifetime(set, metrics, DEFAULT_MAX_CERT_LIFETIME)
+    }
+
+    /// A verifier that refuses certificates whose not_after - not_before exceeds `max_lifetime`.
+    pub fn with_max_lifetime(
+        set: Arc<SharedSet>,
+        metrics: Arc<Metrics>,
+        max_lifetime: Duration,
+    ) -> Arc<PeerVerifier> {
         Arc::new(PeerVerifier {
             set,
             metrics,
             algorithms: provider().signature_verification_algorithms,
+            max_lifetime,
         })
     }
 
     /// The admission decision, without counting.
     pub fn admit(&self, der: &[u8], now: i64) -> Result<CertInfo, CertError> {
         let info = cert::parse(der)?;
+        info.check_lifetime(self.max_lifetime)?;
         info.check_time(now)?;
         let set = self.set.get();
         let member = set
@@ -200,7 +220,11 @@ impl PeerVerifier {
             Ok(_) => Ok(()),
             Err(e) => {
                 self.metrics.refuse(e.reason());
-                tracing::warn!(side, reason = %e, "peer handshake refused");
+                // The binding names the peer; for a bad binding that name is only a claim.
+                let peer = cert::claimed_identity(der.as_ref())
+                    .map(|k| hex::encode(k.serialize()))
+                    .unwrap_or_else(|| "unknown".into());
+                tracing::warn!(side, %peer, reason = e.reason(), error = %e, "peer handshake refused");
                 Err(rustls::Error::InvalidCertificate(match e {
                     CertError::Expired => CertificateError::Expired,
                     CertError::NotYetValid => CertificateError::NotValidYet,
@@ -308,11 +332,59 @@ pub fn provider() -> CryptoProvider {
     rustls::crypto::ring::default_provider()
 }
 
-fn certified(key: &CustodyTlsKey, cert: &PeerCertificate) -> Arc<SingleCertAndKey> {
-    Arc::new(SingleCertAndKey::from(CertifiedKey::new(
-        vec![cert.der().clone()],
-        Arc::new(key.clone()),
-    )))
+/// The certificate a node presents on both sides, replaced when the node renews it.
+#[derive(Debug)]
+pub(crate) struct CertSlot {
+    key: CustodyTlsKey,
+    current: std::sync::RwLock<Arc<CertifiedKey>>,
+}
+
+impl CertSlot {
+    pub(crate) fn new(key: &CustodyTlsKey, cert: &PeerCertificate) -> Arc<CertSlot> {
+        Arc::new(CertSlot {
+            key: key.clone(),
+            current: std::sync::RwLock::new(Self::certified(key, cert)),
+        })
+    }
+
+    fn certified(key: &CustodyTlsKey, cert: &PeerCertificate) -> Arc<CertifiedKey> {
+        Arc::new(CertifiedKey::new(
+            vec![cert.der().clone()],
+            Arc::new(key.clone()),
+        ))
+    }
+
+    /// New handshakes present `cert` from now on (same TLS key).
+    pub(crate) fn replace(&self, cert: &PeerCertificate) {
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Self::certified(&self.key, cert);
+    }
+
+    fn get(&self) -> Arc<CertifiedKey> {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+impl ResolvesServerCert for CertSlot {
+    fn resolve(&self, _client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.get())
+    }
+}
+
+impl ResolvesClientCert for CertSlot {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
+        Some(self.get())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
 }
 
 /// The listener's config: TLS 1.3 only, a client certificate required and verified.
@@ -321,11 +393,19 @@ pub fn server_config(
     cert: &PeerCertificate,
     verifier: Arc<PeerVerifier>,
 ) -> Result<Arc<ServerConfig>, PeerError> {
+    server_config_with(CertSlot::new(key, cert), verifier)
+}
+
+/// [`server_config`] presenting whatever `slot` holds.
+pub(crate) fn server_config_with(
+    slot: Arc<CertSlot>,
+    verifier: Arc<PeerVerifier>,
+) -> Result<Arc<ServerConfig>, PeerError> {
     let mut config = ServerConfig::builder_with_provider(Arc::new(provider()))
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| PeerError::Tls(e.to_string()))?
         .with_client_cert_verifier(verifier)
-        .with_cert_resolver(certified(key, cert));
+        .with_cert_resolver(slot);
     config.alpn_protocols = vec![b"h2".to_vec()];
     // No resumption: a resumed session skips the certificate check, so a peer dropped from the
     // set (or whose pin changed) could come back on an old ticket.
@@ -341,12 +421,21 @@ pub fn client_config(
     verifier: Arc<PeerVerifier>,
     versions: &[&'static SupportedProtocolVersion],
 ) -> Result<Arc<ClientConfig>, PeerError> {
+    client_config_with(CertSlot::new(key, cert), verifier, versions)
+}
+
+/// [`client_config`] presenting whatever `slot` holds.
+pub(crate) fn client_config_with(
+    slot: Arc<CertSlot>,
+    verifier: Arc<PeerVerifier>,
+    versions: &[&'static SupportedProtocolVersion],
+) -> Result<Arc<ClientConfig>, PeerError> {
     let mut config = ClientConfig::builder_with_provider(Arc::new(provider()))
         .with_protocol_versions(versions)
         .map_err(|e| PeerError::Tls(e.to_string()))?
         .dangerous()
         .with_custom_certificate_verifier(verifier)
-        .with_client_cert_resolver(certified(key, cert));
+        .with_client_cert_resolver(slot);
     config.alpn_protocols = vec![b"h2".to_vec()];
     // Every connection re-checks the peer against the current set (see server_config).
     config.resumption = rustls::client::Resumption::disabled();
