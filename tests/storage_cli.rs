@@ -61,7 +61,8 @@ async fn migrate_then_audit_verify() {
     for applied in [
         "applied migration 1 (initial)",
         "applied migration 2 (dkg_shares_signer_position)",
-        "now at version 3",
+        "applied migration 4 (whole_transaction_guard)",
+        "now at version 4",
     ] {
         assert!(text(&out).contains(applied), "{}", text(&out));
     }
@@ -73,7 +74,7 @@ async fn migrate_then_audit_verify() {
     );
     let out = cli.run(&["migrate", "--check"]).await;
     assert!(
-        out.status.success() && text(&out).contains("is current (version 3)"),
+        out.status.success() && text(&out).contains("is current (version 4)"),
         "{}",
         text(&out)
     );
