@@ -9,6 +9,9 @@ pub mod commands;
 pub mod config;
 pub mod coordination;
 pub mod devnet;
+#[cfg(any(test, feature = "testing"))]
+#[doc(hidden)]
+pub mod fuzz_targets;
 pub mod keys;
 pub mod logging;
 pub mod node;
