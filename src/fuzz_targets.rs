@@ -176,7 +176,10 @@ pub fn peer_certificate(data: &[u8]) -> bool {
         assert_eq!(inbound, outbound, "both sides decide alike");
         inbound
     };
-    let valid = info.not_before <= info.not_after;
+    // Validity is [not_before, not_after), and no longer than the default maximum lifetime.
+    let max_lifetime = i64::try_from(crate::peer::DEFAULT_MAX_CERT_LIFETIME.as_secs())
+        .expect("30 days fit in i64");
+    let valid = info.not_before < info.not_after && info.lifetime() <= max_lifetime;
     assert_eq!(admits(info.spki_sha256(), info.identity), valid);
     let mut other_pin = info.spki_sha256();
     other_pin[0] ^= 1;
@@ -232,8 +235,12 @@ pub fn keystore_file(data: &[u8]) -> bool {
     write().expect("the fuzz keystore file can be written");
     let passphrase = SecretString::new(KEYSTORE_PASSPHRASE.to_owned());
     let opened = runtime().block_on(async {
+        // The seeds use the fast test KDF, which opens only when asked for.
+        let options = sbtc_custody_keystore::OpenOptions::insecure_test();
         let ks =
-            match sbtc_custody_keystore::Keystore::open_with_passphrase(&path, &passphrase).await {
+            match sbtc_custody_keystore::Keystore::open_with_options(&path, &passphrase, &options)
+                .await
+            {
                 Ok(ks) => ks,
                 Err(e) => {
                     assert_ne!(e.kind(), ErrorKind::Internal, "open failed internally: {e}");
@@ -254,7 +261,12 @@ pub fn keystore_file(data: &[u8]) -> bool {
         }
         true
     });
-    let _ = std::fs::remove_file(&path);
+    // The keystore leaves its lock and rollback-mark files beside it.
+    for extra in ["", ".lock", ".state"] {
+        let mut p = path.clone().into_os_string();
+        p.push(extra);
+        let _ = std::fs::remove_file(p);
+    }
     let _ = std::fs::remove_dir(&dir);
     opened
 }

@@ -336,7 +336,7 @@ async fn write_seed_corpus() {
     let approvers = (0..3)
         .map(|_| Arc::new(ApproveAll) as Arc<dyn Approver>)
         .collect();
-    let signers = cluster.batch_signers(&outcomes, ledgers, approvers);
+    let signers = cluster.batch_signers(coordinator, &outcomes, ledgers, approvers);
     let mut own: Option<(BatchSigner, _)> = None;
     let mut servers = Vec::new();
     for (mut signer, mut transport) in signers.into_iter().zip(record(cluster.network().0)) {
@@ -352,7 +352,10 @@ async fn write_seed_corpus() {
     let coord =
         BatchCoordinator::new(cluster.signers[0].ctx.clone(), own.public().clone()).unwrap();
     assert_eq!(
-        verify_dkg(&coord, &mut own, &mut transport).await.unwrap(),
+        verify_dkg(&coord, &mut own, &mut transport)
+            .await
+            .unwrap()
+            .verdict,
         DkgVerification::Verified
     );
     let requests = [
@@ -421,10 +424,13 @@ async fn write_seed_corpus() {
         aggregate_key: hex::encode(aggregate.serialize()),
         verified: true,
         detail: None,
+        // A seed needs the field's shape, not a signature that verifies.
+        signature: Some(vec![0x5a; 64]),
     };
     let failed = DkgDecision {
         verified: false,
         detail: Some("signer 2 sent a bad share".into()),
+        signature: None,
         ..verified.clone()
     };
     for (name, d) in [("verified", &verified), ("failed", &failed)] {

@@ -33,7 +33,7 @@ pub mod tls;
 
 pub use config::PeerConfig;
 pub use error::PeerError;
-pub use limits::Limits;
+pub use limits::{Limits, DEFAULT_MAX_CERT_LIFETIME};
 pub use metrics::{Metrics, MetricsSnapshot};
 pub use node::{Inbound, NodeParams, PeerNode};
 pub use set::{Member, SharedSet, SignerSet};
