@@ -169,6 +169,23 @@ async fn dkg_with(
     out
 }
 
+type Results = [(
+    Result<DkgOutcome, SigningError>,
+    Box<dyn Transport>,
+    SignerContext,
+)];
+
+/// The coordinator's DKG failed naming the hostile member; returns what it said.
+fn named_by_coordinator(c: &Cluster, results: &Results) -> String {
+    match &results[c.coordinator as usize].0 {
+        Err(SigningError::Misbehaving { signer, detail }) => {
+            assert_eq!(*signer, c.hostile, "{detail}");
+            detail.clone()
+        }
+        other => panic!("the coordinator must name the hostile member: {other:?}"),
+    }
+}
+
 fn unchanged() -> Rewrite {
     Arc::new(|_, m| vec![m.clone()])
 }
@@ -203,7 +220,6 @@ fn signer(ctx: &SignerContext, outcome: &DkgOutcome, coordinator: SignerIndex) -
 async fn a_dkg_end_accusing_unknown_signers_fails_the_dkg_naming_its_sender() {
     tokio::time::timeout(TEST_LIMIT, async {
         let c = Cluster::new().await;
-        let hostile = c.hostile;
         let results = dkg_with(
             &c,
             Arc::new(move |_, m| match m {
@@ -216,13 +232,8 @@ async fn a_dkg_end_accusing_unknown_signers_fails_the_dkg_naming_its_sender() {
             }),
         )
         .await;
-        match &results[c.coordinator as usize].0 {
-            Err(SigningError::Misbehaving { signer, detail }) => {
-                assert_eq!(*signer, hostile, "{detail}");
-                assert!(detail.contains("77"), "{detail}");
-            }
-            other => panic!("the coordinator must name the hostile member: {other:?}"),
-        }
+        let detail = named_by_coordinator(&c, &results);
+        assert!(detail.contains("77"), "{detail}");
         // Every process still runs: the peer nodes answer and keep their links.
         for node in &c.nodes {
             assert_eq!(node.connected_peers().len(), N - 1);
@@ -278,7 +289,6 @@ async fn a_flood_of_private_shares_is_dropped_not_buffered() {
 async fn private_shares_for_another_party_name_the_sender() {
     tokio::time::timeout(TEST_LIMIT, async {
         let c = Cluster::new().await;
-        let hostile = c.hostile;
         let results = dkg_with(
             &c,
             Arc::new(|_, m| match m {
@@ -291,12 +301,7 @@ async fn private_shares_for_another_party_name_the_sender() {
             }),
         )
         .await;
-        match &results[c.coordinator as usize].0 {
-            Err(SigningError::Misbehaving { signer, detail }) => {
-                assert_eq!(*signer, hostile, "{detail}");
-            }
-            other => panic!("the coordinator must name the hostile member: {other:?}"),
-        }
+        named_by_coordinator(&c, &results);
     })
     .await
     .expect("test finished in time");
