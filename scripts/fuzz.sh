@@ -65,6 +65,18 @@ if ! config_out=$(cargo afl config --build 2>&1); then
     fi
 fi
 
+# afl-cmin runs afl-showmap from PATH: put this AFL++'s tools first, so that another afl install
+# (Debian's afl++ 4.04c lacks options afl-cmin uses) is not picked up.
+release=$(rustc -vV | sed -n 's/^release: //p')
+commit=$(rustc -vV | sed -n 's/^commit-hash: //p')
+installed=$(cargo afl --version | awk '{print $2}')
+afl_bin=${XDG_DATA_HOME:-$HOME/.local/share}/afl.rs/rustc-$release-${commit:0:7}/afl.rs-$installed/afl/bin
+if [[ ! -x $afl_bin/afl-showmap ]]; then
+    echo "AFL++ tools not found in $afl_bin (cargo-afl $installed for rustc $release)" >&2
+    exit 1
+fi
+export PATH=$afl_bin:$PATH AFL_PATH=$afl_bin
+
 target_dir=${SBTC_FUZZ_TARGET_DIR:-$PWD/fuzz/target}
 out_root=${SBTC_FUZZ_OUT:-$PWD/fuzz/out}
 # An explicit --target keeps afl's flags off build scripts and proc macros (built once, plainly);
@@ -117,7 +129,10 @@ for t in "${selected[@]}"; do
             [[ $f == *orig:seed-* ]] && continue
             cp "$f" "$union/$(sha256sum "$f" | cut -c1-16)"
         done
-        cargo afl cmin -i "$union" -o "$mini" -- "$bin" >"$out/cmin.log" 2>&1
+        # The bash afl-cmin (the Python one finds no traces with this afl-showmap); -e: edges
+        # only, not hit counts, which keeps the corpus to a few hundred small files.
+        rmdir "$mini"
+        "$afl_bin/afl-cmin.bash" -e -i "$union" -o "$mini" -- "$bin" >"$out/cmin.log" 2>&1
         find "fuzz/corpus/$t" -type f ! -name 'seed-*' -delete
         for f in "$mini"/*; do
             name=$(basename "$f")
