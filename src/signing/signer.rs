@@ -30,7 +30,6 @@ const MAX_PENDING_ROUNDS: usize = 8;
 
 /// Nonces of one round, in memory only; wiped when the round ends or is dropped.
 struct PendingRound {
-    coordinator: SignerIndex,
     sighashes: Vec<SighashRequest>,
     nonces: Vec<Option<Nonce>>,
     public: Vec<Option<PublicNonce>>,
@@ -82,27 +81,6 @@ impl BatchSigner {
             coordinator,
             refused_not_coordinator: 0,
         }
-    }
-
-    /// The signer whose requests this one serves.
-    pub fn coordinator(&self) -> SignerIndex {
-        self.coordinator
-    }
-
-    /// A new coordinator (the chain tip moved on and picked another member). Rounds of the old
-    /// one are dropped: their nonces are wiped and can never be signed.
-    pub fn set_coordinator(&mut self, coordinator: SignerIndex) {
-        if coordinator != self.coordinator {
-            self.pending.clear();
-            self.coordinator = coordinator;
-        }
-    }
-
-    /// Rounds this signer holds nonces for.
-    pub fn pending_rounds(&self) -> Vec<RoundId> {
-        let mut rounds: Vec<_> = self.pending.iter().map(|(r, p)| (p.seq, *r)).collect();
-        rounds.sort();
-        rounds.into_iter().map(|(_, r)| r).collect()
     }
 
     /// How many requests were refused because they came from a member that is not the
@@ -209,7 +187,6 @@ impl BatchSigner {
         self.pending.insert(
             req.round,
             PendingRound {
-                coordinator: from,
                 sighashes: req.sighashes.clone(),
                 nonces,
                 public: public.clone(),
@@ -234,16 +211,6 @@ impl BatchSigner {
                 reason,
             })
         };
-        // Only the coordinator that opened the round may close it; checked before the round is
-        // taken out, so a stranger's request cannot burn the nonces.
-        if let Some(p) = self.pending.get(&req.round) {
-            if p.coordinator != from {
-                return refuse(format!(
-                    "round belongs to coordinator {}, not {from}",
-                    p.coordinator
-                ));
-            }
-        }
         // Taking the round out of `pending` consumes its nonces whatever happens next.
         let Some(pending) = self.pending.remove(&req.round) else {
             return refuse(
