@@ -20,6 +20,8 @@ pub struct Config {
     pub peer: Option<crate::peer::PeerConfig>,
     /// `[storage]`: PostgreSQL or in-memory state (see `storage::config`).
     pub storage: Option<crate::storage::StorageConfig>,
+    /// `[bitcoin]`: the network and the bitcoind RPC endpoint (see `chain::bitcoin::config`).
+    pub bitcoin: Option<crate::chain::bitcoin::BitcoinConfig>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -87,6 +89,18 @@ impl Config {
             command,
             section: "peer",
             hint: "add one with listen, cert_path and the [[peer.bootstrap]] set (see docs/peer-links.md)",
+        })
+    }
+
+    /// `[bitcoin]`, or an error naming the command that needs it.
+    pub fn needs_bitcoin(
+        &self,
+        command: &'static str,
+    ) -> Result<&crate::chain::bitcoin::BitcoinConfig, ConfigError> {
+        self.bitcoin.as_ref().ok_or(ConfigError::MissingSection {
+            command,
+            section: "bitcoin",
+            hint: "add one with network and rpc_url (see config/signer.example.toml)",
         })
     }
 

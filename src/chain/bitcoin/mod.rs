@@ -1,2 +1,9 @@
-//! Bitcoin: the bitcoind client, the block observer, deposit scripts, sweeps and the peg UTXO
-//! (to come; see ARCHITECTURE.md).
+//! Bitcoin: the node client ([`client`] trait, [`rpc`] over bitcoind's JSON-RPC), the block
+//! observer, deposit scripts, and (to come) sweeps and the peg UTXO. See CHAIN.md sections 1, 2, 5.
+
+pub mod client;
+pub mod deposit;
+pub mod config;
+
+pub use client::{BitcoinClient, Error, ErrorKind};
+pub use config::BitcoinConfig;

@@ -1,2 +1,4 @@
-//! Stacks: the node client, the transaction codec, SIP-027 multisig, contract calls and the
-//! event observer (to come; see ARCHITECTURE.md).
+//! Stacks: principals and addresses ([`address`]); the node client, the transaction codec,
+//! SIP-027 multisig, contract calls and the event observer to come (see ARCHITECTURE.md).
+
+pub mod address;
