@@ -22,6 +22,8 @@ pub struct Config {
     pub storage: Option<crate::storage::StorageConfig>,
     /// `[bitcoin]`: the network and the bitcoind RPC endpoint (see `chain::bitcoin::config`).
     pub bitcoin: Option<crate::chain::bitcoin::BitcoinConfig>,
+    /// `[api]`: the deposit intake HTTP API (see `api::config`).
+    pub api: Option<crate::api::ApiConfig>,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -90,7 +90,7 @@ pub fn peer_envelope(data: &[u8]) -> bool {
         Some(Body::Decision(s)) => {
             let _ = DkgDecision::from_bytes(&s.payload);
         }
-        Some(Body::Proposal(_) | Body::Ack(_)) | None => {}
+        Some(Body::Proposal(_) | Body::Ack(_) | Body::Deposit(_)) | None => {}
     }
     true
 }

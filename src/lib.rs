@@ -4,6 +4,7 @@
 //! Floors, top down (a lower one never imports a higher one): `commands` → `node`, `devnet` →
 //! `coordination` → `chain` → `peer`, `storage`, `signing` → `keys` → the custody backends.
 
+pub mod api;
 pub mod chain;
 pub mod commands;
 pub mod config;

@@ -47,6 +47,8 @@ pub struct PeerTransport {
     inbox: mpsc::Receiver<Inbound>,
     tip: ChainTip,
     statements: VecDeque<ReceivedStatement>,
+    /// Where deposit announcements from peers go (the intake's relay; `api::relay`).
+    deposits: Option<crate::api::relay::DepositSink>,
 }
 
 /// Why a transport could not be made.
@@ -80,7 +82,15 @@ impl PeerTransport {
                 block_hash: Bytes::copy_from_slice(tip.as_byte_array()),
             },
             statements: VecDeque::new(),
+            deposits: None,
         })
+    }
+
+    /// Sends peers' deposit announcements to `sink` (bounded: when it is full they are dropped
+    /// and counted there). Without a sink they are dropped.
+    pub fn with_deposit_sink(mut self, sink: crate::api::relay::DepositSink) -> Self {
+        self.deposits = Some(sink);
+        self
     }
 
     pub fn node(&self) -> &Arc<PeerNode> {
@@ -146,6 +156,10 @@ impl PeerTransport {
                 tracing::warn!(peer = %hex::encode(inbound.from.serialize()), "message from outside the signer set dropped");
                 continue;
             };
+            if matches!(inbound.envelope.body, Some(Body::Deposit(_))) {
+                self.forward_deposit(inbound);
+                continue;
+            }
             let round_id = inbound.envelope.round_id.to_vec();
             let (kind, statement) = match inbound.envelope.body {
                 Some(Body::Round(r)) => match wire::decode_round(r, self.set.len() as usize) {
@@ -164,7 +178,7 @@ impl PeerTransport {
                 Some(Body::Proposal(s)) => (StatementKind::Proposal, s),
                 Some(Body::Ack(s)) => (StatementKind::Ack, s),
                 Some(Body::Decision(s)) => (StatementKind::Decision, s),
-                None => continue,
+                Some(Body::Deposit(_)) | None => continue,
             };
             return Some(Incoming::Statement(ReceivedStatement {
                 from,
@@ -172,6 +186,14 @@ impl PeerTransport {
                 round_id,
                 payload: statement.payload,
             }));
+        }
+    }
+
+    /// Hands a deposit announcement to the intake without waiting: the rounds never stall on it.
+    fn forward_deposit(&self, inbound: Inbound) {
+        match &self.deposits {
+            Some(sink) => sink.offer(inbound),
+            None => tracing::debug!("deposit announcement dropped: no intake attached"),
         }
     }
 

@@ -7,7 +7,9 @@ use prost::Message as _;
 use sbtc_custody::{Custody, KeyLabel, RecoverableSignature};
 use sha2::{Digest, Sha256};
 
-pub use super::proto::{envelope::Body, rounds, ChainTip, Envelope, Statement};
+pub use super::proto::{
+    envelope::Body, rounds, ChainTip, DepositAnnouncement, Envelope, Statement,
+};
 
 /// The envelope version this release speaks (2: typed round messages; 1 carried them as JSON).
 pub const VERSION: u32 = 2;
@@ -152,6 +154,8 @@ pub fn decode(bytes: Bytes, sender: &secp256k1::PublicKey) -> Result<Envelope, I
     let (kind, statement) = match &env.body {
         None => return Err(Invalid::Malformed("no body")),
         Some(Body::Round(_)) => return Ok(env),
+        // Authenticated by the link; the receiver validates the deposit on its own node.
+        Some(Body::Deposit(_)) => return Ok(env),
         Some(Body::Proposal(s)) => (StatementKind::Proposal, s),
         Some(Body::Ack(s)) => (StatementKind::Ack, s),
         Some(Body::Decision(s)) => (StatementKind::Decision, s),
