@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 
 . scripts/packages.sh
 ensure_packages "${BUILD_PACKAGES[@]}" postgresql
+# Node.js 18+ (global fetch) for the sBTC wallet library tests; Debian's unless one is installed.
+command -v npm >/dev/null || ensure_packages nodejs npm
 
 # A private SoftHSM2 token dir for this run; tests that need their own tokens make their own too.
 WORK="$(mktemp -d -t sbtc-hsm-signer-test.XXXXXX)"
@@ -33,5 +35,8 @@ echo "==> cargo fmt --check"
 cargo fmt --all -- --check
 echo "==> cargo clippy --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
+# The official sBTC wallet library (package-lock.json pins it) for tests/deposit_api.rs.
+echo "==> npm ci"
+npm ci --no-audit --no-fund
 echo "==> cargo test"
 cargo test --workspace

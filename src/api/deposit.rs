@@ -17,8 +17,8 @@ use serde_json::{json, Map, Value};
 use super::error::ApiError;
 use super::intake::{Held, Progress, Refusal};
 use super::server::ApiState;
-use super::store::SubmissionSource;
 use crate::chain::bitcoin::deposit::DepositSubmission;
+use crate::storage::SubmissionSource;
 
 /// `POST /deposit`.
 pub async fn post_deposit(

@@ -15,8 +15,8 @@ use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
 use super::intake::{Intake, Refusal};
-use super::store::SubmissionSource;
 use crate::chain::bitcoin::deposit::DepositSubmission;
+use crate::storage::SubmissionSource;
 
 /// Pages read per poll; the rest waits for the next poll.
 const MAX_PAGES: usize = 20;

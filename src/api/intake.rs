@@ -10,11 +10,11 @@ use std::sync::{Arc, Mutex};
 use bitcoin::{Network, OutPoint};
 
 use super::relay::Relay;
-use super::store::{DepositSubmissionRecord, SubmissionSource, SubmissionStore};
 use crate::chain::bitcoin::deposit::{
     self, Confirmation, DepositError, DepositSubmission, ValidatedDeposit,
 };
 use crate::chain::bitcoin::BitcoinClient;
+use crate::storage::{DepositSubmissionRecord, Storage, SubmissionSource};
 
 /// Refusals remembered for `GET /deposit/...`.
 const RECENT_REFUSALS: usize = 4096;
@@ -116,7 +116,7 @@ pub struct IntakeCounts {
 pub struct Intake {
     client: Arc<dyn BitcoinClient>,
     network: Network,
-    store: Arc<dyn SubmissionStore>,
+    store: Arc<dyn Storage>,
     relay: Option<Relay>,
     refusals: Mutex<RecentRefusals>,
     stats: IntakeStats,
@@ -127,7 +127,7 @@ impl Intake {
     pub fn new(
         client: Arc<dyn BitcoinClient>,
         network: Network,
-        store: Arc<dyn SubmissionStore>,
+        store: Arc<dyn Storage>,
         relay: Option<Relay>,
     ) -> Intake {
         Intake {
@@ -171,7 +171,14 @@ impl Intake {
             self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
             return Ok(Accepted { held, new: false });
         }
-        let known_keys = self.store.known_keys().await.map_err(storage_refusal)?;
+        let known_keys: Vec<_> = self
+            .store
+            .get_all_dkg_shares()
+            .await
+            .map_err(storage_refusal)?
+            .iter()
+            .map(|s| s.shares.aggregate_key.x_only())
+            .collect();
         let (details, confirmation) = match deposit::validate_with_node(
             self.client.as_ref(),
             &submission,
@@ -205,7 +212,7 @@ impl Intake {
         };
         let new = self
             .store
-            .write_submission(&record)
+            .write_deposit_submission(&record)
             .await
             .map_err(storage_refusal)?;
         if new {
@@ -242,17 +249,13 @@ impl Intake {
     pub async fn held(&self, outpoint: &OutPoint) -> Result<Option<Held>, Refusal> {
         let Some(record) = self
             .store
-            .get_submission(outpoint)
+            .get_deposit_submission(outpoint)
             .await
             .map_err(storage_refusal)?
         else {
             return Ok(None);
         };
-        let recorded = self
-            .store
-            .is_recorded(outpoint)
-            .await
-            .map_err(storage_refusal)?;
+        let recorded = self.confirmed_here(&outpoint.txid).await?;
         let submission = DepositSubmission {
             outpoint: record.outpoint,
             deposit_script: record.deposit_script.clone(),
@@ -269,6 +272,22 @@ impl Intake {
                 Progress::Mempool
             },
         }))
+    }
+
+    /// Whether the block observer saw `txid` confirmed on the canonical chain.
+    async fn confirmed_here(&self, txid: &bitcoin::Txid) -> Result<bool, Refusal> {
+        let Some(tip) = self
+            .store
+            .get_bitcoin_canonical_tip()
+            .await
+            .map_err(storage_refusal)?
+        else {
+            return Ok(false);
+        };
+        self.store
+            .is_confirmed_on(&tip.hash, txid)
+            .await
+            .map_err(storage_refusal)
     }
 
     /// Why `outpoint` was refused, if it was refused lately and never stored since.

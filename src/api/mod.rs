@@ -18,7 +18,6 @@ pub mod intake;
 pub mod limits;
 pub mod relay;
 pub mod server;
-pub mod store;
 
 use std::sync::Arc;
 
@@ -31,13 +30,11 @@ pub use error::ApiError;
 pub use intake::{Accepted, Held, Intake, IntakeCounts, Progress, Refusal};
 pub use relay::{DepositSink, PeerDeposits, Relay, RelayStats};
 pub use server::{ApiServer, ApiStartError};
-pub use store::{
-    DepositSubmissionRecord, StorageWithSubmissions, SubmissionSource, SubmissionStore,
-};
 
 use crate::chain::bitcoin::BitcoinClient;
 use crate::chain::stacks::address::Principal;
 use crate::peer::PeerNode;
+use crate::storage::Storage;
 
 /// The recipient as text for the wallet's JSON.
 pub fn principal_text(p: &Principal) -> String {
@@ -73,7 +70,7 @@ pub async fn start(
     config: &ApiConfig,
     client: Arc<dyn BitcoinClient>,
     network: Network,
-    store: Arc<dyn SubmissionStore>,
+    store: Arc<dyn Storage>,
     peers: Option<Arc<PeerNode>>,
 ) -> Result<RunningApi, ApiStartError> {
     config.check().map_err(ApiStartError::Config)?;

@@ -16,11 +16,11 @@ use tokio_util::sync::CancellationToken;
 
 use super::intake::{Intake, Refusal};
 use super::limits::RateLimiter;
-use super::store::{DepositSubmissionRecord, SubmissionSource};
 use crate::chain::bitcoin::deposit::DepositSubmission;
 use crate::chain::bitcoin::BitcoinClient;
 use crate::peer::message::{Body, ChainTip, DepositAnnouncement, Envelope, VERSION};
 use crate::peer::{Inbound, PeerNode};
+use crate::storage::{DepositSubmissionRecord, SubmissionSource};
 
 /// Announcements waiting for the intake; beyond this they are dropped and counted.
 pub const DEFAULT_QUEUE: usize = 1024;
