@@ -4,6 +4,7 @@
 pub mod client;
 pub mod config;
 pub mod deposit;
+pub mod observer;
 pub mod rpc;
 
 pub use client::{BitcoinClient, Error, ErrorKind};

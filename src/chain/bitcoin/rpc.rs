@@ -375,6 +375,18 @@ impl BitcoindRpc {
             .collect()
     }
 
+    /// `generateblock`: a block paying `address` with exactly `txs` (raw hex or mempool txids).
+    pub async fn generate_block(&self, address: &Address, txs: &[String]) -> Result<BlockHash> {
+        #[derive(Deserialize)]
+        struct Generated {
+            hash: String,
+        }
+        let out: Generated = self
+            .call("generateblock", vec![json!(address.to_string()), json!(txs)])
+            .await?;
+        parse_hash("generateblock", &out.hash)
+    }
+
     pub async fn invalidate_block(&self, hash: &BlockHash) -> Result<()> {
         self.call_value("invalidateblock", vec![json!(hash.to_string())])
             .await?;
