@@ -181,12 +181,16 @@ mod tests {
         let bitcoin = c.bitcoin.as_ref().unwrap();
         assert_eq!(bitcoin.network, bitcoin::Network::Bitcoin);
         assert!(bitcoin.rpc_cookie_file.is_some());
+        let api = c.api.as_ref().unwrap();
+        assert_eq!(api.max_body_bytes, 64 * 1024);
+        api.check().unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
         for section in [
             "[custody]",
             "[keys]",
             "[storage]",
             "[bitcoin]",
+            "[api]",
             "[peer]",
             "[[peer.bootstrap]]",
         ] {

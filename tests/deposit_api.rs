@@ -758,6 +758,8 @@ async fn a_wallet_deposit_reaches_the_second_signer_which_validates_it_on_its_ow
 
 /// A fake Emily on 127.0.0.1: two pages of pending deposits, linked by `nextToken`; it records
 /// the query strings it was asked.
+type EmilyState = (Arc<Vec<Value>>, Arc<Mutex<Vec<String>>>);
+
 async fn fake_emily(pages: Vec<Value>) -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
     use axum::extract::{RawQuery, State};
     let asked = Arc::new(Mutex::new(Vec::new()));
@@ -766,8 +768,7 @@ async fn fake_emily(pages: Vec<Value>) -> (SocketAddr, Arc<Mutex<Vec<String>>>) 
         .route(
             "/deposit",
             axum::routing::get(
-                |State((pages, asked)): State<(Arc<Vec<Value>>, Arc<Mutex<Vec<String>>>)>,
-                 RawQuery(q): RawQuery| async move {
+                |State((pages, asked)): State<EmilyState>, RawQuery(q): RawQuery| async move {
                     let q = q.unwrap_or_default();
                     asked.lock().unwrap().push(q.clone());
                     let page = if q.contains("nextToken=page2") { 1 } else { 0 };
@@ -819,7 +820,10 @@ async fn the_emily_poller_follows_pages_and_feeds_deposits_through_intake() {
 
     let asked = asked.lock().unwrap().clone();
     assert_eq!(asked.len(), 2, "{asked:?}");
-    assert!(asked.iter().all(|q| q.contains("status=pending")), "{asked:?}");
+    assert!(
+        asked.iter().all(|q| q.contains("status=pending")),
+        "{asked:?}"
+    );
     assert!(asked[1].contains("nextToken=page2"), "{asked:?}");
     let s = emily.stats();
     let n = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
@@ -827,14 +831,24 @@ async fn the_emily_poller_follows_pages_and_feeds_deposits_through_intake() {
     assert_eq!(n(&s.malformed), 1);
     // The node lacks the transaction: nothing reaches validation, nothing is stored.
     assert_eq!(n(&s.transaction_unknown), 1);
-    assert!(store.get_deposit_submission(&outpoint(&unknown)).await.unwrap().is_none());
+    assert!(store
+        .get_deposit_submission(&outpoint(&unknown))
+        .await
+        .unwrap()
+        .is_none());
     assert!(intake.recent_refusal(&outpoint(&unknown)).is_none());
     // The one the node has went through validation: stored, or refused with a reason.
     let c = intake.counts();
     assert_eq!(c.stored + c.refused, 1, "{c:?}");
     assert_eq!(n(&s.stored) + n(&s.refused), 1);
-    let stored = store.get_deposit_submission(&outpoint(&known)).await.unwrap();
-    assert_eq!(stored.is_some(), intake.recent_refusal(&outpoint(&known)).is_none());
+    let stored = store
+        .get_deposit_submission(&outpoint(&known))
+        .await
+        .unwrap();
+    assert_eq!(
+        stored.is_some(),
+        intake.recent_refusal(&outpoint(&known)).is_none()
+    );
 }
 
 #[tokio::test]
@@ -889,7 +903,13 @@ async fn wallet_library(input: Value) -> Value {
 }
 
 /// What the wallet library needs to build, fund and sign a deposit to `signers`.
-fn wallet_input(signers: &XOnlyPublicKey, amount: u64, max_fee: u64, lock_time: u32, recipient: &str) -> Value {
+fn wallet_input(
+    signers: &XOnlyPublicKey,
+    amount: u64,
+    max_fee: u64,
+    lock_time: u32,
+    recipient: &str,
+) -> Value {
     let sk = bitcoin::secp256k1::SecretKey::from_slice(&[1u8; 32]).unwrap();
     let pk = bitcoin::CompressedPublicKey(sk.public_key(bitcoin::secp256k1::SECP256K1));
     json!({
@@ -928,7 +948,13 @@ async fn the_wallet_librarys_notify_request_parses_and_its_answer_is_json() {
     assert!(notified.is_object(), "{out}");
     if let Some(rule) = notified["error"]["rule"].as_str() {
         assert!(
-            !["malformed_json", "invalid_field", "missing_field", "not_json"].contains(&rule),
+            ![
+                "malformed_json",
+                "invalid_field",
+                "missing_field",
+                "not_json"
+            ]
+            .contains(&rule),
             "the library's request did not parse: {notified}"
         );
     }
@@ -962,9 +988,15 @@ async fn deposits_built_by_the_wallet_library_are_accepted_and_malformed_ones_re
         let mut notify = input;
         notify["apiUrl"] = api_url.clone();
         let out = wallet_library(notify).await;
-        assert_eq!(out["txid"], built["txid"], "the library signs deterministically");
+        assert_eq!(
+            out["txid"], built["txid"],
+            "the library signs deterministically"
+        );
         let n = &out["notified"];
-        assert_eq!(n["status"], "pending", "{amount} {max_fee} {lock_time} {recipient}: {n}");
+        assert_eq!(
+            n["status"], "pending",
+            "{amount} {max_fee} {lock_time} {recipient}: {n}"
+        );
         assert_eq!(n["amount"], amount);
         assert_eq!(n["parameters"]["maxFee"], max_fee);
         assert_eq!(n["parameters"]["lockTime"], lock_time);
@@ -993,9 +1025,20 @@ async fn deposits_built_by_the_wallet_library_are_accepted_and_malformed_ones_re
         bad["apiUrl"] = api_url.clone();
         bad["override"] = o.clone();
         let out = wallet_library(bad).await;
-        let rule = out["notified"]["error"]["rule"].as_str().unwrap_or_default().to_string();
+        let rule = out["notified"]["error"]["rule"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
         assert!(!rule.is_empty(), "{o}: {}", out["notified"]);
-        assert_eq!(api.intake.recent_refusal(&OutPoint { txid: tx.compute_txid(), vout: o["vout"].as_u64().unwrap_or(0) as u32 }).map(|r| r.rule().to_string()), Some(rule));
+        assert_eq!(
+            api.intake
+                .recent_refusal(&OutPoint {
+                    txid: tx.compute_txid(),
+                    vout: o["vout"].as_u64().unwrap_or(0) as u32
+                })
+                .map(|r| r.rule().to_string()),
+            Some(rule)
+        );
     }
     assert!(store
         .get_deposit_submission(&OutPoint {
