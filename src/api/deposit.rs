@@ -79,7 +79,7 @@ pub fn refusal_error(r: &Refusal) -> ApiError {
         Refusal::NodeUnavailable { .. } => ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             r.rule(),
-            "this signer cannot reach its Bitcoin node to validate the deposit; try again later",
+            "this signer could not check the deposit against its Bitcoin node; try again later",
         )
         .retry_after(30),
         Refusal::Storage { message } => {

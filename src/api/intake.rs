@@ -63,8 +63,9 @@ impl Refusal {
     }
 }
 
-/// `DepositError::rule()` names for a node that could not be asked (CHAIN.md section 5).
-const NODE_RULES: &[&str] = &["node_unavailable", "node_unreachable", "node_error"];
+/// `DepositError::rule()` names that are no verdict on the deposit: this signer's node failed or
+/// is on another network.
+const NODE_RULES: &[&str] = &["node_error", "node_wrong_network"];
 
 /// Where a stored deposit stands, as far as this signer knows.
 #[derive(Clone, Debug, PartialEq, Eq)]
