@@ -566,6 +566,21 @@ async fn csv_locked_spend_waits_for_its_lock_time() {
         tx
     };
     let tx = reclaim(lock);
+    // A block cannot carry it early either.
+    let err = call(
+        &node,
+        "generateblock",
+        json!([k.address.to_string(), [serialize_hex(&tx)]]),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(
+        err,
+        (
+            -25,
+            "TestBlockValidity failed: bad-txns-nonfinal".to_string()
+        )
+    );
     // Confirmed at 102 with a 5-block lock: first valid in block 107, so refused while the tip
     // is below 106.
     for _ in 0..3 {
@@ -718,5 +733,273 @@ async fn wallet_funds_an_address() {
         .await
         .unwrap_err();
     assert_eq!(err.0, -6);
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn mined_blocks_are_consensus_valid() {
+    let node = start().await;
+    let k = key(12);
+    generate(&node, 150, &k).await;
+    let (op, out) = coinbase_at(&node, 1).await;
+    let tx = spend(
+        &k,
+        &[(op, out.clone())],
+        vec![pay(&k.address, out.value.to_sat() - 2_000)],
+        Sequence::MAX,
+    );
+    send(&node, &tx).await.unwrap();
+    let hash = generate(&node, 1, &k).await.remove(0);
+    let raw = ok(&node, "getblock", json!([hash, 0])).await;
+    let block: bitcoin::Block =
+        bitcoin::consensus::encode::deserialize(&hex::decode(raw.as_str().unwrap()).unwrap())
+            .unwrap();
+    assert_eq!(block.block_hash().to_string(), hash);
+    assert!(block.check_merkle_root());
+    assert!(block.check_witness_commitment());
+    assert_eq!(block.bip34_block_height().unwrap(), 151);
+    assert_eq!(block.header.bits.to_consensus(), 0x207f_ffff);
+    block
+        .header
+        .validate_pow(bitcoin::Target::from_compact(block.header.bits))
+        .expect("proof of work");
+    assert_eq!(block.txdata.len(), 2);
+    assert_eq!(block.txdata[1].compute_txid(), tx.compute_txid());
+    // Block 151 is past the first halving (150): 25 BTC plus the fee.
+    assert_eq!(
+        block.txdata[0].output[0].value,
+        Amount::from_sat(25 * 100_000_000 + 2_000)
+    );
+    // Heights 1..=149 pay 50 BTC: the coinbase at 149.
+    assert_eq!(
+        coinbase_at(&node, 149).await.1.value,
+        Amount::from_int_btc(50)
+    );
+    let header = ok(&node, "getblockheader", json!([hash, true])).await;
+    let prev = ok(
+        &node,
+        "getblockheader",
+        json!([header["previousblockhash"]]),
+    )
+    .await;
+    assert!(
+        header["time"].as_u64() > prev["time"].as_u64(),
+        "increasing timestamps"
+    );
+    assert_eq!(prev["nextblockhash"], json!(hash));
+    assert_eq!(header["bits"], json!("207fffff"));
+    assert_eq!(header["height"], json!(151));
+    let verbose = ok(&node, "getblock", json!([hash, 2])).await;
+    assert_eq!(verbose["tx"][1]["fee"], json!(0.00002));
+    let info = ok(&node, "getblockchaininfo", json!([])).await;
+    assert_eq!(info["chain"], json!("regtest"));
+    assert_eq!(info["blocks"], json!(151));
+    assert_eq!(info["initialblockdownload"], json!(false));
+    let net = ok(&node, "getnetworkinfo", json!([])).await;
+    assert_eq!(net["version"], json!(280000));
+    assert_eq!(net["relayfee"], json!(0.00001));
+    assert_eq!(net["incrementalfee"], json!(0.00001));
+    // The genesis block is rust-bitcoin's regtest genesis.
+    let genesis = bitcoin::blockdata::constants::genesis_block(Network::Regtest);
+    assert_eq!(
+        ok(&node, "getblockhash", json!([0])).await,
+        json!(genesis.block_hash().to_string())
+    );
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn policy_refusals_use_bitcoinds_codes_and_reasons() {
+    let node = start().await;
+    let k = key(13);
+    generate(&node, 103, &k).await;
+    let (op, out) = coinbase_at(&node, 1).await;
+    let value = out.value.to_sat();
+    let refuse = |tx: &Transaction| {
+        let hex = serialize_hex(tx);
+        let node = &node;
+        async move {
+            call(node, "sendrawtransaction", json!([hex]))
+                .await
+                .unwrap_err()
+        }
+    };
+    let err = call(&node, "sendrawtransaction", json!(["00ff"]))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err,
+        (
+            -22,
+            "TX decode failed. Make sure the tx has at least one input.".to_string()
+        )
+    );
+    // Dust, version, fee.
+    let dust = spend(
+        &k,
+        &[(op, out.clone())],
+        vec![pay(&k.address, 329), pay(&k.address, value - 10_000)],
+        Sequence::MAX,
+    );
+    assert_eq!(refuse(&dust).await, (-26, "dust".to_string()));
+    let mut v4 = spend(
+        &k,
+        &[(op, out.clone())],
+        vec![pay(&k.address, value - 1_000)],
+        Sequence::MAX,
+    );
+    v4.version = transaction::Version(4);
+    assert_eq!(refuse(&v4).await, (-26, "version".to_string()));
+    let free = spend(
+        &k,
+        &[(op, out.clone())],
+        vec![pay(&k.address, value - 100)],
+        Sequence::MAX,
+    );
+    let err = refuse(&free).await;
+    assert_eq!(err.0, -26);
+    assert_eq!(
+        err.1,
+        format!("min relay fee not met, 100 < {}", free.vsize())
+    );
+    // Over 100 kvB: 2,500 outputs of 43 bytes.
+    let big = spend(
+        &k,
+        &[(op, out.clone())],
+        (0..2_500).map(|_| pay(&k.address, 1_000)).collect(),
+        Sequence::MAX,
+    );
+    assert!(big.weight().to_wu() > 400_000);
+    assert_eq!(refuse(&big).await, (-26, "tx-size".to_string()));
+    // maxfeerate: 0.1 BTC/kvB by default; 0 lifts it.
+    let greedy = spend(
+        &k,
+        &[(op, out.clone())],
+        vec![pay(&k.address, value / 2)],
+        Sequence::MAX,
+    );
+    let err = refuse(&greedy).await;
+    assert_eq!(
+        err,
+        (
+            -25,
+            "Fee exceeds maximum configured by user (e.g. -maxtxfee, maxfeerate)".to_string()
+        )
+    );
+    let verdict = ok(
+        &node,
+        "testmempoolaccept",
+        json!([[serialize_hex(&greedy)]]),
+    )
+    .await;
+    assert_eq!(verdict[0]["reject-reason"], json!("max-fee-exceeded"));
+    // Missing inputs (-25), then already in the mempool, then already confirmed (-27).
+    let orphan = spend(
+        &k,
+        &[(OutPoint::new(Txid::all_zeros(), 7), out.clone())],
+        vec![pay(&k.address, value - 1_000)],
+        Sequence::MAX,
+    );
+    assert_eq!(
+        refuse(&orphan).await,
+        (-25, "bad-txns-inputs-missingorspent".to_string())
+    );
+    let good = spend(
+        &k,
+        &[(op, out.clone())],
+        vec![pay(&k.address, value - 1_000)],
+        Sequence::MAX,
+    );
+    let txid = ok(&node, "sendrawtransaction", json!([serialize_hex(&good)])).await;
+    // Sent again: bitcoind answers with the txid.
+    assert_eq!(
+        ok(&node, "sendrawtransaction", json!([serialize_hex(&good)])).await,
+        txid
+    );
+    let verdict = ok(&node, "testmempoolaccept", json!([[serialize_hex(&good)]])).await;
+    assert_eq!(verdict[0]["reject-reason"], json!("txn-already-in-mempool"));
+    generate(&node, 1, &k).await;
+    assert_eq!(
+        refuse(&good).await,
+        (-27, "Transaction already in block chain".to_string())
+    );
+    // Spent: gone from gettxout.
+    assert!(ok(&node, "gettxout", json!([op.txid.to_string(), 0]))
+        .await
+        .is_null());
+    node.stop().await;
+
+    // Without full RBF, a conflict with a non-signalling transaction is refused outright.
+    let node = RegtestNode::start(RegtestOptions {
+        auth: RpcAuth {
+            user_password: Some((USER.into(), PASSWORD.into())),
+            cookie_file: None,
+        },
+        full_rbf: false,
+        ..RegtestOptions::default()
+    })
+    .await
+    .unwrap();
+    generate(&node, 101, &k).await;
+    let (op, out) = coinbase_at(&node, 1).await;
+    let first = spend(
+        &k,
+        &[(op, out.clone())],
+        vec![pay(&k.address, value - 1_000)],
+        Sequence::MAX,
+    );
+    send(&node, &first).await.unwrap();
+    let second = spend(
+        &k,
+        &[(op, out.clone())],
+        vec![pay(&k.address, value - 10_000)],
+        Sequence::MAX,
+    );
+    assert_eq!(
+        send(&node, &second).await.unwrap_err(),
+        (-26, "txn-mempool-conflict".to_string())
+    );
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn rpc_is_loopback_only_and_bodies_are_bounded() {
+    let refused = RegtestNode::start(RegtestOptions {
+        rpc_bind: "0.0.0.0:0".parse().unwrap(),
+        auth: RpcAuth {
+            user_password: Some((USER.into(), PASSWORD.into())),
+            cookie_file: None,
+        },
+        ..RegtestOptions::default()
+    })
+    .await
+    .unwrap_err();
+    assert!(
+        refused.to_string().contains("not a loopback address"),
+        "{refused}"
+    );
+    let no_auth = RegtestNode::start(RegtestOptions::default())
+        .await
+        .unwrap_err();
+    assert!(
+        no_auth.to_string().contains("no RPC credentials"),
+        "{no_auth}"
+    );
+
+    let node = RegtestNode::start(RegtestOptions {
+        auth: RpcAuth {
+            user_password: Some((USER.into(), PASSWORD.into())),
+            cookie_file: None,
+        },
+        max_body_bytes: 4096,
+        ..RegtestOptions::default()
+    })
+    .await
+    .unwrap();
+    let big = json!({"jsonrpc": "2.0", "id": 1, "method": "sendrawtransaction", "params": ["00".repeat(4096)]});
+    let (status, _) = post(&node, Some(&format!("{USER}:{PASSWORD}")), &big.to_string()).await;
+    assert_eq!(status, 413);
+    // The node still serves.
+    assert_eq!(ok(&node, "getblockcount", json!([])).await, json!(0));
     node.stop().await;
 }
