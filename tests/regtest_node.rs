@@ -1003,3 +1003,12 @@ async fn rpc_is_loopback_only_and_bodies_are_bounded() {
     assert_eq!(ok(&node, "getblockcount", json!([])).await, json!(0));
     node.stop().await;
 }
+
+#[tokio::test]
+async fn amounts_are_written_with_eight_decimals() {
+    let node = start().await;
+    let body = json!({"jsonrpc": "2.0", "id": 1, "method": "getnetworkinfo"}).to_string();
+    let (_, text) = post(&node, Some(&format!("{USER}:{PASSWORD}")), &body).await;
+    assert!(text.contains("\"relayfee\":0.00001000"), "{text}");
+    node.stop().await;
+}

@@ -149,7 +149,7 @@ async fn handle(State(server): State<Arc<Server>>, headers: HeaderMap, body: Byt
         Ok((status, Some(value))) => (
             status,
             [(header::CONTENT_TYPE, "application/json")],
-            format!("{value}\n"),
+            to_json_text(&value),
         )
             .into_response(),
         Ok((status, None)) => status.into_response(),
@@ -158,6 +158,39 @@ async fn handle(State(server): State<Arc<Server>>, headers: HeaderMap, body: Byt
             StatusCode::INTERNAL_SERVER_ERROR.into_response()
         }
     }
+}
+
+/// Writes amounts as bitcoind does: a number with 8 decimals (`0.00001000`, not `1e-5`); other
+/// numbers (difficulty) in the shortest form.
+struct BitcoindFormatter;
+
+impl serde_json::ser::Formatter for BitcoindFormatter {
+    fn write_f64<W: ?Sized + std::io::Write>(
+        &mut self,
+        writer: &mut W,
+        value: f64,
+    ) -> std::io::Result<()> {
+        let sats = (value * 1e8).round();
+        if value.is_finite()
+            && value.abs() < 1e15
+            && (sats / 1e8 - value).abs() <= f64::EPSILON * value.abs()
+        {
+            write!(writer, "{value:.8}")
+        } else {
+            serde_json::ser::CompactFormatter.write_f64(writer, value)
+        }
+    }
+}
+
+fn to_json_text(value: &Value) -> String {
+    use serde::Serialize;
+    let mut out = Vec::new();
+    let mut ser = serde_json::Serializer::with_formatter(&mut out, BitcoindFormatter);
+    if value.serialize(&mut ser).is_err() {
+        return "null\n".to_string();
+    }
+    out.push(b'\n');
+    String::from_utf8(out).unwrap_or_default()
 }
 
 /// One HTTP body: a request or a batch. Returns the HTTP status and the body (None: no body).
