@@ -2,8 +2,8 @@
 //! observer, deposit scripts, and (to come) sweeps and the peg UTXO. See CHAIN.md sections 1, 2, 5.
 
 pub mod client;
-pub mod deposit;
 pub mod config;
+pub mod deposit;
 
 pub use client::{BitcoinClient, Error, ErrorKind};
 pub use config::BitcoinConfig;
