@@ -4,6 +4,9 @@
 pub mod client;
 pub mod config;
 pub mod deposit;
+pub mod observer;
+pub mod rpc;
 
 pub use client::{BitcoinClient, Error, ErrorKind};
 pub use config::BitcoinConfig;
+pub use rpc::BitcoindRpc;
