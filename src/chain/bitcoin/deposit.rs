@@ -750,9 +750,13 @@ pub mod testing {
     use bitcoin::hashes::Hash;
     use bitcoin::secp256k1::{Keypair, SecretKey};
     use bitcoin::transaction::Version;
-    use bitcoin::{Sequence, TxIn, TxOut, Witness};
+    use bitcoin::{Block, BlockHash, FeeRate, Sequence, TxIn, TxOut, Witness};
 
     use super::*;
+    use crate::chain::bitcoin::client::{
+        BlockHeaderInfo, BlockchainInfo, MempoolAcceptance, MempoolEntry, NetworkInfo,
+        TransactionInfo, TxOutInfo,
+    };
 
     /// A key from a one-byte seed (1 to 255).
     pub fn x_only_key(seed: u8) -> XOnlyPublicKey {
@@ -810,18 +814,120 @@ pub mod testing {
         let reclaim = build_reclaim_leaf(lock_time, &standard_user_script(x_only_key(8)));
         submission(amount, deposit, reclaim)
     }
+
+    /// A node double for the deposit checks: it answers `getblockchaininfo` with `network`,
+    /// `gettxout` with `txout` and `getrawtransaction` with `transaction` (or fails every call
+    /// with `fail`); the other calls fail as unsupported.
+    pub struct FakeNode {
+        pub network: Network,
+        pub txout: Option<TxOutInfo>,
+        pub transaction: Option<TransactionInfo>,
+        pub fail: Option<client::Error>,
+    }
+
+    impl FakeNode {
+        /// A regtest node whose `gettxout` answers `txout`.
+        pub fn with(txout: Option<TxOutInfo>) -> FakeNode {
+            FakeNode {
+                network: Network::Regtest,
+                txout,
+                transaction: None,
+                fail: None,
+            }
+        }
+
+        fn answer<T>(&self, value: T) -> client::Result<T> {
+            match &self.fail {
+                Some(e) => Err(e.clone()),
+                None => Ok(value),
+            }
+        }
+    }
+
+    fn unsupported<T>(method: &'static str) -> client::Result<T> {
+        Err(client::Error::new(
+            method,
+            client::ErrorKind::BadResponse,
+            "FakeNode does not serve this call",
+        ))
+    }
+
+    #[async_trait::async_trait]
+    impl BitcoinClient for FakeNode {
+        async fn get_best_block_hash(&self) -> client::Result<BlockHash> {
+            unsupported("getbestblockhash")
+        }
+        async fn get_block_header(&self, _: &BlockHash) -> client::Result<Option<BlockHeaderInfo>> {
+            unsupported("getblockheader")
+        }
+        async fn get_block(&self, _: &BlockHash) -> client::Result<Option<Block>> {
+            unsupported("getblock")
+        }
+        async fn get_block_hash(&self, _: u64) -> client::Result<Option<BlockHash>> {
+            unsupported("getblockhash")
+        }
+        async fn get_raw_transaction(
+            &self,
+            txid: &Txid,
+            _: Option<&BlockHash>,
+        ) -> client::Result<Option<TransactionInfo>> {
+            let found = self
+                .transaction
+                .clone()
+                .filter(|t| t.tx.compute_txid() == *txid);
+            self.answer(found)
+        }
+        async fn get_tx_out(
+            &self,
+            _: &OutPoint,
+            mempool: bool,
+        ) -> client::Result<Option<TxOutInfo>> {
+            assert!(mempool, "deposits in the mempool count");
+            self.answer(self.txout.clone())
+        }
+        async fn estimate_smart_fee(&self, _: u16) -> client::Result<Option<FeeRate>> {
+            unsupported("estimatesmartfee")
+        }
+        async fn get_tx_spending_prevout(&self, _: &OutPoint) -> client::Result<Option<Txid>> {
+            unsupported("gettxspendingprevout")
+        }
+        async fn get_mempool_entry(&self, _: &Txid) -> client::Result<Option<MempoolEntry>> {
+            unsupported("getmempoolentry")
+        }
+        async fn get_mempool_descendants(&self, _: &Txid) -> client::Result<Vec<Txid>> {
+            unsupported("getmempooldescendants")
+        }
+        async fn send_raw_transaction(&self, _: &Transaction) -> client::Result<Txid> {
+            unsupported("sendrawtransaction")
+        }
+        async fn test_mempool_accept(
+            &self,
+            _: &[Transaction],
+        ) -> client::Result<Vec<MempoolAcceptance>> {
+            unsupported("testmempoolaccept")
+        }
+        async fn get_blockchain_info(&self) -> client::Result<BlockchainInfo> {
+            self.answer(BlockchainInfo {
+                network: self.network,
+                blocks: 100,
+                best_block_hash: BlockHash::all_zeros(),
+                initial_block_download: false,
+                pruned: false,
+            })
+        }
+        async fn get_network_info(&self) -> client::Result<NetworkInfo> {
+            unsupported("getnetworkinfo")
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::testing::*;
     use super::*;
-    use crate::chain::bitcoin::client::{
-        BlockHeaderInfo, BlockchainInfo, MempoolAcceptance, MempoolEntry, NetworkInfo,
-        TransactionInfo, TxOutInfo,
-    };
+    use crate::chain::bitcoin::client::TxOutInfo;
     use bitcoin::hashes::{sha256, Hash};
-    use bitcoin::{Block, BlockHash, FeeRate};
+    use bitcoin::BlockHash;
 
     fn testnet_recipient() -> Principal {
         Principal::standard(26, [0x11; 20]).unwrap()
@@ -1281,23 +1387,6 @@ mod tests {
         assert!(verify(&bitcoin::consensus::serialize(&spend)).is_err());
     }
 
-    /// A node double: one answer per call the node checks make.
-    struct Node {
-        network: Network,
-        txout: Option<TxOutInfo>,
-        fail: Option<client::Error>,
-    }
-
-    impl Node {
-        fn with(txout: Option<TxOutInfo>) -> Node {
-            Node {
-                network: Network::Regtest,
-                txout,
-                fail: None,
-            }
-        }
-    }
-
     fn out(confirmations: u64, coinbase: bool) -> TxOutInfo {
         TxOutInfo {
             best_block: BlockHash::all_zeros(),
@@ -1308,74 +1397,7 @@ mod tests {
         }
     }
 
-    #[async_trait::async_trait]
-    impl BitcoinClient for Node {
-        async fn get_best_block_hash(&self) -> client::Result<BlockHash> {
-            unimplemented!("not used by the deposit checks")
-        }
-        async fn get_block_header(&self, _: &BlockHash) -> client::Result<Option<BlockHeaderInfo>> {
-            unimplemented!("not used by the deposit checks")
-        }
-        async fn get_block(&self, _: &BlockHash) -> client::Result<Option<Block>> {
-            unimplemented!("not used by the deposit checks")
-        }
-        async fn get_block_hash(&self, _: u64) -> client::Result<Option<BlockHash>> {
-            unimplemented!("not used by the deposit checks")
-        }
-        async fn get_raw_transaction(
-            &self,
-            _: &Txid,
-            _: Option<&BlockHash>,
-        ) -> client::Result<Option<TransactionInfo>> {
-            unimplemented!("not used by the deposit checks")
-        }
-        async fn get_tx_out(
-            &self,
-            _: &OutPoint,
-            mempool: bool,
-        ) -> client::Result<Option<TxOutInfo>> {
-            assert!(mempool, "deposits in the mempool count");
-            Ok(self.txout.clone())
-        }
-        async fn estimate_smart_fee(&self, _: u16) -> client::Result<Option<FeeRate>> {
-            unimplemented!("not used by the deposit checks")
-        }
-        async fn get_tx_spending_prevout(&self, _: &OutPoint) -> client::Result<Option<Txid>> {
-            unimplemented!("not used by the deposit checks")
-        }
-        async fn get_mempool_entry(&self, _: &Txid) -> client::Result<Option<MempoolEntry>> {
-            unimplemented!("not used by the deposit checks")
-        }
-        async fn get_mempool_descendants(&self, _: &Txid) -> client::Result<Vec<Txid>> {
-            unimplemented!("not used by the deposit checks")
-        }
-        async fn send_raw_transaction(&self, _: &Transaction) -> client::Result<Txid> {
-            unimplemented!("not used by the deposit checks")
-        }
-        async fn test_mempool_accept(
-            &self,
-            _: &[Transaction],
-        ) -> client::Result<Vec<MempoolAcceptance>> {
-            unimplemented!("not used by the deposit checks")
-        }
-        async fn get_blockchain_info(&self) -> client::Result<BlockchainInfo> {
-            if let Some(e) = &self.fail {
-                return Err(e.clone());
-            }
-            Ok(BlockchainInfo {
-                network: self.network,
-                blocks: 100,
-                best_block_hash: BlockHash::all_zeros(),
-                initial_block_download: false,
-                pruned: false,
-            })
-        }
-        async fn get_network_info(&self) -> client::Result<NetworkInfo> {
-            unimplemented!("not used by the deposit checks")
-        }
-    }
-
-    async fn with_node(node: &Node) -> Result<Confirmation, DepositError> {
+    async fn with_node(node: &FakeNode) -> Result<Confirmation, DepositError> {
         validate_with_node(node, &good(), Network::Regtest, &[x_only_key(1)])
             .await
             .map(|(_, c)| c)
@@ -1384,27 +1406,27 @@ mod tests {
     #[tokio::test]
     async fn node_checks() {
         assert_eq!(
-            with_node(&Node::with(Some(out(3, false)))).await,
+            with_node(&FakeNode::with(Some(out(3, false)))).await,
             Ok(Confirmation::Confirmed { confirmations: 3 })
         );
         assert_eq!(
-            with_node(&Node::with(Some(out(0, false)))).await,
+            with_node(&FakeNode::with(Some(out(0, false)))).await,
             Ok(Confirmation::Mempool)
         );
-        let err = with_node(&Node::with(None)).await.unwrap_err();
+        let err = with_node(&FakeNode::with(None)).await.unwrap_err();
         assert_eq!(err.rule(), "output_missing_or_spent");
-        let err = with_node(&Node::with(Some(out(101, true))))
+        let err = with_node(&FakeNode::with(Some(out(101, true))))
             .await
             .unwrap_err();
         assert_eq!(err.rule(), "coinbase");
-        let mut testnet = Node::with(Some(out(3, false)));
+        let mut testnet = FakeNode::with(Some(out(3, false)));
         testnet.network = Network::Testnet;
         let err = with_node(&testnet).await.unwrap_err();
         assert_eq!(err.rule(), "node_wrong_network");
         assert!(err.is_signer_side());
         // The key is checked before the node is asked.
         let err = validate_with_node(
-            &Node::with(None),
+            &FakeNode::with(None),
             &good(),
             Network::Regtest,
             &[x_only_key(2)],
@@ -1416,7 +1438,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_node_failure_is_not_the_depositors_fault() {
-        let mut down = Node::with(Some(out(3, false)));
+        let mut down = FakeNode::with(Some(out(3, false)));
         down.fail = Some(client::Error::new(
             "getblockchaininfo",
             client::ErrorKind::Unreachable,
