@@ -382,7 +382,10 @@ impl BitcoindRpc {
             hash: String,
         }
         let out: Generated = self
-            .call("generateblock", vec![json!(address.to_string()), json!(txs)])
+            .call(
+                "generateblock",
+                vec![json!(address.to_string()), json!(txs)],
+            )
             .await?;
         parse_hash("generateblock", &out.hash)
     }
