@@ -267,10 +267,18 @@ impl Chain {
         block.txdata[0] = coinbase;
         block.header.merkle_root = block.compute_merkle_root().expect("a block has a coinbase");
         let target = Target::from_compact(block.header.bits);
-        while block.header.validate_pow(target).is_err() {
-            block.header.nonce = block.header.nonce.wrapping_add(1);
+        loop {
+            while block.header.validate_pow(target).is_err() {
+                block.header.nonce = block.header.nonce.wrapping_add(1);
+            }
+            // Mined again in the same second on the same parent after an `invalidateblock`, the
+            // block would be the invalidated one: a later time makes it a new block.
+            if !self.blocks.contains_key(&block.block_hash()) {
+                return block;
+            }
+            block.header.time += 1;
+            block.header.nonce = 0;
         }
-        block
     }
 
     /// bitcoind's `CheckBlock` / `ContextualCheckBlock`: what can be checked without the UTXO set.
