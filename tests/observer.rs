@@ -4,7 +4,6 @@
 //! relative to the canonical tip. Runs on the in-memory store and on PostgreSQL.
 
 mod chain_support;
-#[allow(dead_code)]
 mod storage_support;
 
 use std::sync::Arc;
