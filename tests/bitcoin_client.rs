@@ -140,7 +140,10 @@ async fn broadcasts_and_refusals_carry_bitcoinds_codes() {
 
         // A signature that does not verify: the script verifier refuses it.
         let forged = spend(&key, op, &spent, pay(49_000), true);
-        let verdict = c.test_mempool_accept(std::slice::from_ref(&forged)).await.unwrap();
+        let verdict = c
+            .test_mempool_accept(std::slice::from_ref(&forged))
+            .await
+            .unwrap();
         assert!(!verdict[0].allowed, "{n}");
         let reason = verdict[0].reject_reason.clone().unwrap();
         assert!(
@@ -168,7 +171,10 @@ async fn broadcasts_and_refusals_carry_bitcoinds_codes() {
 
         // A good one, then a conflicting one paying too little to replace it.
         let good = spend(&key, op, &spent, pay(49_000), false);
-        let verdict = c.test_mempool_accept(std::slice::from_ref(&good)).await.unwrap();
+        let verdict = c
+            .test_mempool_accept(std::slice::from_ref(&good))
+            .await
+            .unwrap();
         assert!(verdict[0].allowed, "{n}: {verdict:?}");
         assert_eq!(verdict[0].fee, Some(Amount::from_sat(1_000)), "{n}");
         assert_eq!(
