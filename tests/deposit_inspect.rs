@@ -393,3 +393,93 @@ fn a_txid_is_fetched_from_bitcoind_in_the_given_block() {
     // The node checks ran; only the key check (no [storage]) was skipped.
     assert_eq!(j["skipped"], json!(["unknown_signers_key"]));
 }
+
+/// The whole path against the devnet's regtest node: its wallet pays a wallet-built deposit,
+/// and `deposit inspect --tx <txid>` finds it in the mempool, then (mined) only with --block.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deposit_paid_on_the_regtest_node_is_inspected_by_txid() {
+    use sbtc_hsm_signer::chain::bitcoin::deposit::deposit_output_script;
+    use sbtc_hsm_signer::chain::bitcoin::BitcoinClient;
+    use sbtc_hsm_signer::devnet::regtest::{RegtestNode, RegtestOptions, RpcAuth};
+
+    let dir = tempfile::tempdir().unwrap();
+    let password = dir.path().join("rpc-password");
+    std::fs::write(&password, "deposit inspect test\n").unwrap();
+    std::fs::set_permissions(
+        &password,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    let node = RegtestNode::start(RegtestOptions {
+        auth: RpcAuth {
+            user_password: Some(("devnet".into(), "deposit inspect test".into())),
+            cookie_file: None,
+        },
+        ..RegtestOptions::default()
+    })
+    .await
+    .expect("the regtest node starts");
+    node.mine(101);
+    let config = write_config(
+        dir.path(),
+        &format!(
+            "[bitcoin]\nnetwork = \"regtest\"\nrpc_url = \"{}\"\nrpc_user = \"devnet\"\n\
+             rpc_password_file = \"{}\"\nrpc_retries = 0\n",
+            node.rpc_url(),
+            password.display()
+        ),
+    );
+
+    let template = deposit_to(&testnet());
+    let address = bitcoin::Address::from_script(
+        &deposit_output_script(&template.deposit_script, &template.reclaim_script),
+        bitcoin::Network::Regtest,
+    )
+    .unwrap();
+    let txid = node
+        .send_to_address(&address, Amount::from_sat(150_000))
+        .expect("the node wallet pays the deposit");
+    let loaded = sbtc_hsm_signer::config::Config::load(&config).unwrap();
+    let client =
+        sbtc_hsm_signer::chain::bitcoin::BitcoindRpc::new(loaded.bitcoin.as_ref().unwrap())
+            .unwrap();
+    let tx = client
+        .get_raw_transaction(&txid, None)
+        .await
+        .unwrap()
+        .expect("in the mempool")
+        .tx;
+    let vout = tx
+        .output
+        .iter()
+        .position(|o| o.script_pubkey == address.script_pubkey())
+        .unwrap() as u32;
+    let mut paid = template.clone();
+    paid.outpoint = bitcoin::OutPoint::new(txid, vout);
+
+    let run = |extra: Vec<String>| {
+        let config = config.clone();
+        let args = args_with(&paid, txid.to_string(), &[]);
+        tokio::task::spawn_blocking(move || {
+            let mut args = args;
+            args.extend(extra);
+            inspect(Some(&config), &args)
+        })
+    };
+    let out = run(vec!["--json".into()]).await.unwrap();
+    assert_eq!(code(&out), 0, "{}{}", stdout(&out), stderr(&out));
+    let j = json_of(&out);
+    assert_eq!(j["verdict"], "accepted");
+    assert_eq!(j["confirmations"], 0, "in the mempool");
+    assert_eq!(j["amount_sats"], 150_000);
+
+    let block = node.mine(1)[0];
+    let out = run(vec![]).await.unwrap();
+    assert_eq!(code(&out), 2, "{}{}", stdout(&out), stderr(&out));
+    assert!(stderr(&out).contains("--block"), "{}", stderr(&out));
+    let out = run(vec!["--block".into(), block.to_string(), "--json".into()])
+        .await
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}{}", stdout(&out), stderr(&out));
+    assert_eq!(json_of(&out)["confirmations"], 1);
+}
