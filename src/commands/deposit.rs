@@ -218,16 +218,20 @@ async fn known_keys(config: Option<&Config>) -> Result<Option<Vec<XOnlyPublicKey
     let store = crate::storage::open(storage, crate::storage::OnOpen::CheckSchema)
         .await
         .map_err(|e| format!("cannot read the DKG keys from [storage]: {e}"))?;
+    dkg_keys(store.as_ref()).await.map(Some)
+}
+
+/// The x-only aggregate keys of every DKG the store holds, whatever its status: a deposit
+/// locked to any key we hold shares for is one we could sign for.
+pub async fn dkg_keys(store: &dyn crate::storage::Storage) -> Result<Vec<XOnlyPublicKey>, String> {
     let shares = store
         .get_all_dkg_shares()
         .await
         .map_err(|e| format!("cannot read the DKG keys from [storage]: {e}"))?;
-    Ok(Some(
-        shares
-            .iter()
-            .map(|s| s.shares.aggregate_key.x_only())
-            .collect(),
-    ))
+    Ok(shares
+        .iter()
+        .map(|s| s.shares.aggregate_key.x_only())
+        .collect())
 }
 
 impl Inspect {
@@ -541,6 +545,52 @@ mod tests {
             fetch_transaction(&node, &txid, None).await.unwrap(),
             s.transaction
         );
+    }
+
+    #[tokio::test]
+    async fn the_signers_key_is_checked_against_the_stored_dkg_keys() {
+        use crate::keys::AggregateKey;
+        use crate::storage::memory::MemoryStore;
+        use crate::storage::{DbWrite, DkgShares, DkgSharesStatus};
+        use bitcoin::secp256k1::{PublicKey, SecretKey, SECP256K1};
+        let store = MemoryStore::new();
+        assert!(dkg_keys(&store).await.unwrap().is_empty());
+        let public = |seed: u8| {
+            PublicKey::from_secret_key(SECP256K1, &SecretKey::from_slice(&[seed; 32]).unwrap())
+        };
+        store
+            .write_dkg_shares(&DkgShares {
+                aggregate_key: AggregateKey::new(public(1)),
+                dkg_id: crate::signing::DkgId(7),
+                signer_index: 0,
+                sealed_private_shares: sbtc_custody::SealedBlob::from_bytes(vec![1, 2, 3]),
+                public_shares: vec![0; 8],
+                signer_set: vec![public(3), public(4)],
+                threshold: 2,
+                status: DkgSharesStatus::Verified,
+                started_at_block_hash: BlockHash::all_zeros(),
+                started_at_block_height: 100,
+            })
+            .await
+            .unwrap();
+        let keys = dkg_keys(&store).await.unwrap();
+        assert_eq!(keys, [x_only_key(1)]);
+        let s = good(26);
+        let i = inspect(None, &s, Network::Regtest, Some(&keys))
+            .await
+            .unwrap();
+        assert_eq!(i.verdict, Verdict::Accepted { confirmation: None });
+        let other = wallet_submission(
+            Amount::from_sat(250_000),
+            Amount::from_sat(4_000),
+            &Principal::standard(26, [0x44; 20]).unwrap(),
+            x_only_key(2),
+            300,
+        );
+        let i = inspect(None, &other, Network::Regtest, Some(&keys))
+            .await
+            .unwrap();
+        assert_eq!(to_json(&i)["rule"], "unknown_signers_key");
     }
 
     #[test]

@@ -1009,6 +1009,71 @@ mod tests {
         }
     }
 
+    /// Scripts and outputs the official wallet library (npm `sbtc` 0.3.2,
+    /// `buildSbtcDepositAddress`) printed for signers' key `x_only_key(1)` and reclaim key
+    /// `x_only_key(8)`: (recipient, max fee, lock time, deposit, reclaim, scriptPubKey).
+    const WALLET_VECTORS: &[(&str, u64, u16, &str, &str, &str)] = &[
+        (
+            "ST1D5MPJTB9D5MPJTB9D5MPJTB9D5MPJTBB9Q26BX",
+            80_000,
+            950,
+            "1e0000000000013880051a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a75201b84c5567b126440995d3ed5aaba0565d71e1834604819ff9c17f5e9d5dd078fac",
+            "02b603b27520f991f944d1e1954a7fc8b9bf62e0d78f015f4c07762d505e20e6c45260a3661bac",
+            "512080ed9165118b685cfa670fa3553eca533e82dff0844dbf459d98ea1bea021952",
+        ),
+        (
+            "ST1D5MPJTB9D5MPJTB9D5MPJTB9D5MPJTBB9Q26BX.sbtc-vault_2",
+            3_000,
+            16,
+            "2b0000000000000bb8061a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a0c736274632d7661756c745f3275201b84c5567b126440995d3ed5aaba0565d71e1834604819ff9c17f5e9d5dd078fac",
+            "60b27520f991f944d1e1954a7fc8b9bf62e0d78f015f4c07762d505e20e6c45260a3661bac",
+            "51207cce556c6229cb1c0151be91db7242dab19feebb9e6f51ec7138d9e80da4fbaf",
+        ),
+        (
+            "SP1D5MPJTB9D5MPJTB9D5MPJTB9D5MPJTB9D204ZN",
+            1,
+            65535,
+            "1e000000000000000105165a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a75201b84c5567b126440995d3ed5aaba0565d71e1834604819ff9c17f5e9d5dd078fac",
+            "03ffff00b27520f991f944d1e1954a7fc8b9bf62e0d78f015f4c07762d505e20e6c45260a3661bac",
+            "51203a97728acebc93de42ebef190489569a41c09d2f24767f9bec0189817d527646",
+        ),
+    ];
+
+    #[test]
+    fn what_the_wallet_library_builds_parses_and_rebuilds_byte_for_byte() {
+        for (recipient, fee, lock, deposit, reclaim, spk) in WALLET_VECTORS {
+            let recipient: Principal = recipient.parse().unwrap();
+            let deposit = ScriptBuf::from_hex(deposit).unwrap();
+            let reclaim = ScriptBuf::from_hex(reclaim).unwrap();
+            let leaf = parse_deposit_leaf(&deposit).unwrap();
+            assert_eq!(leaf.recipient, recipient);
+            assert_eq!(leaf.max_fee, Amount::from_sat(*fee));
+            assert_eq!(leaf.signers_key, x_only_key(1));
+            let r = parse_reclaim_leaf(&reclaim).unwrap();
+            assert_eq!(r.lock_time, *lock);
+            assert_eq!(r.user_script, standard_user_script(x_only_key(8)));
+            assert_eq!(
+                build_deposit_leaf(Amount::from_sat(*fee), &recipient, x_only_key(1)),
+                deposit
+            );
+            assert_eq!(
+                build_reclaim_leaf(*lock, &standard_user_script(x_only_key(8))),
+                reclaim
+            );
+            assert_eq!(
+                deposit_output_script(&deposit, &reclaim).to_hex_string(),
+                *spk
+            );
+            let network = match recipient.network() {
+                Some(StacksNetwork::Mainnet) => Network::Bitcoin,
+                _ => Network::Regtest,
+            };
+            let s = submission(Amount::from_sat(100_000), deposit, reclaim);
+            assert_eq!(s.transaction.output[1].script_pubkey.to_hex_string(), *spk);
+            validate_without_node(&s, network).unwrap();
+        }
+    }
+
     #[test]
     fn contract_recipients_and_every_push_size_round_trip() {
         for (name_len, push) in [(1, 32u8), (45, 76), (128, 159)] {
