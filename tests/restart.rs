@@ -32,6 +32,8 @@ impl Node {
             .args(["--connect-timeout", "120", "--phase-timeout", "60"])
             .arg("--nonce-ledger")
             .arg(dir.join("nonce-ledger"))
+            .arg("--chain-tip")
+            .arg(std::fs::read_to_string(dir.join("chain-tip")).expect("the DKG's chain tip"))
             .args(extra)
             .env("SBTC_LOG", "info,cryptoki::mechanism=off")
             .stdin(Stdio::null())
@@ -171,6 +173,17 @@ async fn a_killed_signer_signs_again_from_its_stored_shares() {
         .iter()
         .map(|d| serde_json::from_slice(&std::fs::read(d.join("result.json")).unwrap()).unwrap())
         .collect();
+    // The devnet's regtest node stopped with the devnet: the long-lived nodes below run without
+    // Bitcoin, on the tip the DKG ran on.
+    let tip = results[0]["chain_tip"].as_str().unwrap().to_string();
+    for d in &dirs {
+        let config = d.join("signer.toml");
+        let text = std::fs::read_to_string(&config).unwrap();
+        let (head, rest) = text.split_once("[bitcoin]").unwrap();
+        let (_, tail) = rest.split_once("[storage]").unwrap();
+        std::fs::write(&config, format!("{head}[storage]{tail}")).unwrap();
+        std::fs::write(d.join("chain-tip"), &tip).unwrap();
+    }
     let key = results[0]["aggregate_key"].as_str().unwrap().to_string();
     let dkg_id = results[0]["dkg_id"].as_u64().unwrap();
     let coordinator = results

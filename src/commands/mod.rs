@@ -1,6 +1,7 @@
 //! The command line: one subcommand per file.
 
 mod audit;
+mod deposit;
 mod devnet;
 mod keys;
 mod migrate;
@@ -40,6 +41,9 @@ enum Command {
     Run(run::Run),
     /// Start a local devnet of signers (one `run` process each) and report the threshold key.
     Devnet(devnet::Devnet),
+    /// Inspect a deposit: what it says and whether this signer accepts it.
+    #[command(subcommand)]
+    Deposit(deposit::DepositCommand),
 }
 
 /// What a command failed with, for the operator.
@@ -106,6 +110,10 @@ impl Cli {
         if let Command::Devnet(cmd) = self.command {
             return cmd.run().await;
         }
+        // `deposit inspect` works without a config (given --network).
+        if let Command::Deposit(cmd) = self.command {
+            return cmd.run(self.config.as_deref()).await;
+        }
         let config = self.load_config()?;
         match self.command {
             Command::Keys(cmd) => cmd.run(&config).await,
@@ -114,6 +122,7 @@ impl Cli {
             Command::Audit(cmd) => cmd.run(&config).await,
             Command::Run(cmd) => cmd.run(&config).await,
             Command::Devnet(_) => Err("unreachable: devnet is handled above".into()),
+            Command::Deposit(_) => Err("unreachable: deposit is handled above".into()),
         }
     }
 

@@ -19,6 +19,7 @@ use sbtc_custody::{PublicKey, Role};
 use zeroize::Zeroizing;
 
 use super::demo::{self, RunResult};
+use super::regtest::{RegtestNode, RegtestOptions, RpcAuth};
 use crate::{config::Config, node::Shutdown, signing::DkgId};
 
 /// Where each devnet signer keeps its keys.
@@ -139,6 +140,7 @@ fn random_hex(n: usize) -> Zeroizing<String> {
 /// `bootstrap` (identity, endpoint) pairs.
 fn config_text(
     custody: &str,
+    bitcoin: &str,
     storage_url: &str,
     dir: &Path,
     port: u16,
@@ -151,6 +153,7 @@ fn config_text(
         "# Devnet signer: throwaway keys. Never use for real funds."
     )?;
     t.push_str(custody);
+    t.push_str(bitcoin);
     writeln!(t, "[storage]\nurl = {}", toml_str(storage_url))?;
     writeln!(t, "[peer]\nlisten = \"127.0.0.1:{port}\"")?;
     writeln!(t, "cert_path = {}", path_str(&dir.join("peer-cert.der"))?)?;
@@ -294,11 +297,37 @@ pub async fn run(opts: ClusterOptions) -> Result<ExitCode, Box<dyn std::error::E
         .iter()
         .map(|s| (s.identity.clone(), s.port))
         .collect();
+    // The devnet's Bitcoin: a regtest node in this process behind bitcoind's RPC, with a mature
+    // wallet. Every signer's observer follows it and runs its session on its tip.
+    let regtest_dir = work.join("regtest");
+    fs::create_dir_all(&regtest_dir)?;
+    let cookie = regtest_dir.join(".cookie");
+    let regtest = RegtestNode::start(RegtestOptions {
+        auth: RpcAuth {
+            user_password: None,
+            cookie_file: Some(cookie.clone()),
+        },
+        ..RegtestOptions::default()
+    })
+    .await?;
+    regtest.mine(101);
+    let (tip_height, tip) = regtest.tip();
+    println!(
+        "bitcoin: regtest node on {} (cookie {}), tip {tip} at height {tip_height}",
+        regtest.rpc_url(),
+        cookie.display()
+    );
+    let bitcoin_section = format!(
+        "[bitcoin]\nnetwork = \"regtest\"\nrpc_url = {}\nrpc_cookie_file = {}\npoll_interval_secs = 1\n",
+        toml_str(&regtest.rpc_url()),
+        path_str(&cookie)?
+    );
     for s in &signers {
         fs::write(
             &s.config,
             config_text(
                 &s.custody,
+                &bitcoin_section,
                 &s.storage_url,
                 &s.dir,
                 s.port,
@@ -376,7 +405,8 @@ pub async fn run(opts: ClusterOptions) -> Result<ExitCode, Box<dyn std::error::E
     }
 
     // 4. Check the results here, independently of the signers.
-    let code = report(&signers, opts.batch, &work)?;
+    let code = report(&signers, opts.batch, &work, &tip)?;
+    regtest.stop().await;
     Ok(code)
 }
 
@@ -428,6 +458,7 @@ async fn keystore_keys(
 ) -> Result<String, Box<dyn std::error::Error>> {
     let config = Config::parse(&config_text(
         custody_section,
+        "",
         "memory",
         dir,
         0,
@@ -499,7 +530,7 @@ fn cli_keys(
     let config = dir.join("keys.toml");
     fs::write(
         &config,
-        config_text(custody_section, "memory", dir, 0, &[], 1 << 20)?,
+        config_text(custody_section, "", "memory", dir, 0, &[], 1 << 20)?,
     )?;
     let exe = std::env::current_exe()?;
     let mut identity = None;
@@ -566,6 +597,7 @@ fn report(
     signers: &[SignerFiles],
     batch: usize,
     work: &Path,
+    tip: &bitcoin::BlockHash,
 ) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let mut results = Vec::with_capacity(signers.len());
     for s in signers {
@@ -580,6 +612,22 @@ fn report(
         .any(|r| r.aggregate_key != first.aggregate_key)
     {
         eprintln!("the signers disagree on the aggregate key");
+        ok = false;
+    }
+    let on_tip = results
+        .iter()
+        .filter(|r| r.chain_tip == tip.to_string())
+        .count();
+    if on_tip == results.len() {
+        println!(
+            "chain tip: every signer read {tip} (height {}) from the regtest node",
+            first.chain_height
+        );
+    } else {
+        eprintln!(
+            "only {on_tip} of {} signers ran on the regtest node's tip {tip}",
+            results.len()
+        );
         ok = false;
     }
     let verified = results

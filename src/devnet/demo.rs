@@ -144,6 +144,11 @@ pub struct DemoSignature {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct RunResult {
     pub signer_index: u32,
+    /// The Bitcoin tip the session ran on (bitcoind's when `[bitcoin]` is configured).
+    #[serde(default)]
+    pub chain_tip: String,
+    #[serde(default)]
+    pub chain_height: u64,
     pub signers: u32,
     pub threshold: u32,
     pub coordinator: u32,

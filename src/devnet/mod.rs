@@ -4,6 +4,7 @@
 
 pub mod cluster;
 pub mod demo;
+pub mod regtest;
 pub mod session;
 
 pub use session::{run_session, wait_for_peers, SessionParams};

@@ -214,6 +214,8 @@ pub async fn run_session(node: Arc<PeerNode>, p: SessionParams) -> Result<RunRes
 
     let mut result = RunResult {
         signer_index: me,
+        chain_tip: p.chain_tip.to_string(),
+        chain_height: p.chain_height,
         signers: set.len(),
         threshold: set.threshold(),
         coordinator,

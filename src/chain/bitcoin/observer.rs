@@ -381,7 +381,7 @@ impl BlockObserver {
             outpoint: valid.outpoint,
             amount: valid.amount,
             max_fee: valid.deposit.max_fee,
-            recipient: format!("{:?}", valid.deposit.recipient), // FIXME(merge): c32 text
+            recipient: valid.deposit.recipient.to_string(),
             deposit_script: valid.deposit_script,
             reclaim_script: valid.reclaim_script,
             signers_public_key: key,
