@@ -28,7 +28,9 @@ use sbtc_hsm_signer::chain::bitcoin::client::{
     BitcoinClient, BlockHeaderInfo, BlockchainInfo, Error, ErrorKind, MempoolAcceptance,
     MempoolEntry, NetworkInfo, Result as ClientResult, TransactionInfo, TxOutInfo,
 };
+use sbtc_hsm_signer::chain::bitcoin::{BitcoinConfig, BitcoindRpc};
 use sbtc_hsm_signer::coordination::PeerTransport;
+use sbtc_hsm_signer::devnet::regtest::{RegtestNode, RegtestOptions, RpcAuth};
 use sbtc_hsm_signer::keys::AggregateKey;
 use sbtc_hsm_signer::peer::message::{self, Body, ChainTip};
 use sbtc_hsm_signer::peer::PeerNode;
@@ -511,7 +513,8 @@ async fn a_refused_deposit_gets_422_with_its_rule_and_nothing_is_stored() {
     let (status, v) = post_json(&api, &body(&d)).await;
     assert_eq!(status, 422, "{v}");
     let (rule, message) = error_of(&v);
-    assert!(!rule.is_empty() && !message.is_empty(), "{v}");
+    assert_eq!(rule, "unknown_signers_key", "{v}");
+    assert!(!message.is_empty(), "{v}");
     assert!(store
         .get_deposit_submission(&outpoint(&d))
         .await
@@ -527,7 +530,6 @@ async fn a_refused_deposit_gets_422_with_its_rule_and_nothing_is_stored() {
 }
 
 #[tokio::test]
-#[ignore = "needs chain::bitcoin::deposit::validate_with_node (branch h10-deposit) on main"]
 async fn an_unreachable_node_gets_503_and_nothing_is_stored() {
     let (store, key) = store_with_key(9).await;
     let node = Arc::new(TestNode::default());
@@ -553,7 +555,6 @@ async fn an_unreachable_node_gets_503_and_nothing_is_stored() {
 }
 
 #[tokio::test]
-#[ignore = "needs chain::bitcoin::deposit::validate_with_node (branch h10-deposit) on main"]
 async fn an_accepted_deposit_is_stored_once_and_a_resubmission_is_idempotent() {
     let (store, key) = store_with_key(9).await;
     let node = Arc::new(TestNode::default());
@@ -658,10 +659,8 @@ async fn a_relayed_deposit_the_receivers_node_does_not_know_is_refused_counted_a
     })
     .await;
     assert_eq!(
-        stats.refused().values().sum::<u64>(),
-        1,
-        "{:?}",
-        stats.refused()
+        stats.refused().into_iter().collect::<Vec<_>>(),
+        vec![("output_missing_or_spent", 1)]
     );
     assert_eq!(stats.get(&stats.malformed), 1);
     assert_eq!(stats.get(&stats.stored), 0);
@@ -709,7 +708,6 @@ async fn a_peer_over_its_relay_rate_is_dropped_and_counted() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs chain::bitcoin::deposit::validate_with_node (branch h10-deposit) on main"]
 async fn a_wallet_deposit_reaches_the_second_signer_which_validates_it_on_its_own_node() {
     let dir = tempfile::tempdir().unwrap();
     let (nodes, reader, deposits, _sink) = two_signers(dir.path()).await;
@@ -902,16 +900,24 @@ async fn wallet_library(input: Value) -> Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
-/// What the wallet library needs to build, fund and sign a deposit to `signers`.
+/// The key that funds the library's deposits, and its P2WPKH script.
+fn funding_key() -> (bitcoin::secp256k1::SecretKey, ScriptBuf) {
+    let sk = bitcoin::secp256k1::SecretKey::from_slice(&[1u8; 32]).unwrap();
+    let pk = bitcoin::CompressedPublicKey(sk.public_key(bitcoin::secp256k1::SECP256K1));
+    (sk, ScriptBuf::new_p2wpkh(&pk.wpubkey_hash()))
+}
+
+/// What the wallet library needs to build, fund and sign a deposit to `signers`, spending
+/// `funding` (an output paying [`funding_key`]).
 fn wallet_input(
     signers: &XOnlyPublicKey,
     amount: u64,
     max_fee: u64,
     lock_time: u32,
     recipient: &str,
+    funding: (OutPoint, Amount),
 ) -> Value {
-    let sk = bitcoin::secp256k1::SecretKey::from_slice(&[1u8; 32]).unwrap();
-    let pk = bitcoin::CompressedPublicKey(sk.public_key(bitcoin::secp256k1::SECP256K1));
+    let (sk, script) = funding_key();
     json!({
         "network": "regtest",
         "amount": amount,
@@ -921,10 +927,10 @@ fn wallet_input(
         "signersKey": signers.to_string(),
         "reclaimKey": xonly(77).to_string(),
         "funding": {
-            "txid": Txid::from_byte_array([0x42; 32]).to_string(),
-            "vout": 1,
-            "value": amount + 50_000,
-            "scriptPubKey": ScriptBuf::new_p2wpkh(&pk.wpubkey_hash()).to_hex_string(),
+            "txid": funding.0.txid.to_string(),
+            "vout": funding.0.vout,
+            "value": funding.1.to_sat(),
+            "scriptPubKey": script.to_hex_string(),
         },
         "privateKey": hex::encode(sk.secret_bytes()),
         "fee": 2_000,
@@ -941,35 +947,87 @@ async fn the_wallet_librarys_notify_request_parses_and_its_answer_is_json() {
     let (store, key) = store_with_key(9).await;
     let node = Arc::new(TestNode::default());
     let api = start(&config(), node.clone(), store, None).await;
-    let mut input = wallet_input(&key, 100_000, 20_000, 144, STANDARD);
+    let funding = (
+        OutPoint {
+            txid: Txid::from_byte_array([0x42; 32]),
+            vout: 1,
+        },
+        Amount::from_sat(150_000),
+    );
+    let mut input = wallet_input(&key, 100_000, 20_000, 144, STANDARD, funding);
     input["apiUrl"] = json!(format!("http://{}", api.server.local_addr()));
     let out = wallet_library(input).await;
     let notified = &out["notified"];
-    assert!(notified.is_object(), "{out}");
-    if let Some(rule) = notified["error"]["rule"].as_str() {
-        assert!(
-            ![
-                "malformed_json",
-                "invalid_field",
-                "missing_field",
-                "not_json"
-            ]
-            .contains(&rule),
-            "the library's request did not parse: {notified}"
-        );
-    }
+    // The node never saw it: refused by the first node rule, so every field parsed.
+    assert_eq!(
+        notified["error"]["rule"], "output_missing_or_spent",
+        "{out}"
+    );
     api.shutdown().await;
 }
 
+/// The devnet's regtest node (Bitcoin Core's script verifier on every transaction) and the
+/// signer's own RPC client to it, with a mature wallet.
+async fn regtest(dir: &std::path::Path) -> (RegtestNode, Arc<BitcoindRpc>) {
+    let cookie = dir.join("regtest.cookie");
+    let node = RegtestNode::start(RegtestOptions {
+        auth: RpcAuth {
+            user_password: None,
+            cookie_file: Some(cookie.clone()),
+        },
+        ..RegtestOptions::default()
+    })
+    .await
+    .unwrap();
+    // Ten mature coinbases: one for each payment the test makes.
+    node.mine(110);
+    let config: BitcoinConfig = toml::from_str(&format!(
+        "network = \"regtest\"\nrpc_url = \"{}\"\nrpc_cookie_file = \"{}\"",
+        node.rpc_url(),
+        cookie.display()
+    ))
+    .unwrap();
+    (node, Arc::new(BitcoindRpc::new(&config).unwrap()))
+}
+
+/// Pays `amount` from the node wallet to [`funding_key`]; returns the output.
+async fn fund(node: &RegtestNode, rpc: &BitcoindRpc, amount: Amount) -> (OutPoint, Amount) {
+    let script = funding_key().1;
+    let address = bitcoin::Address::from_script(&script, Network::Regtest).unwrap();
+    let txid = node.send_to_address(&address, amount).unwrap();
+    let tx = rpc
+        .get_raw_transaction(&txid, None)
+        .await
+        .unwrap()
+        .unwrap()
+        .tx;
+    let vout = tx
+        .output
+        .iter()
+        .position(|o| o.script_pubkey == script)
+        .unwrap();
+    (
+        OutPoint {
+            txid,
+            vout: vout as u32,
+        },
+        amount,
+    )
+}
+
 /// Deposits the library builds (several amounts, max fees, lock times, both kinds of
-/// recipient) are accepted through `POST /deposit` by its own `notifySbtc`; ones it announces
-/// wrongly are refused with the rule that caught them.
+/// recipient), signed by it and accepted by the regtest node, are accepted through
+/// `POST /deposit` by the library's own `notifySbtc`, in the mempool and confirmed; ones it
+/// announces wrongly are refused with the rule that caught them, and nothing is stored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs validate_with_node (h10-deposit) on main; then the regtest node (h10-regtest) replaces TestNode"]
 async fn deposits_built_by_the_wallet_library_are_accepted_and_malformed_ones_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (node, rpc) = regtest(dir.path()).await;
     let (store, key) = store_with_key(9).await;
-    let node = Arc::new(TestNode::default());
-    let api = start(&config(), node.clone(), store.clone(), None).await;
+    let cfg = config();
+    let api = api::start(&cfg, rpc.clone(), Network::Regtest, store.clone(), None)
+        .await
+        .unwrap();
     let api_url = json!(format!("http://{}", api.server.local_addr()));
     let cases = [
         (10_000u64, 1_000u64, 6u32, STANDARD),
@@ -978,13 +1036,19 @@ async fn deposits_built_by_the_wallet_library_are_accepted_and_malformed_ones_re
         (1_000_000, 5_000, 17, CONTRACT),
         (50_000, 50_000, 65_535, STANDARD),
     ];
-    for (amount, max_fee, lock_time, recipient) in cases {
-        let input = wallet_input(&key, amount, max_fee, lock_time, recipient);
+    for (i, (amount, max_fee, lock_time, recipient)) in cases.into_iter().enumerate() {
+        let funding = fund(&node, &rpc, Amount::from_sat(amount + 10_000)).await;
+        let input = wallet_input(&key, amount, max_fee, lock_time, recipient, funding);
         let built = wallet_library(input.clone()).await;
         let tx: Transaction =
             bitcoin::consensus::encode::deserialize_hex(built["transactionHex"].as_str().unwrap())
                 .unwrap();
-        node.add(&tx);
+        // The node checks the library's signature with Bitcoin Core's verifier.
+        rpc.send_raw_transaction(&tx).await.unwrap();
+        let confirmed = i % 2 == 1;
+        if confirmed {
+            node.mine(1);
+        }
         let mut notify = input;
         notify["apiUrl"] = api_url.clone();
         let out = wallet_library(notify).await;
@@ -993,60 +1057,63 @@ async fn deposits_built_by_the_wallet_library_are_accepted_and_malformed_ones_re
             "the library signs deterministically"
         );
         let n = &out["notified"];
+        let case = format!("{amount} {max_fee} {lock_time} {recipient}");
+        assert_eq!(n["status"], "pending", "{case}: {n}");
+        assert_eq!(n["amount"], amount, "{case}");
+        assert_eq!(n["parameters"]["maxFee"], max_fee, "{case}");
+        assert_eq!(n["parameters"]["lockTime"], lock_time, "{case}");
+        assert_eq!(n["recipient"], recipient, "{case}");
         assert_eq!(
-            n["status"], "pending",
-            "{amount} {max_fee} {lock_time} {recipient}: {n}"
+            n["statusMessage"].as_str().unwrap().contains("mempool"),
+            !confirmed,
+            "{case}: {n}"
         );
-        assert_eq!(n["amount"], amount);
-        assert_eq!(n["parameters"]["maxFee"], max_fee);
-        assert_eq!(n["parameters"]["lockTime"], lock_time);
-        assert_eq!(n["recipient"], recipient);
         let op = OutPoint {
             txid: tx.compute_txid(),
             vout: 0,
         };
-        assert!(store.get_deposit_submission(&op).await.unwrap().is_some());
+        let stored = store.get_deposit_submission(&op).await.unwrap().unwrap();
+        assert_eq!(stored.transaction, tx);
     }
     // Announced wrongly: the deposit script of another deposit, a reclaim script that is not
-    // the output's, an output that is the change.
-    let input = wallet_input(&key, 200_000, 10_000, 144, STANDARD);
+    // the output's, the change output instead of the deposit.
+    let funding = fund(&node, &rpc, Amount::from_sat(300_000)).await;
+    let input = wallet_input(&key, 200_000, 10_000, 144, STANDARD, funding);
     let built = wallet_library(input.clone()).await;
-    let other = wallet_library(wallet_input(&key, 200_000, 9_999, 144, STANDARD)).await;
+    let other = wallet_library(wallet_input(&key, 200_000, 9_999, 144, STANDARD, funding)).await;
     let tx: Transaction =
         bitcoin::consensus::encode::deserialize_hex(built["transactionHex"].as_str().unwrap())
             .unwrap();
-    node.add(&tx);
-    for o in [
-        json!({ "depositScript": other["depositScript"] }),
-        json!({ "reclaimScript": "51" }),
-        json!({ "vout": 1 }),
+    rpc.send_raw_transaction(&tx).await.unwrap();
+    for (o, expected) in [
+        (
+            json!({ "depositScript": other["depositScript"] }),
+            "output_mismatch",
+        ),
+        (json!({ "reclaimScript": "51" }), "reclaim_script_shape"),
+        (json!({ "vout": 1 }), "output_mismatch"),
     ] {
         let mut bad = input.clone();
         bad["apiUrl"] = api_url.clone();
         bad["override"] = o.clone();
         let out = wallet_library(bad).await;
-        let rule = out["notified"]["error"]["rule"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
-        assert!(!rule.is_empty(), "{o}: {}", out["notified"]);
         assert_eq!(
-            api.intake
-                .recent_refusal(&OutPoint {
-                    txid: tx.compute_txid(),
-                    vout: o["vout"].as_u64().unwrap_or(0) as u32
-                })
-                .map(|r| r.rule().to_string()),
-            Some(rule)
+            out["notified"]["error"]["rule"], expected,
+            "{o}: {}",
+            out["notified"]
+        );
+        let op = OutPoint {
+            txid: tx.compute_txid(),
+            vout: o["vout"].as_u64().unwrap_or(0) as u32,
+        };
+        assert!(store.get_deposit_submission(&op).await.unwrap().is_none());
+        let (status, g) = get(&api, &format!("/deposit/{}/{}", op.txid, op.vout)).await;
+        assert_eq!(
+            (status, &g["reason"]["rule"]),
+            (200, &json!(expected)),
+            "{g}"
         );
     }
-    assert!(store
-        .get_deposit_submission(&OutPoint {
-            txid: tx.compute_txid(),
-            vout: 0
-        })
-        .await
-        .unwrap()
-        .is_none());
+    assert_eq!(api.intake.counts().stored, cases.len() as u64);
     api.shutdown().await;
 }

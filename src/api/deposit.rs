@@ -242,7 +242,7 @@ pub fn view(held: &Held) -> Value {
                     "validated by this signer; confirmed, waiting for the signers"
                 }
             },
-            super::principal_text(&d.deposit.recipient),
+            d.deposit.recipient.to_string(),
             d.amount.to_sat(),
             d.deposit.max_fee.to_sat(),
             u32::from(d.reclaim.lock_time),

@@ -49,8 +49,8 @@ impl Refusal {
 
     fn from_deposit_error(e: &DepositError) -> Refusal {
         let rule = e.rule();
-        // The rules that mean "the node did not answer", not "the deposit is bad".
-        if NODE_RULES.contains(&rule) {
+        // This signer could not check it (its node failed, or is on another network): no verdict.
+        if e.is_signer_side() {
             Refusal::NodeUnavailable {
                 message: e.to_string(),
             }
@@ -62,10 +62,6 @@ impl Refusal {
         }
     }
 }
-
-/// `DepositError::rule()` names that are no verdict on the deposit: this signer's node failed or
-/// is on another network.
-const NODE_RULES: &[&str] = &["node_error", "node_wrong_network"];
 
 /// Where a stored deposit stands, as far as this signer knows.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -32,23 +32,8 @@ pub use relay::{DepositSink, PeerDeposits, Relay, RelayStats};
 pub use server::{ApiServer, ApiStartError};
 
 use crate::chain::bitcoin::BitcoinClient;
-use crate::chain::stacks::address::Principal;
 use crate::peer::PeerNode;
 use crate::storage::Storage;
-
-/// The recipient as text for the wallet's JSON.
-pub fn principal_text(p: &Principal) -> String {
-    match p {
-        Principal::Standard { version, hash160 } => {
-            format!("{version:02x}{}", hex::encode(hash160))
-        }
-        Principal::Contract {
-            version,
-            hash160,
-            name,
-        } => format!("{version:02x}{}.{name}", hex::encode(hash160)),
-    }
-}
 
 /// Everything intake runs: the server, the peers' deposits and the Emily poller.
 pub struct RunningApi {
