@@ -1012,3 +1012,96 @@ async fn amounts_are_written_with_eight_decimals() {
     assert!(text.contains("\"relayfee\":0.00001000"), "{text}");
     node.stop().await;
 }
+
+/// `sbtc-hsm-signer regtest-node`: a process an operator can point a signer at.
+#[tokio::test]
+async fn regtest_node_command_serves_until_sigterm() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let cookie_path = dir.path().join("regtest.cookie");
+    /// Kills the node if the test fails before it stops it.
+    struct Guard(Option<std::process::Child>);
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            if let Some(mut c) = self.0.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_sbtc-hsm-signer"))
+        .args([
+            "regtest-node",
+            "--rpc-bind",
+            "127.0.0.1:0",
+            "--initial-blocks",
+            "101",
+            "--cookie-file",
+        ])
+        .arg(&cookie_path)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("the binary starts");
+    let stdout = child.stdout.take().unwrap();
+    let pid = child.id() as i32;
+    let mut guard = Guard(Some(child));
+    let first = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        std::io::BufReader::new(stdout)
+            .read_line(&mut line)
+            .map(|_| line)
+    });
+    let line = tokio::time::timeout(Duration::from_secs(60), first)
+        .await
+        .expect("the node reports its address in time")
+        .unwrap()
+        .unwrap();
+    let url = line
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap_or_else(|| panic!("no url in {line:?}"));
+    let addr: std::net::SocketAddr = url.trim_start_matches("http://").parse().unwrap();
+    let cookie = std::fs::read_to_string(&cookie_path).unwrap();
+
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let body = json!({"jsonrpc": "2.0", "id": 1, "method": "getbalance"}).to_string();
+    let request = hyper::Request::post("/")
+        .header("host", addr.to_string())
+        .header(
+            "authorization",
+            format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(&cookie)
+            ),
+        )
+        .body(Full::new(Bytes::from(body)))
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let text = response.into_body().collect().await.unwrap().to_bytes();
+    let reply: Value = serde_json::from_slice(&text).unwrap();
+    assert_eq!(
+        reply["result"],
+        json!(50.0),
+        "101 initial blocks fund the wallet"
+    );
+
+    // SIGTERM: a clean stop that removes the cookie.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let mut status = None;
+    for _ in 0..300 {
+        status = guard.0.as_mut().unwrap().try_wait().unwrap();
+        if status.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let status = status.expect("the node stops within 30 s of SIGTERM");
+    guard.0 = None;
+    assert!(status.success(), "{status}");
+    assert!(!cookie_path.exists());
+}

@@ -5,6 +5,7 @@ mod devnet;
 mod keys;
 mod migrate;
 mod peer;
+mod regtest;
 mod run;
 
 use std::{path::PathBuf, process::ExitCode};
@@ -40,6 +41,8 @@ enum Command {
     Run(run::Run),
     /// Start a local devnet of signers (one `run` process each) and report the threshold key.
     Devnet(devnet::Devnet),
+    /// Run the devnet's regtest Bitcoin node (bitcoind's JSON-RPC on loopback) until Ctrl-C.
+    RegtestNode(regtest::RegtestNodeCmd),
 }
 
 /// What a command failed with, for the operator.
@@ -106,6 +109,9 @@ impl Cli {
         if let Command::Devnet(cmd) = self.command {
             return cmd.run().await;
         }
+        if let Command::RegtestNode(cmd) = self.command {
+            return cmd.run().await;
+        }
         let config = self.load_config()?;
         match self.command {
             Command::Keys(cmd) => cmd.run(&config).await,
@@ -114,6 +120,7 @@ impl Cli {
             Command::Audit(cmd) => cmd.run(&config).await,
             Command::Run(cmd) => cmd.run(&config).await,
             Command::Devnet(_) => Err("unreachable: devnet is handled above".into()),
+            Command::RegtestNode(_) => Err("unreachable: regtest-node is handled above".into()),
         }
     }
 
