@@ -1105,3 +1105,51 @@ async fn regtest_node_command_serves_until_sigterm() {
     assert!(status.success(), "{status}");
     assert!(!cookie_path.exists());
 }
+
+#[tokio::test]
+async fn blocks_take_transactions_by_ancestor_fee_rate() {
+    let node = start().await;
+    let k = key(14);
+    generate(&node, 102, &k).await;
+    let (op1, out1) = coinbase_at(&node, 1).await;
+    let (op2, out2) = coinbase_at(&node, 2).await;
+    // A parent at ~2 sat/vB, an unrelated transaction at ~10 sat/vB, then the parent's child at
+    // ~50 sat/vB: the parent and child together outbid the unrelated one.
+    let parent = spend(
+        &k,
+        &[(op1, out1.clone())],
+        vec![pay(&k.address, out1.value.to_sat() - 250)],
+        Sequence::MAX,
+    );
+    let other = spend(
+        &k,
+        &[(op2, out2.clone())],
+        vec![pay(&k.address, out2.value.to_sat() - 1_200)],
+        Sequence::MAX,
+    );
+    let child_in = (
+        OutPoint::new(parent.compute_txid(), 0),
+        parent.output[0].clone(),
+    );
+    let child = spend(
+        &k,
+        &[child_in.clone()],
+        vec![pay(&k.address, child_in.1.value.to_sat() - 6_000)],
+        Sequence::MAX,
+    );
+    for tx in [&parent, &other, &child] {
+        send(&node, tx).await.unwrap();
+    }
+    let hash = generate(&node, 1, &k).await.remove(0);
+    let block = ok(&node, "getblock", json!([hash, 1])).await;
+    let order: Vec<String> = block["tx"].as_array().unwrap()[1..]
+        .iter()
+        .map(|t| t.as_str().unwrap().to_string())
+        .collect();
+    let expected: Vec<String> = [&parent, &child, &other]
+        .iter()
+        .map(|t| t.compute_txid().to_string())
+        .collect();
+    assert_eq!(order, expected);
+    node.stop().await;
+}
