@@ -176,11 +176,15 @@ mod tests {
         let set = peer.bootstrap_set().unwrap();
         assert_eq!((set.len(), set.threshold()), (2, 2));
         assert!(peer.public_endpoint.is_some() && peer.max_message_bytes.is_some());
+        let bitcoin = c.bitcoin.as_ref().unwrap();
+        assert_eq!(bitcoin.network, bitcoin::Network::Bitcoin);
+        assert!(bitcoin.rpc_cookie_file.is_some());
         let text = std::fs::read_to_string(&path).unwrap();
         for section in [
             "[custody]",
             "[keys]",
             "[storage]",
+            "[bitcoin]",
             "[peer]",
             "[[peer.bootstrap]]",
         ] {

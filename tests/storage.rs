@@ -43,6 +43,7 @@ macro_rules! suite {
 
 suite!(
     canonical_chain_follows_reorgs,
+    marked_tip_observed_transactions_and_submissions,
     deposits_and_votes,
     withdrawals_pending_until_swept,
     dkg_shares_latest_verified,
@@ -133,6 +134,102 @@ async fn canonical_chain_follows_reorgs(s: Store) {
         s.get_bitcoin_canonical_tip().await.unwrap().unwrap().hash,
         b3
     );
+}
+
+fn simple_tx(lock_time: u32) -> bitcoin::Transaction {
+    bitcoin::Transaction {
+        version: bitcoin::transaction::Version::TWO,
+        lock_time: bitcoin::absolute::LockTime::from_consensus(lock_time),
+        input: vec![bitcoin::TxIn::default()],
+        output: vec![TxOut {
+            value: Amount::from_sat(10_000),
+            script_pubkey: peg_script(),
+        }],
+    }
+}
+
+async fn marked_tip_observed_transactions_and_submissions(s: Store) {
+    // genesis(1) <- a1(2) <- a2(3), and genesis <- b1(4): a is longer, but the node says b.
+    for b in [
+        block(1, 0, 0),
+        block(2, 1, 1),
+        block(3, 2, 2),
+        block(4, 1, 1),
+    ] {
+        s.write_bitcoin_block(&b).await.unwrap();
+    }
+    assert_eq!(
+        s.get_bitcoin_canonical_tip().await.unwrap().unwrap().hash,
+        bh(3)
+    );
+    s.set_bitcoin_canonical_tip(&bh(4)).await.unwrap();
+    assert_eq!(
+        s.get_bitcoin_canonical_tip().await.unwrap().unwrap().hash,
+        bh(4),
+        "the marked tip is canonical even when a longer fork is stored"
+    );
+    let err = s.set_bitcoin_canonical_tip(&bh(77)).await.unwrap_err();
+    assert!(err.to_string().contains("not stored"), "{err}");
+    assert_eq!(
+        s.get_bitcoin_canonical_tip().await.unwrap().unwrap().hash,
+        bh(4)
+    );
+
+    // A sweep confirmed on fork a only: confirmed relative to a2, not relative to b1.
+    let sweep = ObservedTransaction {
+        kind: ObservedKind::Sweep,
+        tx: simple_tx(1),
+    };
+    let txid = sweep.txid();
+    s.write_observed_transaction(&sweep, &bh(2)).await.unwrap();
+    s.write_observed_transaction(&sweep, &bh(2)).await.unwrap(); // idempotent
+    assert!(s.is_confirmed_on(&bh(3), &txid).await.unwrap());
+    assert!(!s.is_confirmed_on(&bh(4), &txid).await.unwrap());
+    s.write_observed_transaction(&sweep, &bh(4)).await.unwrap();
+    assert!(s.is_confirmed_on(&bh(4), &txid).await.unwrap());
+    let mut blocks = vec![bh(2), bh(4)];
+    blocks.sort();
+    assert_eq!(s.get_transaction_blocks(&txid).await.unwrap(), blocks);
+    let other = simple_tx(2).compute_txid();
+    assert_eq!(
+        s.get_observed_transactions(&[txid, other]).await.unwrap(),
+        vec![sweep.clone()]
+    );
+
+    // Submissions: stored once, found by outpoint and by txid.
+    let tx = simple_tx(3);
+    let sub = DepositSubmissionRecord {
+        outpoint: OutPoint {
+            txid: tx.compute_txid(),
+            vout: 0,
+        },
+        deposit_script: ScriptBuf::from_bytes(vec![1, 2, 3]),
+        reclaim_script: ScriptBuf::from_bytes(vec![4, 5]),
+        transaction: tx.clone(),
+        source: SubmissionSource::Peer(key(3)),
+    };
+    assert!(s.write_deposit_submission(&sub).await.unwrap());
+    let mut again = sub.clone();
+    again.source = SubmissionSource::Wallet;
+    assert!(
+        !s.write_deposit_submission(&again).await.unwrap(),
+        "a repeat is not new"
+    );
+    assert_eq!(
+        s.get_deposit_submission(&sub.outpoint).await.unwrap(),
+        Some(sub.clone())
+    );
+    assert_eq!(
+        s.get_deposit_submissions_for_txids(&[other, tx.compute_txid()])
+            .await
+            .unwrap(),
+        vec![sub.clone()]
+    );
+    assert!(s
+        .get_deposit_submissions_for_txids(&[other])
+        .await
+        .unwrap()
+        .is_empty());
 }
 
 async fn deposits_and_votes(s: Store) {
@@ -1074,13 +1171,14 @@ async fn pg_migrations_are_recorded_and_idempotent() {
             (1, "initial"),
             (2, "dkg_shares_signer_position"),
             (3, "audit_outcome"),
-            (4, "whole_transaction_guard")
+            (4, "whole_transaction_guard"),
+            (5, "chain_observer")
         ]
     );
     let second = store.migrate().await.unwrap();
     assert!(second.applied.is_empty());
     assert_eq!(second.version, latest_version());
-    assert_eq!(store.check_schema().await.unwrap(), 4);
+    assert_eq!(store.check_schema().await.unwrap(), 5);
     let rows = db
         .client()
         .await
@@ -1090,7 +1188,7 @@ async fn pg_migrations_are_recorded_and_idempotent() {
         )
         .await
         .unwrap();
-    assert_eq!(rows.len(), 4);
+    assert_eq!(rows.len(), 5);
 }
 
 #[tokio::test]
@@ -1302,7 +1400,8 @@ async fn pg_migration_2_refuses_old_dkg_rows_until_they_are_moved_away() {
         vec![
             (2, "dkg_shares_signer_position"),
             (3, "audit_outcome"),
-            (4, "whole_transaction_guard")
+            (4, "whole_transaction_guard"),
+            (5, "chain_observer")
         ]
     );
     assert_eq!(store.check_schema().await.unwrap(), latest_version());
@@ -1366,7 +1465,8 @@ async fn pg_migration_2_applies_to_a_version_1_database_without_dkg_rows() {
         vec![
             (2, "dkg_shares_signer_position"),
             (3, "audit_outcome"),
-            (4, "whole_transaction_guard")
+            (4, "whole_transaction_guard"),
+            (5, "chain_observer")
         ]
     );
     assert_eq!(
@@ -1509,7 +1609,7 @@ async fn pg_guard_decisions_from_before_migration_4_allow_no_bump() {
         .unwrap();
     assert_eq!(
         store.migrate().await.unwrap().applied,
-        vec![(4, "whole_transaction_guard")]
+        vec![(4, "whole_transaction_guard"), (5, "chain_observer")]
     );
     let d = store
         .get_spend_decision(&outpoint(1, 0))

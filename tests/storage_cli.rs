@@ -62,7 +62,8 @@ async fn migrate_then_audit_verify() {
         "applied migration 1 (initial)",
         "applied migration 2 (dkg_shares_signer_position)",
         "applied migration 4 (whole_transaction_guard)",
-        "now at version 4",
+        "applied migration 5 (chain_observer)",
+        "now at version 5",
     ] {
         assert!(text(&out).contains(applied), "{}", text(&out));
     }
@@ -74,7 +75,7 @@ async fn migrate_then_audit_verify() {
     );
     let out = cli.run(&["migrate", "--check"]).await;
     assert!(
-        out.status.success() && text(&out).contains("is current (version 4)"),
+        out.status.success() && text(&out).contains("is current (version 5)"),
         "{}",
         text(&out)
     );

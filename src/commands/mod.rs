@@ -1,6 +1,7 @@
 //! The command line: one subcommand per file.
 
 mod audit;
+mod deposit;
 mod devnet;
 mod keys;
 mod migrate;
@@ -41,6 +42,9 @@ enum Command {
     Run(run::Run),
     /// Start a local devnet of signers (one `run` process each) and report the threshold key.
     Devnet(devnet::Devnet),
+    /// Inspect a deposit: what it says and whether this signer accepts it.
+    #[command(subcommand)]
+    Deposit(deposit::DepositCommand),
     /// Run the devnet's regtest Bitcoin node (bitcoind's JSON-RPC on loopback) until Ctrl-C.
     RegtestNode(regtest::RegtestNodeCmd),
 }
@@ -109,6 +113,10 @@ impl Cli {
         if let Command::Devnet(cmd) = self.command {
             return cmd.run().await;
         }
+        // `deposit inspect` works without a config (given --network).
+        if let Command::Deposit(cmd) = self.command {
+            return cmd.run(self.config.as_deref()).await;
+        }
         if let Command::RegtestNode(cmd) = self.command {
             return cmd.run().await;
         }
@@ -120,6 +128,7 @@ impl Cli {
             Command::Audit(cmd) => cmd.run(&config).await,
             Command::Run(cmd) => cmd.run(&config).await,
             Command::Devnet(_) => Err("unreachable: devnet is handled above".into()),
+            Command::Deposit(_) => Err("unreachable: deposit is handled above".into()),
             Command::RegtestNode(_) => Err("unreachable: regtest-node is handled above".into()),
         }
     }

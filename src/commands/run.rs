@@ -29,7 +29,8 @@ pub struct Run {
     /// Apply pending PostgreSQL migrations at start (else a schema that is not current is refused).
     #[arg(long)]
     migrate: bool,
-    /// The chain tip (64 hex) that picks the coordinator; default: the devnet's fixed tip.
+    /// The chain tip (64 hex) that picks the coordinator; default: bitcoind's tip when
+    /// `[bitcoin]` is configured, else the devnet's fixed tip.
     #[arg(long)]
     chain_tip: Option<String>,
     /// How long to wait for links to every peer of the bootstrap set, in seconds.
@@ -92,7 +93,15 @@ impl Run {
         let storage = storage::open(&storage_config, on_open).await?;
         // Every private-key operation of the node is recorded in this store's audit log.
         let keys = open_keys_with(config, "run", Some(storage.clone())).await?;
+        let bitcoin = match &config.bitcoin {
+            Some(c) => Some(node::BitcoinParts {
+                client: std::sync::Arc::new(crate::chain::bitcoin::BitcoindRpc::new(c)?),
+                config: c.clone(),
+            }),
+            None => None,
+        };
         let opts = RunOptions {
+            chain_tip_from_node: bitcoin.is_some() && self.chain_tip.is_none(),
             threshold: self.threshold,
             demo_batch: self.demo_batch,
             result_file: self.result_file,
@@ -107,7 +116,7 @@ impl Run {
             },
             exit_when_done: self.exit_when_done,
         };
-        node::run(keys, storage, peer, opts)
+        node::run(keys, storage, peer, bitcoin, opts)
             .await
             .map_err(|e| -> Box<dyn std::error::Error> { e })
     }

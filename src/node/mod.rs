@@ -9,6 +9,10 @@ use std::{path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
 pub use shutdown::Shutdown;
 
 use crate::{
+    chain::bitcoin::{
+        observer::{BlockObserver, ObserverParams},
+        BitcoinClient, BitcoinConfig,
+    },
     devnet::{self, SessionParams},
     keys::{Keys, SignerSet},
     peer::{PeerConfig, PeerNode},
@@ -23,12 +27,54 @@ pub struct RunOptions {
     pub demo_batch: usize,
     pub result_file: Option<PathBuf>,
     pub chain_tip: bitcoin::BlockHash,
+    /// Run the session on the node's tip instead of `chain_tip` (when `[bitcoin]` is set and no
+    /// tip was given).
+    pub chain_tip_from_node: bool,
     pub connect_timeout: Duration,
     pub phase_timeout: Duration,
     pub nonce_ledger: Option<PathBuf>,
     /// Who must sign the demo batch.
     pub demo_participation: crate::signing::Participation,
     pub exit_when_done: bool,
+}
+
+/// The node's view of Bitcoin: its bitcoind client and `[bitcoin]`.
+#[derive(Clone)]
+pub struct BitcoinParts {
+    pub client: Arc<dyn BitcoinClient>,
+    pub config: BitcoinConfig,
+}
+
+/// Checks the node's network, reads its tip, and starts the block observer. Returns the tip
+/// (hash, height) the session runs on and the observer's task.
+async fn start_bitcoin(
+    bitcoin: &BitcoinParts,
+    storage: Arc<dyn Storage>,
+    stop: tokio_util::sync::CancellationToken,
+) -> Result<((bitcoin::BlockHash, u64), tokio::task::JoinHandle<()>), NodeError> {
+    let info =
+        crate::chain::bitcoin::rpc::check_network(bitcoin.client.as_ref(), bitcoin.config.network)
+            .await?;
+    let observer = BlockObserver::new(
+        bitcoin.client.clone(),
+        storage,
+        ObserverParams::new(bitcoin.config.network),
+    );
+    // The first poll runs before the session, so the node starts on a stored tip.
+    match observer.poll().await {
+        Ok(_) => {}
+        Err(e) => eprintln!("warning: block observer: first poll failed: {e}; retrying"),
+    }
+    let (changes, mut seen) = tokio::sync::mpsc::channel(16);
+    let interval = bitcoin.config.poll_interval();
+    let task = tokio::spawn(async move {
+        let drain = async move { while seen.recv().await.is_some() {} };
+        tokio::join!(
+            observer.run(interval, changes, stop.cancelled_owned()),
+            drain
+        );
+    });
+    Ok(((info.best_block_hash, info.blocks), task))
 }
 
 pub type NodeError = Box<dyn std::error::Error + Send + Sync>;
@@ -55,9 +101,25 @@ pub async fn run(
     keys: Keys,
     storage: Arc<dyn Storage>,
     peer: &PeerConfig,
-    opts: RunOptions,
+    bitcoin: Option<BitcoinParts>,
+    mut opts: RunOptions,
 ) -> Result<ExitCode, NodeError> {
     let mut shutdown = Shutdown::register();
+    let stop_tasks = tokio_util::sync::CancellationToken::new();
+    let _stop_on_exit = stop_tasks.clone().drop_guard();
+    let mut chain_height = 0;
+    if let Some(bitcoin) = &bitcoin {
+        let ((tip, height), _observer) =
+            start_bitcoin(bitcoin, storage.clone(), stop_tasks.clone()).await?;
+        if opts.chain_tip_from_node {
+            opts.chain_tip = tip;
+            chain_height = height;
+        }
+        eprintln!(
+            "bitcoin: {} at height {height}, tip {tip}",
+            bitcoin.config.rpc_url
+        );
+    }
     let set = bootstrap_set(peer, opts.threshold)?;
     let node = Arc::new(PeerNode::from_peer_config(peer, &keys, set).await?);
     eprintln!(
@@ -69,7 +131,7 @@ pub async fn run(
         keys: keys.clone(),
         storage,
         chain_tip: opts.chain_tip,
-        chain_height: 0,
+        chain_height,
         demo_batch: opts.demo_batch,
         connect_timeout: opts.connect_timeout,
         phase_timeout: opts.phase_timeout,

@@ -45,6 +45,9 @@ struct State {
     rotations: Vec<SignerSetRotation>,
     audit: Vec<AuditEntry>,
     audit_ids: HashMap<[u8; 16], usize>,
+    canonical_tip: Option<BlockHash>,
+    observed: HashMap<Txid, ObservedTransaction>,
+    submissions: BTreeMap<OutPoint, DepositSubmissionRecord>,
 }
 
 impl State {
@@ -99,9 +102,11 @@ impl DbRead for MemoryStore {
     }
 
     async fn get_bitcoin_canonical_tip(&self) -> Result<Option<BitcoinBlock>> {
-        Ok(self
-            .state()
-            .bitcoin_blocks
+        let s = self.state();
+        if let Some(tip) = s.canonical_tip.and_then(|t| s.bitcoin_blocks.get(&t)) {
+            return Ok(Some(tip.clone()));
+        }
+        Ok(s.bitcoin_blocks
             .values()
             .max_by(|a, b| a.height.cmp(&b.height).then(b.hash.cmp(&a.hash)))
             .cloned())
@@ -232,6 +237,46 @@ impl DbRead for MemoryStore {
         Ok(self.state().sweeps.get(txid).cloned())
     }
 
+    async fn get_transaction_blocks(&self, txid: &Txid) -> Result<Vec<BlockHash>> {
+        let s = self.state();
+        let mut blocks: Vec<BlockHash> = s
+            .tx_blocks
+            .iter()
+            .filter(|(t, _)| t == txid)
+            .map(|(_, b)| *b)
+            .collect();
+        blocks.sort();
+        Ok(blocks)
+    }
+
+    async fn get_observed_transactions(&self, txids: &[Txid]) -> Result<Vec<ObservedTransaction>> {
+        let s = self.state();
+        Ok(txids
+            .iter()
+            .filter_map(|t| s.observed.get(t).cloned())
+            .collect())
+    }
+
+    async fn get_deposit_submission(
+        &self,
+        outpoint: &OutPoint,
+    ) -> Result<Option<DepositSubmissionRecord>> {
+        Ok(self.state().submissions.get(outpoint).cloned())
+    }
+
+    async fn get_deposit_submissions_for_txids(
+        &self,
+        txids: &[Txid],
+    ) -> Result<Vec<DepositSubmissionRecord>> {
+        let s = self.state();
+        let wanted: HashSet<&Txid> = txids.iter().collect();
+        Ok(s.submissions
+            .values()
+            .filter(|d| wanted.contains(&d.outpoint.txid))
+            .cloned()
+            .collect())
+    }
+
     async fn get_sighash_decision(&self, sighash: &TapSighash) -> Result<Option<SighashDecision>> {
         Ok(self.state().sighashes.get(sighash).cloned())
     }
@@ -255,6 +300,44 @@ impl DbRead for MemoryStore {
 
 #[async_trait]
 impl DbWrite for MemoryStore {
+    async fn set_bitcoin_canonical_tip(&self, tip: &BlockHash) -> Result<()> {
+        let mut s = self.state();
+        if !s.bitcoin_blocks.contains_key(tip) {
+            return Err(super::Error::new(
+                super::ErrorKind::InvalidInput,
+                "set_bitcoin_canonical_tip",
+                format!("block {tip} is not stored; write it first"),
+            ));
+        }
+        s.canonical_tip = Some(*tip);
+        Ok(())
+    }
+
+    async fn write_observed_transaction(
+        &self,
+        tx: &ObservedTransaction,
+        block: &BlockHash,
+    ) -> Result<()> {
+        let txid = tx.txid();
+        let mut guard = self.state();
+        let s = &mut *guard;
+        s.observed.entry(txid).or_insert_with(|| tx.clone());
+        if s.tx_blocks.insert((txid, *block)) {
+            s.txids_by_block.entry(*block).or_default().push(txid);
+        }
+        Ok(())
+    }
+
+    async fn write_deposit_submission(&self, submission: &DepositSubmissionRecord) -> Result<bool> {
+        match self.state().submissions.entry(submission.outpoint) {
+            btree_map::Entry::Vacant(e) => {
+                e.insert(submission.clone());
+                Ok(true)
+            }
+            btree_map::Entry::Occupied(_) => Ok(false),
+        }
+    }
+
     async fn write_bitcoin_block(&self, block: &BitcoinBlock) -> Result<()> {
         self.state()
             .bitcoin_blocks

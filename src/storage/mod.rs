@@ -33,7 +33,9 @@ use crate::keys::AggregateKey;
 pub trait DbRead: Send + Sync {
     async fn get_bitcoin_block(&self, hash: &BlockHash) -> Result<Option<BitcoinBlock>>;
 
-    /// The highest block; between blocks of equal height, the lowest hash (so both stores agree).
+    /// The tip the block observer last marked canonical ([`DbWrite::set_bitcoin_canonical_tip`]);
+    /// before any mark, the highest block (between blocks of equal height, the lowest hash, so
+    /// both stores agree).
     async fn get_bitcoin_canonical_tip(&self) -> Result<Option<BitcoinBlock>>;
 
     /// Whether `block` is `tip` or one of its ancestors.
@@ -93,6 +95,33 @@ pub trait DbRead: Send + Sync {
 
     async fn get_sweep_transaction(&self, txid: &Txid) -> Result<Option<SweepTransaction>>;
 
+    /// Every stored block that confirmed `txid` (one per fork it appeared in).
+    async fn get_transaction_blocks(&self, txid: &Txid) -> Result<Vec<BlockHash>>;
+
+    /// Whether `txid` is confirmed in `tip` or one of its ancestors.
+    async fn is_confirmed_on(&self, tip: &BlockHash, txid: &Txid) -> Result<bool> {
+        for block in self.get_transaction_blocks(txid).await? {
+            if self.in_canonical_chain(tip, &block).await? {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// The observed transactions among `txids` (unknown ones are left out).
+    async fn get_observed_transactions(&self, txids: &[Txid]) -> Result<Vec<ObservedTransaction>>;
+
+    async fn get_deposit_submission(
+        &self,
+        outpoint: &OutPoint,
+    ) -> Result<Option<DepositSubmissionRecord>>;
+
+    /// Every announced deposit whose transaction is one of `txids`, sorted by outpoint.
+    async fn get_deposit_submissions_for_txids(
+        &self,
+        txids: &[Txid],
+    ) -> Result<Vec<DepositSubmissionRecord>>;
+
     async fn get_sighash_decision(&self, sighash: &TapSighash) -> Result<Option<SighashDecision>>;
 
     /// What the guard recorded for an outpoint.
@@ -125,6 +154,20 @@ pub trait DbWrite: Send + Sync {
 
     /// Records that `txid` was confirmed in `block` (once per fork it appears in).
     async fn write_bitcoin_transaction(&self, txid: &Txid, block: &BlockHash) -> Result<()>;
+
+    /// Marks `tip` (a stored block) as the canonical tip: its ancestors are the canonical chain.
+    /// Nothing is deleted; blocks of other forks stay, off the canonical chain.
+    async fn set_bitcoin_canonical_tip(&self, tip: &BlockHash) -> Result<()>;
+
+    /// Stores a transaction that matters to the signers (once) and that `block` confirmed it.
+    async fn write_observed_transaction(
+        &self,
+        tx: &ObservedTransaction,
+        block: &BlockHash,
+    ) -> Result<()>;
+
+    /// Stores an announced deposit; true when it is new (a repeat keeps the first).
+    async fn write_deposit_submission(&self, submission: &DepositSubmissionRecord) -> Result<bool>;
 
     async fn write_stacks_block(&self, block: &StacksBlock) -> Result<()>;
 

@@ -308,3 +308,66 @@ pub struct SignerSetRotation {
     pub stacks_txid: StacksTxid,
     pub bitcoin_block_hash: BlockHash,
 }
+
+/// Why the block observer kept a transaction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ObservedKind {
+    /// It pays a deposit output that a wallet or a peer announced.
+    Deposit,
+    /// Its first input spends an output of the signers (the peg UTXO chain).
+    Sweep,
+    /// It pays the signers' key-path script without being a sweep.
+    Donation,
+}
+
+impl ObservedKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ObservedKind::Deposit => "deposit",
+            ObservedKind::Sweep => "sweep",
+            ObservedKind::Donation => "donation",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<ObservedKind> {
+        match text {
+            "deposit" => Some(ObservedKind::Deposit),
+            "sweep" => Some(ObservedKind::Sweep),
+            "donation" => Some(ObservedKind::Donation),
+            _ => None,
+        }
+    }
+}
+
+/// A transaction that matters to the signers, as the block observer found it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObservedTransaction {
+    pub kind: ObservedKind,
+    pub tx: bitcoin::Transaction,
+}
+
+impl ObservedTransaction {
+    pub fn txid(&self) -> Txid {
+        self.tx.compute_txid()
+    }
+}
+
+/// Who announced a deposit to this signer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SubmissionSource {
+    /// A depositor's wallet, through this signer's `POST /deposit` (or an Emily-style API).
+    Wallet,
+    /// Another signer, over the peer links.
+    Peer(PublicKey),
+}
+
+/// A deposit as it was announced and validated at intake, before (or after) it confirms. The
+/// block observer turns it into a [`DepositRequest`] in each block that confirms it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DepositSubmissionRecord {
+    pub outpoint: OutPoint,
+    pub deposit_script: ScriptBuf,
+    pub reclaim_script: ScriptBuf,
+    pub transaction: bitcoin::Transaction,
+    pub source: SubmissionSource,
+}

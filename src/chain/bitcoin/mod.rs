@@ -2,8 +2,11 @@
 //! observer, deposit scripts, and (to come) sweeps and the peg UTXO. See CHAIN.md sections 1, 2, 5.
 
 pub mod client;
-pub mod deposit;
 pub mod config;
+pub mod deposit;
+pub mod observer;
+pub mod rpc;
 
 pub use client::{BitcoinClient, Error, ErrorKind};
 pub use config::BitcoinConfig;
+pub use rpc::BitcoindRpc;

@@ -44,6 +44,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "whole_transaction_guard",
         sql: include_str!("../migrations/0004_whole_transaction_guard.sql"),
     },
+    Migration {
+        version: 5,
+        name: "chain_observer",
+        sql: include_str!("../migrations/0005_chain_observer.sql"),
+    },
 ];
 
 /// The schema version this binary needs.

@@ -466,6 +466,27 @@ fn deposit(r: &Row) -> Attempt<DepositRequest> {
     })
 }
 
+fn transaction(r: &Row, col: &str) -> Attempt<bitcoin::Transaction> {
+    let raw: &[u8] = r.get_as(col)?;
+    bitcoin::consensus::deserialize(raw).map_err(|_| corrupt(col))
+}
+
+fn submission(r: &Row) -> Attempt<DepositSubmissionRecord> {
+    let peer: Option<&[u8]> = r.get_as("source_peer")?;
+    Ok(DepositSubmissionRecord {
+        outpoint: outpoint(r, "txid", "output_index")?,
+        deposit_script: r.script("deposit_script")?,
+        reclaim_script: r.script("reclaim_script")?,
+        transaction: transaction(r, "tx")?,
+        source: match peer {
+            None => SubmissionSource::Wallet,
+            Some(k) => {
+                SubmissionSource::Peer(parse_public_key(k).ok_or_else(|| corrupt("source_peer"))?)
+            }
+        },
+    })
+}
+
 fn withdrawal(r: &Row) -> Attempt<WithdrawalRequest> {
     Ok(WithdrawalRequest {
         request_id: r.u64("request_id")?,
@@ -546,10 +567,16 @@ impl DbRead for PgStore {
 
     async fn get_bitcoin_canonical_tip(&self) -> Result<Option<BitcoinBlock>> {
         self.run("get_bitcoin_canonical_tip", |c| async move {
+            // The marked tip if there is one, else the highest block.
             let row = query_opt!(
                 c,
-                "SELECT block_hash, block_height, parent_hash FROM sbtc_signer.bitcoin_blocks \
-                 ORDER BY block_height DESC, block_hash ASC LIMIT 1",
+                "SELECT b.block_hash, b.block_height, b.parent_hash \
+                   FROM sbtc_signer.bitcoin_canonical_tip t \
+                   JOIN sbtc_signer.bitcoin_blocks b ON b.block_hash = t.block_hash \
+                 UNION ALL \
+                 (SELECT block_hash, block_height, parent_hash FROM sbtc_signer.bitcoin_blocks \
+                   WHERE NOT EXISTS (SELECT 1 FROM sbtc_signer.bitcoin_canonical_tip) \
+                   ORDER BY block_height DESC, block_hash ASC LIMIT 1)",
                 &[]
             );
             row.as_ref().map(bitcoin_block).transpose()
@@ -802,6 +829,77 @@ impl DbRead for PgStore {
         .await
     }
 
+    async fn get_transaction_blocks(&self, txid: &Txid) -> Result<Vec<BlockHash>> {
+        self.run("get_transaction_blocks", |c| async move {
+            let rows = query!(
+                c,
+                "SELECT block_hash FROM sbtc_signer.bitcoin_transactions WHERE txid = $1 ORDER BY block_hash",
+                &[&txid.as_byte_array().as_slice()]
+            );
+            rows.iter()
+                .map(|r| r.fixed("block_hash", parse_block_hash))
+                .collect()
+        })
+        .await
+    }
+
+    async fn get_observed_transactions(&self, txids: &[Txid]) -> Result<Vec<ObservedTransaction>> {
+        let wanted: Vec<&[u8]> = txids.iter().map(|t| t.as_byte_array().as_slice()).collect();
+        let wanted = &wanted;
+        self.run("get_observed_transactions", |c| async move {
+            let rows = query!(
+                c,
+                "SELECT kind::TEXT AS kind, tx FROM sbtc_signer.observed_transactions WHERE txid = ANY($1)",
+                &[wanted]
+            );
+            rows.iter()
+                .map(|r| {
+                    let kind: String = r.get_as("kind")?;
+                    Ok(ObservedTransaction {
+                        kind: ObservedKind::parse(&kind).ok_or_else(|| corrupt("kind"))?,
+                        tx: transaction(r, "tx")?,
+                    })
+                })
+                .collect()
+        })
+        .await
+    }
+
+    async fn get_deposit_submission(
+        &self,
+        op: &OutPoint,
+    ) -> Result<Option<DepositSubmissionRecord>> {
+        self.run("get_deposit_submission", |c| async move {
+            let row = query_opt!(
+                c,
+                "SELECT * FROM sbtc_signer.deposit_submissions WHERE txid = $1 AND output_index = $2",
+                &[&op.txid.as_byte_array().as_slice(), &i64::from(op.vout)]
+            );
+            row.as_ref().map(submission).transpose()
+        })
+        .await
+    }
+
+    async fn get_deposit_submissions_for_txids(
+        &self,
+        txids: &[Txid],
+    ) -> Result<Vec<DepositSubmissionRecord>> {
+        let wanted: Vec<&[u8]> = txids.iter().map(|t| t.as_byte_array().as_slice()).collect();
+        let wanted = &wanted;
+        self.run("get_deposit_submissions_for_txids", |c| async move {
+            let rows = query!(
+                c,
+                "SELECT * FROM sbtc_signer.deposit_submissions WHERE txid = ANY($1)",
+                &[wanted]
+            );
+            let mut out: Vec<DepositSubmissionRecord> =
+                rows.iter().map(submission).collect::<Attempt<_>>()?;
+            out.sort_by_key(|d| d.outpoint);
+            Ok(out)
+        })
+        .await
+    }
+
     async fn get_sighash_decision(&self, sighash: &TapSighash) -> Result<Option<SighashDecision>> {
         self.run("get_sighash_decision", |c| async move {
             let row = query_opt!(
@@ -930,6 +1028,86 @@ impl DbRead for PgStore {
 
 #[async_trait]
 impl DbWrite for PgStore {
+    async fn set_bitcoin_canonical_tip(&self, tip: &BlockHash) -> Result<()> {
+        self.run("set_bitcoin_canonical_tip", |c| async move {
+            let known = query_opt!(
+                c,
+                "SELECT 1 FROM sbtc_signer.bitcoin_blocks WHERE block_hash = $1",
+                &[&tip.as_byte_array().as_slice()]
+            );
+            if known.is_none() {
+                return Err(Failure::Fatal(
+                    ErrorKind::InvalidInput,
+                    format!("block {tip} is not stored; write it first"),
+                ));
+            }
+            execute!(
+                c,
+                "INSERT INTO sbtc_signer.bitcoin_canonical_tip (singleton, block_hash) VALUES (TRUE, $1) \
+                 ON CONFLICT (singleton) DO UPDATE SET block_hash = EXCLUDED.block_hash, updated_at = now()",
+                &[&tip.as_byte_array().as_slice()]
+            );
+            Ok(())
+        })
+        .await
+    }
+
+    async fn write_observed_transaction(
+        &self,
+        observed: &ObservedTransaction,
+        block: &BlockHash,
+    ) -> Result<()> {
+        let txid = observed.txid();
+        let raw = bitcoin::consensus::serialize(&observed.tx);
+        let raw = raw.as_slice();
+        self.run("write_observed_transaction", |mut c| async move {
+            let t = txid.as_byte_array().as_slice();
+            let tx = c.transaction().await?;
+            execute!(
+                tx,
+                "INSERT INTO sbtc_signer.observed_transactions (txid, kind, tx) \
+                 VALUES ($1, $2::TEXT::sbtc_signer.observed_kind, $3) ON CONFLICT DO NOTHING",
+                &[&t, &observed.kind.as_str(), &raw]
+            );
+            execute!(
+                tx,
+                "INSERT INTO sbtc_signer.bitcoin_transactions (txid, block_hash) VALUES ($1, $2) \
+                 ON CONFLICT DO NOTHING",
+                &[&t, &block.as_byte_array().as_slice()]
+            );
+            tx.commit().await?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn write_deposit_submission(&self, d: &DepositSubmissionRecord) -> Result<bool> {
+        let raw = bitcoin::consensus::serialize(&d.transaction);
+        let raw = raw.as_slice();
+        let peer = match d.source {
+            SubmissionSource::Wallet => None,
+            SubmissionSource::Peer(key) => Some(key.serialize().to_vec()),
+        };
+        let peer = &peer;
+        self.run("write_deposit_submission", |c| async move {
+            let n = execute!(
+                c,
+                "INSERT INTO sbtc_signer.deposit_submissions (txid, output_index, deposit_script, \
+                 reclaim_script, tx, source_peer) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+                &[
+                    &d.outpoint.txid.as_byte_array().as_slice(),
+                    &i64::from(d.outpoint.vout),
+                    &d.deposit_script.as_bytes(),
+                    &d.reclaim_script.as_bytes(),
+                    &raw,
+                    peer
+                ]
+            );
+            Ok(n == 1)
+        })
+        .await
+    }
+
     async fn write_bitcoin_block(&self, block: &BitcoinBlock) -> Result<()> {
         self.run("write_bitcoin_block", |c| async move {
             let height = i64_of(block.height, "block height")?;
