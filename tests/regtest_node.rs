@@ -1133,7 +1133,7 @@ async fn blocks_take_transactions_by_ancestor_fee_rate() {
     );
     let child = spend(
         &k,
-        &[child_in.clone()],
+        std::slice::from_ref(&child_in),
         vec![pay(&k.address, child_in.1.value.to_sat() - 6_000)],
         Sequence::MAX,
     );
@@ -1151,5 +1151,149 @@ async fn blocks_take_transactions_by_ancestor_fee_rate() {
         .map(|t| t.compute_txid().to_string())
         .collect();
     assert_eq!(order, expected);
+    node.stop().await;
+}
+
+/// The signer's own bitcoind client (`BitcoindRpc`, cookie auth) reads everything it needs.
+#[tokio::test]
+async fn the_signers_bitcoind_client_works_against_the_node() {
+    use sbtc_hsm_signer::chain::bitcoin::client::BitcoinClient;
+    use sbtc_hsm_signer::chain::bitcoin::rpc::{BitcoindRpc, RpcAuth as ClientAuth};
+    let dir = tempfile::tempdir().unwrap();
+    let cookie = dir.path().join(".cookie");
+    let node = RegtestNode::start(RegtestOptions {
+        auth: RpcAuth {
+            user_password: None,
+            cookie_file: Some(cookie.clone()),
+        },
+        ..RegtestOptions::default()
+    })
+    .await
+    .unwrap();
+    let client = BitcoindRpc::with_auth(
+        &node.rpc_url(),
+        ClientAuth::Cookie(cookie),
+        Duration::from_secs(10),
+        0,
+    )
+    .unwrap();
+    let k = key(15);
+    node.mine_to(101, &k.address.script_pubkey());
+    let (height, tip) = node.tip();
+    assert_eq!(client.get_best_block_hash().await.unwrap(), tip);
+    let header = client.get_block_header(&tip).await.unwrap().unwrap();
+    assert_eq!(
+        (header.height, header.confirmations),
+        (u64::from(height), 1)
+    );
+    assert!(client
+        .get_block_header(&bitcoin::BlockHash::all_zeros())
+        .await
+        .unwrap()
+        .is_none());
+    assert_eq!(
+        client.get_block(&tip).await.unwrap().unwrap().block_hash(),
+        tip
+    );
+    assert_eq!(client.get_block_hash(101).await.unwrap(), Some(tip));
+    assert_eq!(client.get_block_hash(102).await.unwrap(), None);
+
+    let (op, out) = node.with_state(|s| {
+        let hash = s.chain.hash_at(1).unwrap();
+        let cb = &s.chain.record(&hash).unwrap().block.txdata[0];
+        (OutPoint::new(cb.compute_txid(), 0), cb.output[0].clone())
+    });
+    let tx = spend(
+        &k,
+        &[(op, out.clone())],
+        vec![pay(&k.address, out.value.to_sat() - 1_000)],
+        Sequence::MAX,
+    );
+    let txid = tx.compute_txid();
+    let accept = client
+        .test_mempool_accept(std::slice::from_ref(&tx))
+        .await
+        .unwrap();
+    assert!(accept[0].allowed, "{accept:?}");
+    assert_eq!(accept[0].fee, Some(Amount::from_sat(1_000)));
+    assert_eq!(client.send_raw_transaction(&tx).await.unwrap(), txid);
+    let found = client
+        .get_raw_transaction(&txid, None)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((found.tx.compute_txid(), found.block_hash), (txid, None));
+    let entry = client.get_mempool_entry(&txid).await.unwrap().unwrap();
+    assert_eq!(
+        (entry.fee, entry.vsize),
+        (Amount::from_sat(1_000), tx.vsize() as u64)
+    );
+    assert_eq!(
+        client.get_tx_spending_prevout(&op).await.unwrap(),
+        Some(txid)
+    );
+    assert!(client
+        .get_mempool_descendants(&txid)
+        .await
+        .unwrap()
+        .is_empty());
+    let unconfirmed = client
+        .get_tx_out(&OutPoint::new(txid, 0), true)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(unconfirmed.confirmations, 0);
+    assert!(
+        client.get_tx_out(&op, true).await.unwrap().is_none(),
+        "spent in the mempool"
+    );
+    assert_eq!(
+        client.estimate_smart_fee(6).await.unwrap(),
+        Some(FeeRate::from_sat_per_kwu(250))
+    );
+    // A refusal keeps bitcoind's code.
+    let thief = spend(
+        &key(16),
+        &[(op, out.clone())],
+        vec![pay(&key(16).address, out.value.to_sat() - 5_000)],
+        Sequence::MAX,
+    );
+    let err = client.send_raw_transaction(&thief).await.unwrap_err();
+    assert_eq!(err.rpc_code(), Some(-26), "{err}");
+
+    let mined = node.mine(1)[0];
+    let confirmed = client
+        .get_raw_transaction(&txid, Some(&mined))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (confirmed.block_hash, confirmed.confirmations),
+        (Some(mined), 1)
+    );
+    assert!(client
+        .get_raw_transaction(&txid, None)
+        .await
+        .unwrap()
+        .is_none());
+    let utxo = client
+        .get_tx_out(&OutPoint::new(txid, 0), false)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (utxo.confirmations, utxo.value, utxo.coinbase),
+        (1, out.value - Amount::from_sat(1_000), false)
+    );
+    let info = client.get_blockchain_info().await.unwrap();
+    assert_eq!(
+        (info.network, info.blocks, info.best_block_hash),
+        (Network::Regtest, 102, mined)
+    );
+    let net = client.get_network_info().await.unwrap();
+    assert_eq!(
+        (net.version, net.relay_fee),
+        (280_000, FeeRate::from_sat_per_kwu(250))
+    );
     node.stop().await;
 }
