@@ -1297,3 +1297,38 @@ async fn the_signers_bitcoind_client_works_against_the_node() {
     );
     node.stop().await;
 }
+
+#[tokio::test]
+async fn wallet_spends_its_own_change_and_sends_many() {
+    let node = start().await;
+    let wallet = ok(&node, "getnewaddress", json!([null, "bech32m"])).await;
+    assert!(wallet.as_str().unwrap().starts_with("bcrt1p"), "{wallet}");
+    // One spendable coinbase: the second payment must spend the first one's change.
+    ok(&node, "generatetoaddress", json!([101, wallet])).await;
+    let a = key(17).address.to_string();
+    let b = key(18).address.to_string();
+    let first = ok(&node, "sendtoaddress", json!([a, 1])).await;
+    let second = ok(&node, "sendtoaddress", json!([b, 2])).await;
+    let entry = ok(&node, "getmempoolentry", json!([second])).await;
+    assert_eq!(entry["depends"], json!([first]));
+    let many = ok(
+        &node,
+        "sendmany",
+        json!(["", {a.clone(): 0.1, b.clone(): 0.2}]),
+    )
+    .await;
+    let tx = ok(&node, "getrawtransaction", json!([many, 1])).await;
+    assert_eq!(
+        tx["vout"].as_array().unwrap().len(),
+        3,
+        "two payments and change"
+    );
+    let err = call(&node, "sendmany", json!(["", {a.clone(): 1000}]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.0, -6);
+    // getbalance counts the wallet's own unconfirmed change.
+    let balance = ok(&node, "getbalance", json!([])).await.as_f64().unwrap();
+    assert!(balance > 46.69 && balance < 46.7, "{balance}");
+    node.stop().await;
+}
