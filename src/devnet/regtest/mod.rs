@@ -30,11 +30,13 @@ use bitcoin::{
 
 use crate::chain::bitcoin::client::{RPC_MISC_ERROR, RPC_WALLET_INSUFFICIENT_FUNDS};
 use chain::{BlockError, Chain};
-use mempool::{AcceptOptions, Accepted, Mempool};
-use verify::{Coin, Reject};
-use wallet::{AddressKind, Wallet};
+use mempool::{AcceptOptions, Mempool};
+use wallet::Wallet;
 
-pub use rpc::RpcError;
+pub use mempool::Accepted;
+pub use rpc::{RpcError, SET_FEE_RATE_METHOD};
+pub use verify::{Coin, Reject};
+pub use wallet::AddressKind;
 
 /// bitcoind's default `-minrelaytxfee` and `-incrementalrelayfee`: 1 sat/vB.
 pub const MIN_RELAY_FEE: FeeRate = FeeRate::from_sat_per_kwu(250);
