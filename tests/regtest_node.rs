@@ -1012,3 +1012,323 @@ async fn amounts_are_written_with_eight_decimals() {
     assert!(text.contains("\"relayfee\":0.00001000"), "{text}");
     node.stop().await;
 }
+
+/// `sbtc-hsm-signer regtest-node`: a process an operator can point a signer at.
+#[tokio::test]
+async fn regtest_node_command_serves_until_sigterm() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let cookie_path = dir.path().join("regtest.cookie");
+    /// Kills the node if the test fails before it stops it.
+    struct Guard(Option<std::process::Child>);
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            if let Some(mut c) = self.0.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_sbtc-hsm-signer"))
+        .args([
+            "regtest-node",
+            "--rpc-bind",
+            "127.0.0.1:0",
+            "--initial-blocks",
+            "101",
+            "--cookie-file",
+        ])
+        .arg(&cookie_path)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("the binary starts");
+    let stdout = child.stdout.take().unwrap();
+    let pid = child.id() as i32;
+    let mut guard = Guard(Some(child));
+    let first = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        std::io::BufReader::new(stdout)
+            .read_line(&mut line)
+            .map(|_| line)
+    });
+    let line = tokio::time::timeout(Duration::from_secs(60), first)
+        .await
+        .expect("the node reports its address in time")
+        .unwrap()
+        .unwrap();
+    let url = line
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap_or_else(|| panic!("no url in {line:?}"));
+    let addr: std::net::SocketAddr = url.trim_start_matches("http://").parse().unwrap();
+    let cookie = std::fs::read_to_string(&cookie_path).unwrap();
+
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let body = json!({"jsonrpc": "2.0", "id": 1, "method": "getbalance"}).to_string();
+    let request = hyper::Request::post("/")
+        .header("host", addr.to_string())
+        .header(
+            "authorization",
+            format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(&cookie)
+            ),
+        )
+        .body(Full::new(Bytes::from(body)))
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let text = response.into_body().collect().await.unwrap().to_bytes();
+    let reply: Value = serde_json::from_slice(&text).unwrap();
+    assert_eq!(
+        reply["result"],
+        json!(50.0),
+        "101 initial blocks fund the wallet"
+    );
+
+    // SIGTERM: a clean stop that removes the cookie.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let mut status = None;
+    for _ in 0..300 {
+        status = guard.0.as_mut().unwrap().try_wait().unwrap();
+        if status.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let status = status.expect("the node stops within 30 s of SIGTERM");
+    guard.0 = None;
+    assert!(status.success(), "{status}");
+    assert!(!cookie_path.exists());
+}
+
+#[tokio::test]
+async fn blocks_take_transactions_by_ancestor_fee_rate() {
+    let node = start().await;
+    let k = key(14);
+    generate(&node, 102, &k).await;
+    let (op1, out1) = coinbase_at(&node, 1).await;
+    let (op2, out2) = coinbase_at(&node, 2).await;
+    // A parent at ~2 sat/vB, an unrelated transaction at ~10 sat/vB, then the parent's child at
+    // ~50 sat/vB: the parent and child together outbid the unrelated one.
+    let parent = spend(
+        &k,
+        &[(op1, out1.clone())],
+        vec![pay(&k.address, out1.value.to_sat() - 250)],
+        Sequence::MAX,
+    );
+    let other = spend(
+        &k,
+        &[(op2, out2.clone())],
+        vec![pay(&k.address, out2.value.to_sat() - 1_200)],
+        Sequence::MAX,
+    );
+    let child_in = (
+        OutPoint::new(parent.compute_txid(), 0),
+        parent.output[0].clone(),
+    );
+    let child = spend(
+        &k,
+        std::slice::from_ref(&child_in),
+        vec![pay(&k.address, child_in.1.value.to_sat() - 6_000)],
+        Sequence::MAX,
+    );
+    for tx in [&parent, &other, &child] {
+        send(&node, tx).await.unwrap();
+    }
+    let hash = generate(&node, 1, &k).await.remove(0);
+    let block = ok(&node, "getblock", json!([hash, 1])).await;
+    let order: Vec<String> = block["tx"].as_array().unwrap()[1..]
+        .iter()
+        .map(|t| t.as_str().unwrap().to_string())
+        .collect();
+    let expected: Vec<String> = [&parent, &child, &other]
+        .iter()
+        .map(|t| t.compute_txid().to_string())
+        .collect();
+    assert_eq!(order, expected);
+    node.stop().await;
+}
+
+/// The signer's own bitcoind client (`BitcoindRpc`, cookie auth) reads everything it needs.
+#[tokio::test]
+async fn the_signers_bitcoind_client_works_against_the_node() {
+    use sbtc_hsm_signer::chain::bitcoin::client::BitcoinClient;
+    use sbtc_hsm_signer::chain::bitcoin::rpc::{BitcoindRpc, RpcAuth as ClientAuth};
+    let dir = tempfile::tempdir().unwrap();
+    let cookie = dir.path().join(".cookie");
+    let node = RegtestNode::start(RegtestOptions {
+        auth: RpcAuth {
+            user_password: None,
+            cookie_file: Some(cookie.clone()),
+        },
+        ..RegtestOptions::default()
+    })
+    .await
+    .unwrap();
+    let client = BitcoindRpc::with_auth(
+        &node.rpc_url(),
+        ClientAuth::Cookie(cookie),
+        Duration::from_secs(10),
+        0,
+    )
+    .unwrap();
+    let k = key(15);
+    node.mine_to(101, &k.address.script_pubkey());
+    let (height, tip) = node.tip();
+    assert_eq!(client.get_best_block_hash().await.unwrap(), tip);
+    let header = client.get_block_header(&tip).await.unwrap().unwrap();
+    assert_eq!(
+        (header.height, header.confirmations),
+        (u64::from(height), 1)
+    );
+    assert!(client
+        .get_block_header(&bitcoin::BlockHash::all_zeros())
+        .await
+        .unwrap()
+        .is_none());
+    assert_eq!(
+        client.get_block(&tip).await.unwrap().unwrap().block_hash(),
+        tip
+    );
+    assert_eq!(client.get_block_hash(101).await.unwrap(), Some(tip));
+    assert_eq!(client.get_block_hash(102).await.unwrap(), None);
+
+    let (op, out) = node.with_state(|s| {
+        let hash = s.chain.hash_at(1).unwrap();
+        let cb = &s.chain.record(&hash).unwrap().block.txdata[0];
+        (OutPoint::new(cb.compute_txid(), 0), cb.output[0].clone())
+    });
+    let tx = spend(
+        &k,
+        &[(op, out.clone())],
+        vec![pay(&k.address, out.value.to_sat() - 1_000)],
+        Sequence::MAX,
+    );
+    let txid = tx.compute_txid();
+    let accept = client
+        .test_mempool_accept(std::slice::from_ref(&tx))
+        .await
+        .unwrap();
+    assert!(accept[0].allowed, "{accept:?}");
+    assert_eq!(accept[0].fee, Some(Amount::from_sat(1_000)));
+    assert_eq!(client.send_raw_transaction(&tx).await.unwrap(), txid);
+    let found = client
+        .get_raw_transaction(&txid, None)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((found.tx.compute_txid(), found.block_hash), (txid, None));
+    let entry = client.get_mempool_entry(&txid).await.unwrap().unwrap();
+    assert_eq!(
+        (entry.fee, entry.vsize),
+        (Amount::from_sat(1_000), tx.vsize() as u64)
+    );
+    assert_eq!(
+        client.get_tx_spending_prevout(&op).await.unwrap(),
+        Some(txid)
+    );
+    assert!(client
+        .get_mempool_descendants(&txid)
+        .await
+        .unwrap()
+        .is_empty());
+    let unconfirmed = client
+        .get_tx_out(&OutPoint::new(txid, 0), true)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(unconfirmed.confirmations, 0);
+    assert!(
+        client.get_tx_out(&op, true).await.unwrap().is_none(),
+        "spent in the mempool"
+    );
+    assert_eq!(
+        client.estimate_smart_fee(6).await.unwrap(),
+        Some(FeeRate::from_sat_per_kwu(250))
+    );
+    // A refusal keeps bitcoind's code.
+    let thief = spend(
+        &key(16),
+        &[(op, out.clone())],
+        vec![pay(&key(16).address, out.value.to_sat() - 5_000)],
+        Sequence::MAX,
+    );
+    let err = client.send_raw_transaction(&thief).await.unwrap_err();
+    assert_eq!(err.rpc_code(), Some(-26), "{err}");
+
+    let mined = node.mine(1)[0];
+    let confirmed = client
+        .get_raw_transaction(&txid, Some(&mined))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (confirmed.block_hash, confirmed.confirmations),
+        (Some(mined), 1)
+    );
+    assert!(client
+        .get_raw_transaction(&txid, None)
+        .await
+        .unwrap()
+        .is_none());
+    let utxo = client
+        .get_tx_out(&OutPoint::new(txid, 0), false)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (utxo.confirmations, utxo.value, utxo.coinbase),
+        (1, out.value - Amount::from_sat(1_000), false)
+    );
+    let info = client.get_blockchain_info().await.unwrap();
+    assert_eq!(
+        (info.network, info.blocks, info.best_block_hash),
+        (Network::Regtest, 102, mined)
+    );
+    let net = client.get_network_info().await.unwrap();
+    assert_eq!(
+        (net.version, net.relay_fee),
+        (280_000, FeeRate::from_sat_per_kwu(250))
+    );
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn wallet_spends_its_own_change_and_sends_many() {
+    let node = start().await;
+    let wallet = ok(&node, "getnewaddress", json!([null, "bech32m"])).await;
+    assert!(wallet.as_str().unwrap().starts_with("bcrt1p"), "{wallet}");
+    // One spendable coinbase: the second payment must spend the first one's change.
+    ok(&node, "generatetoaddress", json!([101, wallet])).await;
+    let a = key(17).address.to_string();
+    let b = key(18).address.to_string();
+    let first = ok(&node, "sendtoaddress", json!([a, 1])).await;
+    let second = ok(&node, "sendtoaddress", json!([b, 2])).await;
+    let entry = ok(&node, "getmempoolentry", json!([second])).await;
+    assert_eq!(entry["depends"], json!([first]));
+    let many = ok(
+        &node,
+        "sendmany",
+        json!(["", {a.clone(): 0.1, b.clone(): 0.2}]),
+    )
+    .await;
+    let tx = ok(&node, "getrawtransaction", json!([many, 1])).await;
+    assert_eq!(
+        tx["vout"].as_array().unwrap().len(),
+        3,
+        "two payments and change"
+    );
+    let err = call(&node, "sendmany", json!(["", {a.clone(): 1000}]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.0, -6);
+    // getbalance counts the wallet's own unconfirmed change.
+    let balance = ok(&node, "getbalance", json!([])).await.as_f64().unwrap();
+    assert!(balance > 46.69 && balance < 46.7, "{balance}");
+    node.stop().await;
+}

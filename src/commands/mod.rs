@@ -6,6 +6,7 @@ mod devnet;
 mod keys;
 mod migrate;
 mod peer;
+mod regtest;
 mod run;
 
 use std::{path::PathBuf, process::ExitCode};
@@ -44,6 +45,8 @@ enum Command {
     /// Inspect a deposit: what it says and whether this signer accepts it.
     #[command(subcommand)]
     Deposit(deposit::DepositCommand),
+    /// Run the devnet's regtest Bitcoin node (bitcoind's JSON-RPC on loopback) until Ctrl-C.
+    RegtestNode(regtest::RegtestNodeCmd),
 }
 
 /// What a command failed with, for the operator.
@@ -114,6 +117,9 @@ impl Cli {
         if let Command::Deposit(cmd) = self.command {
             return cmd.run(self.config.as_deref()).await;
         }
+        if let Command::RegtestNode(cmd) = self.command {
+            return cmd.run().await;
+        }
         let config = self.load_config()?;
         match self.command {
             Command::Keys(cmd) => cmd.run(&config).await,
@@ -123,6 +129,7 @@ impl Cli {
             Command::Run(cmd) => cmd.run(&config).await,
             Command::Devnet(_) => Err("unreachable: devnet is handled above".into()),
             Command::Deposit(_) => Err("unreachable: deposit is handled above".into()),
+            Command::RegtestNode(_) => Err("unreachable: regtest-node is handled above".into()),
         }
     }
 

@@ -505,52 +505,59 @@ impl Mempool {
     }
 
     /// Transactions for the next block, by ancestor fee rate (each with the ancestors it needs,
-    /// parents first), within `max_weight`.
+    /// parents first), within `max_weight`. A package's rate is recomputed when it reaches the
+    /// top of the queue, so the work is O(n log n) times the ancestor count, not O(n²).
     pub fn select_for_block(&self, max_weight: u64) -> (Vec<Transaction>, Amount) {
+        let ancestors: HashMap<Txid, HashSet<Txid>> = self
+            .entries
+            .values()
+            .map(|e| (e.txid, self.ancestors_of(&e.tx)))
+            .collect();
+        let package = |txid: &Txid, included: &HashSet<Txid>| -> Candidate {
+            let mut fee = self.entries[txid].fee.to_sat();
+            let mut vsize = self.entries[txid].vsize;
+            for a in &ancestors[txid] {
+                if !included.contains(a) {
+                    fee += self.entries[a].fee.to_sat();
+                    vsize += self.entries[a].vsize;
+                }
+            }
+            Candidate {
+                fee,
+                vsize,
+                seq: self.entries[txid].seq,
+                txid: *txid,
+            }
+        };
         let mut included: HashSet<Txid> = HashSet::new();
-        let mut skipped: HashSet<Txid> = HashSet::new();
+        let mut queue: std::collections::BinaryHeap<Candidate> =
+            self.entries.keys().map(|t| package(t, &included)).collect();
         let mut chosen = Vec::new();
         let mut weight = 0u64;
         let mut fees = Amount::ZERO;
-        loop {
-            let mut best: Option<(Vec<Txid>, u64, u64, u64)> = None; // package, fee, vsize, seq
-            for e in self.entries.values() {
-                if included.contains(&e.txid) || skipped.contains(&e.txid) {
-                    continue;
-                }
-                let mut package: Vec<Txid> = self
-                    .ancestors_of(&e.tx)
-                    .into_iter()
-                    .filter(|t| !included.contains(t))
-                    .collect();
-                package.push(e.txid);
-                let (f, v) = package.iter().fold((0u64, 0u64), |(f, v), t| {
-                    let x = &self.entries[t];
-                    (f + x.fee.to_sat(), v + x.vsize)
-                });
-                let better = match &best {
-                    None => true,
-                    Some((_, bf, bv, bseq)) => {
-                        let lhs = f as u128 * *bv as u128;
-                        let rhs = *bf as u128 * v as u128;
-                        lhs > rhs || (lhs == rhs && e.seq < *bseq)
-                    }
-                };
-                if better {
-                    best = Some((package, f, v, e.seq));
-                }
+        while let Some(top) = queue.pop() {
+            if included.contains(&top.txid) {
+                continue;
             }
-            let Some((mut package, _, _, _)) = best else {
-                break;
-            };
-            package.sort_by_key(|t| self.entries[t].seq);
-            let w: u64 = package.iter().map(|t| self.entries[t].weight).sum();
+            let now = package(&top.txid, &included);
+            if (now.fee, now.vsize) != (top.fee, top.vsize) {
+                // Some ancestors went into the block since: queue it at its current rate.
+                queue.push(now);
+                continue;
+            }
+            let mut members: Vec<Txid> = ancestors[&top.txid]
+                .iter()
+                .filter(|a| !included.contains(*a))
+                .copied()
+                .collect();
+            members.push(top.txid);
+            members.sort_by_key(|t| self.entries[t].seq);
+            let w: u64 = members.iter().map(|t| self.entries[t].weight).sum();
             if weight + w > max_weight {
-                skipped.insert(*package.last().expect("non-empty"));
                 continue;
             }
             weight += w;
-            for t in package {
+            for t in members {
                 let e = &self.entries[&t];
                 fees += e.fee;
                 chosen.push(e.tx.clone());
@@ -558,6 +565,29 @@ impl Mempool {
             }
         }
         (chosen, fees)
+    }
+}
+
+/// A package in the block-assembly queue, ordered by fee rate (then by entry order).
+#[derive(PartialEq, Eq)]
+struct Candidate {
+    fee: u64,
+    vsize: u64,
+    seq: u64,
+    txid: Txid,
+}
+
+impl Ord for Candidate {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        let lhs = self.fee as u128 * other.vsize as u128;
+        let rhs = other.fee as u128 * self.vsize as u128;
+        lhs.cmp(&rhs).then(other.seq.cmp(&self.seq))
+    }
+}
+
+impl PartialOrd for Candidate {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
     }
 }
 

@@ -30,11 +30,13 @@ use bitcoin::{
 
 use crate::chain::bitcoin::client::{RPC_MISC_ERROR, RPC_WALLET_INSUFFICIENT_FUNDS};
 use chain::{BlockError, Chain};
-use mempool::{AcceptOptions, Accepted, Mempool};
-use verify::{Coin, Reject};
-use wallet::{AddressKind, Wallet};
+use mempool::{AcceptOptions, Mempool};
+use wallet::Wallet;
 
-pub use rpc::RpcError;
+pub use mempool::Accepted;
+pub use rpc::{RpcError, SET_FEE_RATE_METHOD};
+pub use verify::{Coin, Reject};
+pub use wallet::AddressKind;
 
 /// bitcoind's default `-minrelaytxfee` and `-incrementalrelayfee`: 1 sat/vB.
 pub const MIN_RELAY_FEE: FeeRate = FeeRate::from_sat_per_kwu(250);
@@ -62,6 +64,9 @@ pub struct WalletCoin {
     pub coin: Coin,
     /// 0 for an output of a mempool transaction.
     pub confirmations: u32,
+    /// Confirmed, or the output of a mempool transaction that spends only wallet coins (the
+    /// wallet's own change): bitcoind's "trusted", which it spends and counts in its balance.
+    pub safe: bool,
 }
 
 fn now_secs() -> u64 {
@@ -280,10 +285,16 @@ impl NodeState {
                 outpoint: *op,
                 coin: c.clone(),
                 confirmations: tip + 1 - c.height,
+                safe: true,
             })
             .collect();
         if minconf == 0 {
             for e in self.mempool.entries() {
+                let trusted = e.tx.input.iter().all(|i| {
+                    self.mempool
+                        .coin(&self.chain, &i.previous_output)
+                        .is_some_and(|c| self.wallet.owns(&c.output.script_pubkey))
+                });
                 for (vout, out) in e.tx.output.iter().enumerate() {
                     let op = OutPoint::new(e.txid, vout as u32);
                     if self.wallet.owns(&out.script_pubkey) && self.mempool.spender(&op).is_none() {
@@ -295,6 +306,7 @@ impl NodeState {
                                 coinbase: false,
                             },
                             confirmations: 0,
+                            safe: trusted,
                         });
                     }
                 }
@@ -309,32 +321,58 @@ impl NodeState {
         coins
     }
 
-    /// `sendtoaddress`: pays `amount` to `script` from the wallet's confirmed coins (largest
-    /// first), change to a new wallet address, at `fee_rate` (default: the `estimatesmartfee`
-    /// rate, at least the minimum relay fee), through the mempool's usual checks.
+    /// `sendtoaddress`: pays `amount` to `script`; see [`NodeState::send_outputs`].
     pub fn send_to_script(
         &mut self,
         script: &ScriptBuf,
         amount: Amount,
         fee_rate: Option<FeeRate>,
     ) -> Result<Txid, RpcError> {
+        self.send_outputs(&[(script.clone(), amount)], fee_rate)
+    }
+
+    /// `sendtoaddress` / `sendmany`: pays each `(script, amount)` from the wallet's coins
+    /// (confirmed ones first, largest first, then its own unconfirmed change), change to a new
+    /// wallet address, at `fee_rate` (default: the `estimatesmartfee` rate; at least the minimum
+    /// relay fee), through the mempool's usual checks.
+    pub fn send_outputs(
+        &mut self,
+        payments: &[(ScriptBuf, Amount)],
+        fee_rate: Option<FeeRate>,
+    ) -> Result<Txid, RpcError> {
         let rate = fee_rate
             .or(self.fee_rate)
             .unwrap_or(MIN_RELAY_FEE)
             .max(MIN_RELAY_FEE);
-        if amount < script.minimal_non_dust() {
+        if payments.is_empty() {
+            return Err(RpcError::new(
+                -4,
+                "Transaction must have at least one recipient",
+            ));
+        }
+        if payments.iter().any(|(s, a)| *a < s.minimal_non_dust()) {
             return Err(RpcError::new(-4, "Transaction amount too small"));
         }
-        let mut coins = self.wallet_coins(1);
-        coins.sort_by_key(|c| std::cmp::Reverse(c.coin.output.value));
+        let amount: Amount = payments.iter().map(|(_, a)| *a).sum();
+        let mut coins: Vec<WalletCoin> = self
+            .wallet_coins(0)
+            .into_iter()
+            .filter(|c| c.safe)
+            .collect();
+        coins.sort_by_key(|c| (c.confirmations == 0, std::cmp::Reverse(c.coin.output.value)));
         let change_script = self.wallet.new_address(AddressKind::P2wpkh).script_pubkey();
+        let outputs_vsize: u64 = payments
+            .iter()
+            .map(|(s, _)| 9 + s.len() as u64)
+            .sum::<u64>()
+            + 31;
         let mut selected: Vec<WalletCoin> = Vec::new();
         let mut total = Amount::ZERO;
         for coin in coins {
             total += coin.coin.output.value;
             selected.push(coin);
             // A generous per-input allowance; the exact fee is computed after signing.
-            let estimate = fee_rate_fee(rate, 11 + 69 * selected.len() as u64 + 43 * 2);
+            let estimate = fee_rate_fee(rate, 11 + 69 * selected.len() as u64 + outputs_vsize);
             if total >= amount + estimate {
                 break;
             }
@@ -342,10 +380,13 @@ impl NodeState {
         let insufficient = || RpcError::new(RPC_WALLET_INSUFFICIENT_FUNDS, "Insufficient funds");
         let prevouts: Vec<TxOut> = selected.iter().map(|c| c.coin.output.clone()).collect();
         let build = |fee: Amount, with_change: bool| -> Option<Transaction> {
-            let mut output = vec![TxOut {
-                value: amount,
-                script_pubkey: script.clone(),
-            }];
+            let mut output: Vec<TxOut> = payments
+                .iter()
+                .map(|(script, value)| TxOut {
+                    value: *value,
+                    script_pubkey: script.clone(),
+                })
+                .collect();
             let change = total.checked_sub(amount)?.checked_sub(fee)?;
             if with_change {
                 output.push(TxOut {
@@ -382,11 +423,8 @@ impl NodeState {
             .checked_sub(amount)
             .and_then(|r| r.checked_sub(fee))
             .ok_or_else(insufficient)?;
-        let mut tx = if change >= change_script.minimal_non_dust() {
-            build(fee, true).ok_or_else(insufficient)?
-        } else {
-            build(fee, false).ok_or_else(insufficient)?
-        };
+        let mut tx =
+            build(fee, change >= change_script.minimal_non_dust()).ok_or_else(insufficient)?;
         sign(&mut tx)?;
         self.submit(&tx, None)
             .map_err(|r| RpcError::new(r.code, r.message()))
@@ -614,6 +652,15 @@ impl RegtestNode {
     /// `sendtoaddress` from the node wallet.
     pub fn send_to_address(&self, address: &Address, amount: Amount) -> Result<Txid, RpcError> {
         lock(&self.state).send_to_script(&address.script_pubkey(), amount, None)
+    }
+
+    /// `sendmany` from the node wallet: one transaction paying every address.
+    pub fn send_many(&self, payments: &[(Address, Amount)]) -> Result<Txid, RpcError> {
+        let payments: Vec<(ScriptBuf, Amount)> = payments
+            .iter()
+            .map(|(a, v)| (a.script_pubkey(), *v))
+            .collect();
+        lock(&self.state).send_outputs(&payments, None)
     }
 
     /// `sendrawtransaction` with the default `maxfeerate`.

@@ -328,6 +328,18 @@ fn param_names(method: &str) -> Option<&'static [&'static str]> {
             "fee_rate",
             "verbose",
         ],
+        "sendmany" => &[
+            "dummy",
+            "amounts",
+            "minconf",
+            "comment",
+            "subtractfeefrom",
+            "replaceable",
+            "conf_target",
+            "estimate_mode",
+            "fee_rate",
+            "verbose",
+        ],
         "listunspent" => &[
             "minconf",
             "maxconf",
@@ -967,20 +979,52 @@ pub fn call(state: &Mutex<NodeState>, method: &str, params: Value) -> Result<Val
                     "subtractfeefromamount is not supported by the regtest wallet",
                 ));
             }
-            // fee_rate is in sat/vB.
-            let fee_rate = match p.get(9) {
-                None => None,
-                Some(v) => {
-                    let sat_per_vb = v.as_f64().ok_or_else(|| type_error(v, "number"))?;
-                    if !(0.0..=100_000.0).contains(&sat_per_vb) {
-                        return Err(RpcError::new(RPC_INVALID_PARAMETER, "Invalid fee_rate"));
-                    }
-                    Some(FeeRate::from_sat_per_kwu(
-                        (sat_per_vb * 250.0).round() as u64
-                    ))
-                }
-            };
+            let fee_rate = wallet_fee_rate(&p, 9)?;
             let txid = s.send_to_script(&address.script_pubkey(), amount, fee_rate)?;
+            Ok(json!(txid.to_string()))
+        }
+        "sendmany" => {
+            if p.opt_str(0)?.is_some_and(|d| !d.is_empty()) {
+                return Err(RpcError::new(
+                    RPC_INVALID_PARAMETER,
+                    "Dummy value must be set to \"\"",
+                ));
+            }
+            let amounts = p.required(1, "amounts")?;
+            let amounts = amounts
+                .as_object()
+                .ok_or_else(|| type_error(amounts, "object"))?;
+            if p.get(4)
+                .is_some_and(|v| v.as_array().is_some_and(|a| !a.is_empty()))
+            {
+                return Err(RpcError::new(
+                    RPC_INVALID_PARAMETER,
+                    "subtractfeefrom is not supported by the regtest wallet",
+                ));
+            }
+            let mut payments = Vec::with_capacity(amounts.len());
+            for (text, value) in amounts {
+                let address = parse_address(text).ok_or_else(|| {
+                    RpcError::new(
+                        RPC_INVALID_ADDRESS_OR_KEY,
+                        format!("Invalid Bitcoin address: {text}"),
+                    )
+                })?;
+                let amount = amount_from_value(value)?;
+                if amount == Amount::ZERO {
+                    return Err(RpcError::new(RPC_TYPE_ERROR, "Invalid amount for send"));
+                }
+                let script = address.script_pubkey();
+                if payments.iter().any(|(s, _)| *s == script) {
+                    return Err(RpcError::new(
+                        RPC_INVALID_PARAMETER,
+                        format!("Invalid parameter, duplicated address: {text}"),
+                    ));
+                }
+                payments.push((script, amount));
+            }
+            let fee_rate = wallet_fee_rate(&p, 8)?;
+            let txid = s.send_outputs(&payments, fee_rate)?;
             Ok(json!(txid.to_string()))
         }
         "listunspent" => {
@@ -1023,7 +1067,7 @@ pub fn call(state: &Mutex<NodeState>, method: &str, params: Value) -> Result<Val
                         "confirmations": c.confirmations,
                         "spendable": true,
                         "solvable": true,
-                        "safe": true,
+                        "safe": c.safe,
                     });
                     if let Ok(a) = bitcoin::Address::from_script(spk, bitcoin::Network::Regtest) {
                         m["address"] = json!(a.to_string());
@@ -1047,11 +1091,28 @@ pub fn call(state: &Mutex<NodeState>, method: &str, params: Value) -> Result<Val
             let total: Amount = s
                 .wallet_coins(minconf)
                 .iter()
+                .filter(|c| c.safe)
                 .map(|c| c.coin.output.value)
                 .sum();
             Ok(json::btc(total))
         }
         _ => Err(RpcError::new(RPC_METHOD_NOT_FOUND, "Method not found")),
+    }
+}
+
+/// A wallet call's `fee_rate`, in sat/vB as bitcoind's wallet takes it.
+fn wallet_fee_rate(p: &Params, i: usize) -> Result<Option<FeeRate>, RpcError> {
+    match p.get(i) {
+        None => Ok(None),
+        Some(v) => {
+            let sat_per_vb = v.as_f64().ok_or_else(|| type_error(v, "number"))?;
+            if !(0.0..=100_000.0).contains(&sat_per_vb) {
+                return Err(RpcError::new(RPC_INVALID_PARAMETER, "Invalid fee_rate"));
+            }
+            Ok(Some(FeeRate::from_sat_per_kwu(
+                (sat_per_vb * 250.0).round() as u64,
+            )))
+        }
     }
 }
 
