@@ -97,7 +97,15 @@ impl Run {
             Some(c) => Some(node::BitcoinParts {
                 client: std::sync::Arc::new(crate::chain::bitcoin::BitcoindRpc::new(c)?),
                 config: c.clone(),
+                api: config.api.clone(),
             }),
+            None if config.api.is_some() => {
+                return Err(
+                    "[api] (deposit intake) validates every deposit against this signer's own \
+                     bitcoind: add a [bitcoin] section"
+                        .into(),
+                )
+            }
             None => None,
         };
         let opts = RunOptions {

@@ -40,6 +40,8 @@ pub struct SessionParams {
     /// End the session when the coordinator says so; else a signer keeps serving rounds until
     /// the node stops (a restarted coordinator can then sign with it again).
     pub exit_when_done: bool,
+    /// Where peers' deposit announcements go (the node's intake), when `[api]` runs.
+    pub deposit_sink: Option<crate::api::DepositSink>,
 }
 
 /// This signer's part of the newest verified DKG of `set`, from storage: what lets a restarted
@@ -132,6 +134,9 @@ pub async fn run_session(node: Arc<PeerNode>, p: SessionParams) -> Result<RunRes
     let dkg_id = DkgId::derive(&p.chain_tip, &set, 0);
     let coordinator = set.coordinator_for(&p.chain_tip);
     let mut transport = PeerTransport::new(node.clone(), set.clone(), p.chain_tip, p.chain_height)?;
+    if let Some(sink) = p.deposit_sink.clone() {
+        transport = transport.with_deposit_sink(sink);
+    }
     let me = transport.me();
     tracing::info!(
         me,

@@ -38,11 +38,13 @@ pub struct RunOptions {
     pub exit_when_done: bool,
 }
 
-/// The node's view of Bitcoin: its bitcoind client and `[bitcoin]`.
+/// The node's view of Bitcoin: its bitcoind client and `[bitcoin]`, and `[api]` (deposit
+/// intake, which needs the node).
 #[derive(Clone)]
 pub struct BitcoinParts {
     pub client: Arc<dyn BitcoinClient>,
     pub config: BitcoinConfig,
+    pub api: Option<crate::api::ApiConfig>,
 }
 
 /// Checks the node's network, reads its tip, and starts the block observer. Returns the tip
@@ -129,7 +131,7 @@ pub async fn run(
     );
     let params = SessionParams {
         keys: keys.clone(),
-        storage,
+        storage: storage.clone(),
         chain_tip: opts.chain_tip,
         chain_height,
         demo_batch: opts.demo_batch,
@@ -138,7 +140,28 @@ pub async fn run(
         nonce_ledger: opts.nonce_ledger.clone(),
         demo_participation: opts.demo_participation,
         exit_when_done: opts.exit_when_done,
+        deposit_sink: None,
     };
+    let mut params = params;
+    let mut api = None;
+    if let Some(bitcoin) = &bitcoin {
+        if let Some(api_config) = &bitcoin.api {
+            let running = crate::api::start(
+                api_config,
+                bitcoin.client.clone(),
+                bitcoin.config.network,
+                storage.clone(),
+                Some(node.clone()),
+            )
+            .await?;
+            eprintln!(
+                "deposit intake: POST http://{}/deposit",
+                running.server.local_addr()
+            );
+            params.deposit_sink = Some(running.deposit_sink.clone());
+            api = Some(running);
+        }
+    }
     let session = devnet::run_session(node.clone(), params);
     let outcome = tokio::select! {
         r = session => Some(r),
@@ -149,6 +172,9 @@ pub async fn run(
     let code = match outcome {
         None => {
             eprintln!("signal received; shutting down");
+            if let Some(api) = api.take() {
+                api.shutdown().await;
+            }
             stop(node, &keys, "shutdown on a signal").await;
             return Ok(ExitCode::from(130));
         }
@@ -190,6 +216,9 @@ pub async fn run(
         while !node.connected_peers().is_empty() && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+    if let Some(api) = api.take() {
+        api.shutdown().await;
     }
     stop(node, &keys, "shutdown").await;
     // Written last, once no custody operation can follow, so the counts match the audit log.
