@@ -6,9 +6,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 . scripts/packages.sh
-ensure_packages "${BUILD_PACKAGES[@]}" postgresql
-# Node.js 18+ (global fetch) for the sBTC wallet library tests; Debian's unless one is installed.
-command -v npm >/dev/null || ensure_packages nodejs npm
+# Node.js 18+ (global fetch) for the sBTC wallet library tests: Debian's unless one is installed.
+# One ensure_packages call, so at most one `apt-get update`.
+NODE_PACKAGES=()
+command -v npm >/dev/null || NODE_PACKAGES=(nodejs npm)
+ensure_packages "${BUILD_PACKAGES[@]}" postgresql "${NODE_PACKAGES[@]}"
 
 # A private SoftHSM2 token dir for this run; tests that need their own tokens make their own too.
 WORK="$(mktemp -d -t sbtc-hsm-signer-test.XXXXXX)"
