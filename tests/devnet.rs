@@ -407,3 +407,120 @@ fn ctrl_c_stops_the_devnet_and_every_signer() {
         assert!(!alive(pid), "signer process {pid} outlived the devnet");
     }
 }
+
+/// One HTTP/1.1 request to 127.0.0.1:`port`; returns the status line and the body.
+fn http(port: u16, request: &str) -> (String, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(request.as_bytes()).unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    (
+        head.lines().next().unwrap_or("").to_string(),
+        body.to_string(),
+    )
+}
+
+#[test]
+fn a_running_signer_follows_its_bitcoind_and_serves_deposit_intake() {
+    let tmp = tempfile::tempdir().unwrap();
+    let work = tmp.path().join("devnet");
+    two_signer_configs(&work);
+
+    // A bitcoind stand-in of its own: the `regtest-node` command, cookie auth, 120 blocks.
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let (rpc_port, api_port) = (free(), free());
+    let cookie = tmp.path().join("node.cookie");
+    let mut node = Command::new(BIN)
+        .args([
+            "regtest-node",
+            "--rpc-bind",
+            &format!("127.0.0.1:{rpc_port}"),
+        ])
+        .arg("--cookie-file")
+        .arg(&cookie)
+        .args(["--initial-blocks", "120"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut node_out = std::io::BufReader::new(node.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut node_out, &mut line).unwrap();
+    assert!(line.contains("height 120"), "{line}");
+
+    // Signer 0 on that node, with [api]; its peer never comes, so it serves while it waits.
+    let config = work.join("signer-0/signer.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let (head, rest) = text.split_once("[bitcoin]").unwrap();
+    let (_, tail) = rest.split_once("[storage]").unwrap();
+    std::fs::write(
+        &config,
+        format!(
+            "{head}[bitcoin]\nnetwork = \"regtest\"\nrpc_url = \"http://127.0.0.1:{rpc_port}\"\n\
+             rpc_cookie_file = \"{}\"\n[api]\nlisten = \"127.0.0.1:{api_port}\"\n[storage]{tail}",
+            cookie.display()
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(BIN)
+        .arg("--config")
+        .arg(&config)
+        .args(["run", "--connect-timeout", "600", "--ephemeral"])
+        .env_remove("SBTC_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr_pipe = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut seen = String::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !seen.contains("deposit intake: POST") {
+        assert!(Instant::now() < deadline, "no intake: {seen}");
+        let mut line = String::new();
+        if std::io::BufRead::read_line(&mut stderr_pipe, &mut line).unwrap() == 0 {
+            panic!("node exited before serving intake: {seen}");
+        }
+        seen.push_str(&line);
+    }
+    assert!(
+        seen.contains("at height 120"),
+        "it read the node's tip: {seen}"
+    );
+
+    let (status, body) = http(
+        api_port,
+        "GET /health HTTP/1.1\r\nHost: signer\r\nConnection: close\r\n\r\n",
+    );
+    assert!(status.contains("200"), "{status} {body}");
+    // A wallet's announcement with a transaction that does not parse: refused, naming the field.
+    let json = r#"{"bitcoinTxid":"00","bitcoinTxOutputIndex":0,"depositScript":"00","reclaimScript":"00","transactionHex":"zz"}"#;
+    let (status, body) = http(
+        api_port,
+        &format!(
+            "POST /deposit HTTP/1.1\r\nHost: signer\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n{json}",
+            json.len()
+        ),
+    );
+    assert!(status.contains("400"), "{status} {body}");
+    assert!(body.contains("\"error\""), "{body}");
+
+    // SAFETY: plain kill(2) on our own children's pids.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+        libc::kill(node.id() as i32, libc::SIGTERM);
+    }
+    let status = wait_bounded(&mut child, Duration::from_secs(20));
+    assert_eq!(status.code(), Some(130));
+    wait_bounded(&mut node, Duration::from_secs(20));
+    assert!(!cookie.exists(), "the node removed its cookie at stop");
+}
