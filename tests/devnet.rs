@@ -170,10 +170,8 @@ fn a_node_whose_peers_never_come_up_fails_naming_them_and_stops_on_sigterm() {
     two_signer_configs(&work);
     let config = work.join("signer-0/signer.toml");
     // The devnet's regtest node stopped with the devnet: this signer runs without Bitcoin.
-    let text = std::fs::read_to_string(&config).unwrap();
-    let (head, rest) = text.split_once("[bitcoin]").unwrap();
-    let (_, tail) = rest.split_once("[storage]").unwrap();
-    std::fs::write(&config, format!("{head}[storage]{tail}")).unwrap();
+    let (head, tail) = split_off_bitcoin(&config);
+    std::fs::write(&config, format!("{head}{tail}")).unwrap();
     let result: serde_json::Value =
         serde_json::from_slice(&std::fs::read(work.join("signer-1/result.json")).unwrap()).unwrap();
     let peer_identity = result["identity"].as_str().unwrap().to_string();
@@ -214,27 +212,8 @@ fn a_node_whose_peers_never_come_up_fails_naming_them_and_stops_on_sigterm() {
     assert!(stderr.contains(&peer_identity), "{stderr}");
 
     // Waiting for peers, SIGTERM stops it promptly with the signal exit code.
-    let mut child = Command::new(BIN)
-        .arg("--config")
-        .arg(&config)
-        .args(["run", "--connect-timeout", "600", "--ephemeral"])
-        .env_remove("SBTC_LOG")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
     // It prints "listening" once custody is open and the signal handlers are in place.
-    let mut stderr_pipe = std::io::BufReader::new(child.stderr.take().unwrap());
-    let mut seen = String::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !seen.contains("listening") {
-        assert!(Instant::now() < deadline, "node never started: {seen}");
-        let mut line = String::new();
-        if std::io::BufRead::read_line(&mut stderr_pipe, &mut line).unwrap() == 0 {
-            panic!("node exited before listening: {seen}");
-        }
-        seen.push_str(&line);
-    }
+    let (mut child, stderr_pipe, seen) = serve_until(&config, "listening");
     // SAFETY: plain kill(2) on our own child's pid.
     let rc = unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     assert_eq!(rc, 0);
@@ -408,6 +387,48 @@ fn ctrl_c_stops_the_devnet_and_every_signer() {
     }
 }
 
+/// A devnet signer config cut around its `[bitcoin]` section: what comes before, and everything
+/// from `[storage]` on.
+fn split_off_bitcoin(config: &Path) -> (String, String) {
+    let text = std::fs::read_to_string(config).unwrap();
+    let (head, rest) = text.split_once("[bitcoin]").unwrap();
+    let (_, tail) = rest.split_once("[storage]").unwrap();
+    (head.to_string(), format!("[storage]{tail}"))
+}
+
+/// Starts `run --ephemeral` on `config` (peers never come: it waits) and reads its stderr until
+/// `needle` (bounded); returns the child, the rest of its stderr and what was read.
+fn serve_until(
+    config: &Path,
+    needle: &str,
+) -> (
+    std::process::Child,
+    std::io::BufReader<std::process::ChildStderr>,
+    String,
+) {
+    let mut child = Command::new(BIN)
+        .arg("--config")
+        .arg(config)
+        .args(["run", "--connect-timeout", "600", "--ephemeral"])
+        .env_remove("SBTC_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr_pipe = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut seen = String::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !seen.contains(needle) {
+        assert!(Instant::now() < deadline, "no `{needle}` in 60 s: {seen}");
+        let mut line = String::new();
+        if std::io::BufRead::read_line(&mut stderr_pipe, &mut line).unwrap() == 0 {
+            panic!("node exited before `{needle}`: {seen}");
+        }
+        seen.push_str(&line);
+    }
+    (child, stderr_pipe, seen)
+}
+
 /// One HTTP/1.1 request to 127.0.0.1:`port`; returns the status line and the body.
 fn http(port: u16, request: &str) -> (String, String) {
     use std::io::{Read, Write};
@@ -459,38 +480,17 @@ fn a_running_signer_follows_its_bitcoind_and_serves_deposit_intake() {
 
     // Signer 0 on that node, with [api]; its peer never comes, so it serves while it waits.
     let config = work.join("signer-0/signer.toml");
-    let text = std::fs::read_to_string(&config).unwrap();
-    let (head, rest) = text.split_once("[bitcoin]").unwrap();
-    let (_, tail) = rest.split_once("[storage]").unwrap();
+    let (head, tail) = split_off_bitcoin(&config);
     std::fs::write(
         &config,
         format!(
             "{head}[bitcoin]\nnetwork = \"regtest\"\nrpc_url = \"http://127.0.0.1:{rpc_port}\"\n\
-             rpc_cookie_file = \"{}\"\n[api]\nlisten = \"127.0.0.1:{api_port}\"\n[storage]{tail}",
+             rpc_cookie_file = \"{}\"\n[api]\nlisten = \"127.0.0.1:{api_port}\"\n{tail}",
             cookie.display()
         ),
     )
     .unwrap();
-    let mut child = Command::new(BIN)
-        .arg("--config")
-        .arg(&config)
-        .args(["run", "--connect-timeout", "600", "--ephemeral"])
-        .env_remove("SBTC_LOG")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr_pipe = std::io::BufReader::new(child.stderr.take().unwrap());
-    let mut seen = String::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !seen.contains("deposit intake: POST") {
-        assert!(Instant::now() < deadline, "no intake: {seen}");
-        let mut line = String::new();
-        if std::io::BufRead::read_line(&mut stderr_pipe, &mut line).unwrap() == 0 {
-            panic!("node exited before serving intake: {seen}");
-        }
-        seen.push_str(&line);
-    }
+    let (mut child, _stderr, seen) = serve_until(&config, "deposit intake: POST");
     assert!(
         seen.contains("at height 120"),
         "it read the node's tip: {seen}"
