@@ -2,3 +2,4 @@
 //! SIP-027 multisig, contract calls and the event observer to come (see ARCHITECTURE.md).
 
 pub mod address;
+pub mod clarity;
