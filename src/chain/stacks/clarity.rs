@@ -60,8 +60,6 @@ pub enum ClarityError {
     UnknownType { byte: u8, at: usize },
     #[error("Clarity value nested deeper than {MAX_DEPTH}")]
     TooDeep,
-    #[error("Clarity value of {0} bytes is over the {MAX_VALUE_BYTES}-byte limit")]
-    TooLarge(usize),
     #[error("{0} trailing bytes after the Clarity value")]
     Trailing(usize),
     #[error("tuple field names out of order or repeated at `{0}`")]
@@ -168,15 +166,20 @@ impl Value {
 
     /// Decodes exactly one value filling `bytes`.
     pub fn deserialize(bytes: &[u8]) -> Result<Value, ClarityError> {
-        if bytes.len() > MAX_VALUE_BYTES {
-            return Err(ClarityError::TooLarge(bytes.len()));
-        }
-        let mut r = Reader { bytes, at: 0 };
-        let v = r.value(0)?;
-        match bytes.len() - r.at {
+        let (v, used) = Value::deserialize_prefix(bytes)?;
+        match bytes.len() - used {
             0 => Ok(v),
             n => Err(ClarityError::Trailing(n)),
         }
+    }
+
+    /// Decodes the one value at the start of `bytes` (at most [`MAX_VALUE_BYTES`] of them) and
+    /// says how many bytes it took: for values inside a larger encoding.
+    pub fn deserialize_prefix(bytes: &[u8]) -> Result<(Value, usize), ClarityError> {
+        let bytes = &bytes[..bytes.len().min(MAX_VALUE_BYTES)];
+        let mut r = Reader { bytes, at: 0 };
+        let v = r.value(0)?;
+        Ok((v, r.at))
     }
 
     /// The hex form read-only calls and events use (`0x` prefix optional).

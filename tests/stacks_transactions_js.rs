@@ -1,0 +1,143 @@
+//! The signers' multisig contract calls against `@stacks/transactions` 7 (installed by the test
+//! command's `npm ci`): the library builds the same unsigned transaction byte for byte, with the
+//! same txid, and decodes ours as an order-independent multisig (SIP-027, hash mode 5).
+
+use std::io::Write as _;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use bitcoin::secp256k1::{PublicKey, Secp256k1, SecretKey};
+use sbtc_hsm_signer::chain::stacks::{
+    address::{Principal, StacksNetwork},
+    clarity::Value,
+    transaction::{
+        multisig_signer_hash, ContractCall, MultisigCondition, MultisigContractCall,
+        PostConditionMode, HASH_MODE_P2SH_NON_SEQUENTIAL,
+    },
+};
+
+fn keys(n: u8) -> Vec<PublicKey> {
+    let secp = Secp256k1::new();
+    (1..=n)
+        .map(|i| PublicKey::from_secret_key(&secp, &SecretKey::from_slice(&[i; 32]).unwrap()))
+        .collect()
+}
+
+#[test]
+fn the_library_builds_our_unsigned_multisig_calls_byte_for_byte() {
+    let deployer = "SN3R84XZYA63QS28932XQF3G1J8R9PC3W76P9CSQS";
+    let Principal::Standard { version, hash160 } = Principal::from_address(deployer).unwrap()
+    else {
+        unreachable!()
+    };
+    let recipient = Principal::Standard {
+        version: 26,
+        hash160: [9; 20],
+    };
+    let calls = [
+        (
+            "sbtc-deposit",
+            "complete-deposit-wrapper",
+            vec![
+                Value::Buffer(vec![0x11; 32]),
+                Value::UInt(0),
+                Value::UInt(99_000),
+                Value::Principal(recipient.clone()),
+                Value::Buffer(vec![0x22; 32]),
+                Value::UInt(812),
+                Value::Buffer(vec![0x33; 32]),
+            ],
+            5,
+            3,
+        ),
+        (
+            "sbtc-withdrawal",
+            "reject-withdrawal-request",
+            vec![Value::UInt(17), Value::UInt(0b1011)],
+            15,
+            11,
+        ),
+    ];
+    let mut ours = Vec::new();
+    let mut cases = Vec::new();
+    for (i, (contract, function, args, n, m)) in calls.iter().enumerate() {
+        let set = keys(*n);
+        let tx = MultisigContractCall {
+            network: StacksNetwork::Testnet,
+            auth: MultisigCondition {
+                signer: multisig_signer_hash(&set, *m),
+                nonce: 40 + i as u64,
+                fee: 2_500,
+                fields: Vec::new(),
+                signatures_required: *m,
+            },
+            post_condition_mode: PostConditionMode::Allow,
+            payload: ContractCall {
+                address_version: version,
+                address_hash: hash160,
+                contract_name: contract.to_string(),
+                function_name: function.to_string(),
+                args: args.clone(),
+            },
+        };
+        let bytes = tx.serialize();
+        assert_eq!(MultisigContractCall::deserialize(&bytes).unwrap(), tx);
+        cases.push(serde_json::json!({
+            "network": "testnet",
+            "contractAddress": deployer,
+            "contractName": contract,
+            "functionName": function,
+            "args": args.iter().map(|a| hex::encode(a.serialize())).collect::<Vec<_>>(),
+            "numSignatures": m,
+            "publicKeys": set.iter().map(|k| hex::encode(k.serialize())).collect::<Vec<_>>(),
+            "fee": 2_500,
+            "nonce": 40 + i,
+            "ours": hex::encode(&bytes),
+        }));
+        ours.push(tx);
+    }
+
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut child = Command::new("node")
+        .arg(root.join("tests/npm/stacks_tx.mjs"))
+        .current_dir(root)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("node runs (Node.js 18 or later; the test command installs it)");
+    let input = serde_json::json!({ "cases": cases });
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.to_string().as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "node failed (did `npm ci` run?): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let answers: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    for (tx, a) in ours.iter().zip(&answers) {
+        let f = &tx.payload.function_name;
+        assert_eq!(
+            a["hex"],
+            hex::encode(tx.serialize()),
+            "{f}: the library's bytes"
+        );
+        assert_eq!(a["txid"], hex::encode(tx.txid()), "{f}: txid");
+        assert_eq!(
+            a["ours_txid"],
+            hex::encode(tx.txid()),
+            "{f}: txid of ours as decoded"
+        );
+        assert_eq!(a["ours_function"], f.as_str());
+        assert_eq!(a["ours_nonce"], tx.auth.nonce.to_string());
+        assert_eq!(a["ours_hash_mode"], HASH_MODE_P2SH_NON_SEQUENTIAL);
+        // And the library's bytes decode here to the same transaction.
+        let theirs = hex::decode(a["hex"].as_str().unwrap()).unwrap();
+        assert_eq!(&MultisigContractCall::deserialize(&theirs).unwrap(), tx);
+    }
+}
