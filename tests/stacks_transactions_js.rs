@@ -6,7 +6,7 @@ use std::io::Write as _;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use bitcoin::secp256k1::{PublicKey, Secp256k1, SecretKey};
+use bitcoin::secp256k1::{Message, PublicKey, Secp256k1, SecretKey};
 use sbtc_hsm_signer::chain::stacks::{
     address::{Principal, StacksNetwork},
     clarity::Value,
@@ -16,10 +16,33 @@ use sbtc_hsm_signer::chain::stacks::{
     },
 };
 
+fn secrets(n: u8) -> Vec<SecretKey> {
+    (1..=n)
+        .map(|i| SecretKey::from_slice(&[i; 32]).unwrap())
+        .collect()
+}
+
 fn keys(n: u8) -> Vec<PublicKey> {
     let secp = Secp256k1::new();
-    (1..=n)
-        .map(|i| PublicKey::from_secret_key(&secp, &SecretKey::from_slice(&[i; 32]).unwrap()))
+    secrets(n)
+        .iter()
+        .map(|s| PublicKey::from_secret_key(&secp, s))
+        .collect()
+}
+
+/// The first `m` of the set sign `digest` (v || r || s, low-S), as custody returns it.
+fn signatures(n: u8, m: u16, digest: [u8; 32]) -> Vec<(PublicKey, [u8; 65])> {
+    let secp = Secp256k1::new();
+    secrets(n)
+        .iter()
+        .take(m as usize)
+        .map(|s| {
+            let sig = secp.sign_ecdsa_recoverable(&Message::from_digest(digest), s);
+            (
+                PublicKey::from_secret_key(&secp, s),
+                sbtc_custody::RecoverableSignature::from_secp256k1(&sig).to_vrs(),
+            )
+        })
         .collect()
 }
 
@@ -82,6 +105,20 @@ fn the_library_builds_our_unsigned_multisig_calls_byte_for_byte() {
         };
         let bytes = tx.serialize();
         assert_eq!(MultisigContractCall::deserialize(&bytes).unwrap(), tx);
+        // Signed by the first m of the set over the presign sighash; in the first case the
+        // last signer signs the wrong digest, which the library must refuse.
+        let mut digest = tx.presign_sighash();
+        let mut sigs = signatures(*n, *m - 1, digest);
+        if i == 0 {
+            digest[0] ^= 1;
+        }
+        sigs.extend(signatures(*n, *m, digest).pop());
+        let mut signed = tx.clone();
+        signed.set_fields(&set, |k| sigs.iter().find(|(s, _)| s == k).map(|(_, v)| *v));
+        assert_eq!(
+            MultisigContractCall::deserialize(&signed.serialize()).unwrap(),
+            signed
+        );
         cases.push(serde_json::json!({
             "network": "testnet",
             "contractAddress": deployer,
@@ -93,6 +130,7 @@ fn the_library_builds_our_unsigned_multisig_calls_byte_for_byte() {
             "fee": 2_500,
             "nonce": 40 + i,
             "ours": hex::encode(&bytes),
+            "signed": hex::encode(signed.serialize()),
         }));
         ours.push(tx);
     }
@@ -136,6 +174,17 @@ fn the_library_builds_our_unsigned_multisig_calls_byte_for_byte() {
         assert_eq!(a["ours_function"], f.as_str());
         assert_eq!(a["ours_nonce"], tx.auth.nonce.to_string());
         assert_eq!(a["ours_hash_mode"], HASH_MODE_P2SH_NON_SEQUENTIAL);
+        if f == "complete-deposit-wrapper" {
+            assert_ne!(
+                a["verified"], "ok",
+                "a signature over the wrong digest was accepted"
+            );
+        } else {
+            assert_eq!(
+                a["verified"], "ok",
+                "{f}: the library refused our signatures"
+            );
+        }
         // And the library's bytes decode here to the same transaction.
         let theirs = hex::decode(a["hex"].as_str().unwrap()).unwrap();
         assert_eq!(&MultisigContractCall::deserialize(&theirs).unwrap(), tx);

@@ -28,6 +28,16 @@ for (const c of input.cases) {
     postConditionMode: 'allow',
   });
   const ours = deserializeTransaction(c.ours);
+  // A signed one: the library recovers every signature's key and checks the signer hash.
+  let verified = null;
+  if (c.signed) {
+    try {
+      deserializeTransaction(c.signed).verifyOrigin();
+      verified = 'ok';
+    } catch (e) {
+      verified = String(e.message || e);
+    }
+  }
   out.push({
     hex: tx.serialize(),
     txid: tx.txid(),
@@ -35,6 +45,7 @@ for (const c of input.cases) {
     ours_function: ours.payload.functionName.content,
     ours_nonce: ours.auth.spendingCondition.nonce.toString(),
     ours_hash_mode: ours.auth.spendingCondition.hashMode,
+    verified,
   });
 }
 process.stdout.write(JSON.stringify(out));

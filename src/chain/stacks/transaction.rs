@@ -153,6 +153,46 @@ impl MultisigContractCall {
         Sha512_256::digest(self.serialize()).into()
     }
 
+    /// SIP-027's sighash before any signature: the txid of this transaction with its spending
+    /// condition cleared (fee and nonce 0, no fields).
+    pub fn initial_sighash(&self) -> [u8; 32] {
+        let mut cleared = self.clone();
+        cleared.auth.fee = 0;
+        cleared.auth.nonce = 0;
+        cleared.auth.fields.clear();
+        cleared.txid()
+    }
+
+    /// What every signer of an order-independent multisig signs (the same digest for all, so
+    /// signatures can be made in any order and in parallel): SHA-512/256 of the initial sighash,
+    /// the auth type, the fee and the nonce.
+    pub fn presign_sighash(&self) -> [u8; 32] {
+        let mut h = Sha512_256::new();
+        h.update(self.initial_sighash());
+        h.update([AUTH_STANDARD]);
+        h.update(self.auth.fee.to_be_bytes());
+        h.update(self.auth.nonce.to_be_bytes());
+        h.finalize().into()
+    }
+
+    /// Fills the spending condition's fields in the order of `set` (the order of the keys in the
+    /// multisig redeem script): each signer's signature where `signature_of` has one, else its
+    /// public key. Signatures are `v || r || s`, recoverable, low-S, over
+    /// [`presign_sighash`](Self::presign_sighash).
+    pub fn set_fields(
+        &mut self,
+        set: &[PublicKey],
+        mut signature_of: impl FnMut(&PublicKey) -> Option<[u8; 65]>,
+    ) {
+        self.auth.fields = set
+            .iter()
+            .map(|k| match signature_of(k) {
+                Some(sig) => AuthField::Signature(sig),
+                None => AuthField::PublicKey(*k),
+            })
+            .collect();
+    }
+
     pub fn deserialize(bytes: &[u8]) -> Result<MultisigContractCall, TransactionError> {
         let mut r = Reader { bytes, at: 0 };
         let network = match (r.byte()?, r.u32()?) {
