@@ -2,36 +2,12 @@
 //! what we serialize, the library decodes to the same bytes and notation; what the library
 //! serializes, we decode and serialize back byte for byte.
 
-use std::io::Write as _;
-use std::path::Path;
-use std::process::{Command, Stdio};
+mod npm_support;
 
 use sbtc_hsm_signer::chain::stacks::{address::Principal, clarity::Value};
 
 fn library(decode: &[String]) -> serde_json::Value {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let mut child = Command::new("node")
-        .arg(root.join("tests/npm/clarity.mjs"))
-        .current_dir(root)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("node runs (Node.js 18 or later; the test command installs it)");
-    let input = serde_json::json!({ "decode": decode });
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.to_string().as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "node failed (did `npm ci` run?): {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    npm_support::run("clarity.mjs", &serde_json::json!({ "decode": decode }))
 }
 
 #[test]

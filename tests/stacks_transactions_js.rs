@@ -2,9 +2,7 @@
 //! command's `npm ci`): the library builds the same unsigned transaction byte for byte, with the
 //! same txid, and decodes ours as an order-independent multisig (SIP-027, hash mode 5).
 
-use std::io::Write as _;
-use std::path::Path;
-use std::process::{Command, Stdio};
+mod npm_support;
 
 use bitcoin::secp256k1::{Message, PublicKey, Secp256k1, SecretKey};
 use sbtc_hsm_signer::chain::stacks::{
@@ -135,30 +133,9 @@ fn the_library_builds_our_unsigned_multisig_calls_byte_for_byte() {
         ours.push(tx);
     }
 
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let mut child = Command::new("node")
-        .arg(root.join("tests/npm/stacks_tx.mjs"))
-        .current_dir(root)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("node runs (Node.js 18 or later; the test command installs it)");
-    let input = serde_json::json!({ "cases": cases });
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.to_string().as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "node failed (did `npm ci` run?): {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let answers: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
-    for (tx, a) in ours.iter().zip(&answers) {
+    let answers = npm_support::run("stacks_tx.mjs", &serde_json::json!({ "cases": cases }));
+    let answers = answers.as_array().unwrap();
+    for (tx, a) in ours.iter().zip(answers) {
         let f = &tx.payload.function_name;
         assert_eq!(
             a["hex"],

@@ -107,8 +107,7 @@ impl BlockObserver {
             return Ok(None);
         }
         let headers = self.unknown_headers(best, previous.is_none()).await?;
-        let scripts = self.signer_scripts().await?;
-        let keys = self.known_keys().await?;
+        let (scripts, keys) = self.signer_keys().await?;
         let mut change = TipChange {
             tip: BitcoinBlock {
                 hash: best,
@@ -223,34 +222,32 @@ impl BlockObserver {
         Ok(headers)
     }
 
-    /// The signers' key-path scripts: P2TR of every DKG key (any status: a donation to a key
-    /// whose verification failed is still the signers' money).
-    async fn signer_scripts(&self) -> Result<HashSet<ScriptBuf>, ObserverError> {
-        Ok(self
-            .storage
-            .get_all_dkg_shares()
-            .await?
-            .into_iter()
-            .map(|s| ScriptBuf::new_p2tr_tweaked(s.shares.aggregate_key.tap_tweaked(None)))
-            .collect())
-    }
-
-    async fn known_keys(
+    /// From one read of the DKG shares: the signers' key-path scripts (P2TR of every DKG key, any
+    /// status: a donation to a key whose verification failed is still the signers' money), and
+    /// each key as a deposit's script-path key (x-only) with the aggregate key it stands for.
+    #[allow(clippy::type_complexity)]
+    async fn signer_keys(
         &self,
     ) -> Result<
-        Vec<(
-            bitcoin::secp256k1::XOnlyPublicKey,
-            crate::keys::AggregateKey,
-        )>,
+        (
+            HashSet<ScriptBuf>,
+            Vec<(
+                bitcoin::secp256k1::XOnlyPublicKey,
+                crate::keys::AggregateKey,
+            )>,
+        ),
         ObserverError,
     > {
-        Ok(self
-            .storage
-            .get_all_dkg_shares()
-            .await?
-            .into_iter()
+        let shares = self.storage.get_all_dkg_shares().await?;
+        let scripts = shares
+            .iter()
+            .map(|s| ScriptBuf::new_p2tr_tweaked(s.shares.aggregate_key.tap_tweaked(None)))
+            .collect();
+        let keys = shares
+            .iter()
             .map(|s| (s.shares.aggregate_key.x_only(), s.shares.aggregate_key))
-            .collect())
+            .collect();
+        Ok((scripts, keys))
     }
 
     async fn store_block(
