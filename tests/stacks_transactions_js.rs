@@ -9,8 +9,8 @@ use sbtc_hsm_signer::chain::stacks::{
     address::{Principal, StacksNetwork},
     clarity::Value,
     transaction::{
-        multisig_signer_hash, ContractCall, MultisigCondition, MultisigContractCall,
-        PostConditionMode, HASH_MODE_P2SH_NON_SEQUENTIAL,
+        multisig_signer_hash, ContractCall, MultisigCondition, StacksTransaction,
+        HASH_MODE_P2SH_NON_SEQUENTIAL,
     },
 };
 
@@ -83,26 +83,25 @@ fn the_library_builds_our_unsigned_multisig_calls_byte_for_byte() {
     let mut cases = Vec::new();
     for (i, (contract, function, args, n, m)) in calls.iter().enumerate() {
         let set = keys(*n);
-        let tx = MultisigContractCall {
-            network: StacksNetwork::Testnet,
-            auth: MultisigCondition {
+        let tx = StacksTransaction::multisig_call(
+            StacksNetwork::Testnet,
+            MultisigCondition {
                 signer: multisig_signer_hash(&set, *m),
                 nonce: 40 + i as u64,
                 fee: 2_500,
                 fields: Vec::new(),
                 signatures_required: *m,
             },
-            post_condition_mode: PostConditionMode::Allow,
-            payload: ContractCall {
+            ContractCall {
                 address_version: version,
                 address_hash: hash160,
                 contract_name: contract.to_string(),
                 function_name: function.to_string(),
                 args: args.clone(),
             },
-        };
+        );
         let bytes = tx.serialize();
-        assert_eq!(MultisigContractCall::deserialize(&bytes).unwrap(), tx);
+        assert_eq!(StacksTransaction::deserialize(&bytes).unwrap(), tx);
         // Signed by the first m of the set over the presign sighash; in the first case the
         // last signer signs the wrong digest, which the library must refuse.
         let mut digest = tx.presign_sighash();
@@ -112,9 +111,12 @@ fn the_library_builds_our_unsigned_multisig_calls_byte_for_byte() {
         }
         sigs.extend(signatures(*n, *m, digest).pop());
         let mut signed = tx.clone();
-        signed.set_fields(&set, |k| sigs.iter().find(|(s, _)| s == k).map(|(_, v)| *v));
+        signed
+            .multisig_mut()
+            .unwrap()
+            .set_fields(&set, |k| sigs.iter().find(|(s, _)| s == k).map(|(_, v)| *v));
         assert_eq!(
-            MultisigContractCall::deserialize(&signed.serialize()).unwrap(),
+            StacksTransaction::deserialize(&signed.serialize()).unwrap(),
             signed
         );
         cases.push(serde_json::json!({
@@ -136,7 +138,7 @@ fn the_library_builds_our_unsigned_multisig_calls_byte_for_byte() {
     let answers = npm_support::run("stacks_tx.mjs", &serde_json::json!({ "cases": cases }));
     let answers = answers.as_array().unwrap();
     for (tx, a) in ours.iter().zip(answers) {
-        let f = &tx.payload.function_name;
+        let f = &tx.contract_call().unwrap().function_name;
         assert_eq!(
             a["hex"],
             hex::encode(tx.serialize()),
@@ -149,7 +151,7 @@ fn the_library_builds_our_unsigned_multisig_calls_byte_for_byte() {
             "{f}: txid of ours as decoded"
         );
         assert_eq!(a["ours_function"], f.as_str());
-        assert_eq!(a["ours_nonce"], tx.auth.nonce.to_string());
+        assert_eq!(a["ours_nonce"], tx.auth.nonce().to_string());
         assert_eq!(a["ours_hash_mode"], HASH_MODE_P2SH_NON_SEQUENTIAL);
         if f == "complete-deposit-wrapper" {
             assert_ne!(
@@ -164,6 +166,6 @@ fn the_library_builds_our_unsigned_multisig_calls_byte_for_byte() {
         }
         // And the library's bytes decode here to the same transaction.
         let theirs = hex::decode(a["hex"].as_str().unwrap()).unwrap();
-        assert_eq!(&MultisigContractCall::deserialize(&theirs).unwrap(), tx);
+        assert_eq!(&StacksTransaction::deserialize(&theirs).unwrap(), tx);
     }
 }

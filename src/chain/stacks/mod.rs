@@ -5,4 +5,5 @@
 
 pub mod address;
 pub mod clarity;
+pub mod events;
 pub mod transaction;
