@@ -18,6 +18,8 @@ pub const HASH_MODE_P2PKH: u8 = 0x00;
 /// Order-independent ("non-sequential") P2SH multisig: SIP-027.
 pub const HASH_MODE_P2SH_NON_SEQUENTIAL: u8 = 0x05;
 const AUTH_STANDARD: u8 = 0x04;
+/// Anchor mode "any": on chain or in a microblock, what the signers and the library send.
+pub const ANCHOR_ANY: u8 = 0x03;
 const PAYLOAD_SMART_CONTRACT: u8 = 0x01;
 const PAYLOAD_CONTRACT_CALL: u8 = 0x02;
 const PAYLOAD_VERSIONED_SMART_CONTRACT: u8 = 0x06;
@@ -309,7 +311,7 @@ impl StacksTransaction {
         StacksTransaction {
             network,
             auth: SpendingCondition::Multisig(auth),
-            anchor_mode: 3,
+            anchor_mode: ANCHOR_ANY,
             post_condition_mode: PostConditionMode::Allow,
             post_conditions: Vec::new(),
             payload: Payload::ContractCall(call),
