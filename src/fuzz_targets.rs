@@ -33,6 +33,7 @@ pub const TARGETS: &[&str] = &[
     "peer_certificate",
     "keystore_file",
     "config",
+    "stacks_transaction",
 ];
 
 /// The signer-set size the round decoder is given (bounds every list of signers and keys).
@@ -58,6 +59,7 @@ pub fn run(name: &str, data: &[u8]) -> Option<bool> {
         "peer_certificate" => peer_certificate(data),
         "keystore_file" => keystore_file(data),
         "config" => config(data),
+        "stacks_transaction" => stacks_transaction(data),
         _ => return None,
     })
 }
@@ -321,6 +323,27 @@ pub fn config(data: &[u8]) -> bool {
         if storage.password_file.is_none() {
             let _ = storage.target();
         }
+    }
+    true
+}
+
+/// A Stacks transaction as the devnet's Stacks node reads a submitted one and a signer reads a
+/// proposal: decoding never panics; an accepted one re-encodes to exactly its bytes (so its txid
+/// is the txid of what was received); the origin check and the reading of a signers' call never
+/// panic either.
+pub fn stacks_transaction(data: &[u8]) -> bool {
+    use crate::chain::stacks::{contracts::SignerCall, transaction::StacksTransaction};
+    let Ok(tx) = StacksTransaction::deserialize(data) else {
+        return false;
+    };
+    assert_eq!(
+        tx.serialize(),
+        data,
+        "a decoded transaction re-encodes differently"
+    );
+    let _ = tx.verify_origin();
+    if let Some(call) = tx.contract_call() {
+        let _ = SignerCall::from_contract_call(call);
     }
     true
 }

@@ -134,6 +134,11 @@ fn config_corpus() {
     replay("config");
 }
 
+#[test]
+fn stacks_transaction_corpus() {
+    replay("stacks_transaction");
+}
+
 // ---------------------------------------------------------------------------------------------
 // Writing the seeds.
 
@@ -457,6 +462,8 @@ async fn write_seed_corpus() {
         &statement(StatementKind::Ack, [10; 32], Bytes::from_static(b"ack")),
     );
 
+    write_stacks_seeds();
+
     // The example configs.
     let configs = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
     for entry in std::fs::read_dir(configs).unwrap() {
@@ -466,4 +473,119 @@ async fn write_seed_corpus() {
             write_seed("config", &name, &std::fs::read(&path).unwrap());
         }
     }
+}
+
+/// Stacks transactions: the signers' four calls from a 2-of-3 account (one unsigned, the rest
+/// signed), a single-signature deploy and a call with a post condition.
+#[test]
+#[ignore]
+fn write_stacks_seeds() {
+    use bitcoin::hashes::Hash as _;
+    use bitcoin::secp256k1::{Message, Secp256k1, SecretKey};
+    use sbtc_hsm_signer::chain::stacks::{
+        address::{Principal, StacksNetwork},
+        contracts::{CompleteDeposit, RejectWithdrawal, RotateKeys, SignerCall},
+        multisig::SignerAccount,
+        transaction::{
+            singlesig_signer_hash, Payload, PostCondition, SinglesigCondition, SmartContract,
+            SpendingCondition, StacksTransaction,
+        },
+    };
+    let secp = Secp256k1::new();
+    let secrets: Vec<SecretKey> = (1..=3u8)
+        .map(|i| SecretKey::from_slice(&[i; 32]).unwrap())
+        .collect();
+    let keys: Vec<_> = secrets.iter().map(|s| s.public_key(&secp)).collect();
+    let account = SignerAccount::new(keys.clone(), 2).unwrap();
+    let deployer = account.principal(StacksNetwork::Testnet);
+    let vrs = |digest: [u8; 32], s: &SecretKey| {
+        RecoverableSignature::from_secp256k1(
+            &secp.sign_ecdsa_recoverable(&Message::from_digest(digest), s),
+        )
+        .to_vrs()
+    };
+    let calls = [
+        SignerCall::CompleteDeposit(CompleteDeposit {
+            outpoint: bitcoin::OutPoint::new(bitcoin::Txid::from_byte_array([1; 32]), 0),
+            amount: 99_000,
+            recipient: Principal::Standard {
+                version: 26,
+                hash160: [5; 20],
+            },
+            burn_hash: bitcoin::BlockHash::from_byte_array([2; 32]),
+            burn_height: 120,
+            sweep_txid: bitcoin::Txid::from_byte_array([3; 32]),
+        }),
+        SignerCall::RejectWithdrawal(RejectWithdrawal {
+            request_id: 4,
+            signer_bitmap: 0b10,
+        }),
+        SignerCall::RotateKeys(RotateKeys {
+            new_keys: keys.clone(),
+            new_aggregate_key: keys[0],
+            new_threshold: 2,
+        }),
+    ];
+    for (i, call) in calls.iter().enumerate() {
+        let tx = account.unsigned_call(
+            StacksNetwork::Testnet,
+            i as u64,
+            1_000,
+            call.to_contract_call(&deployer),
+        );
+        let name = call.function_name();
+        if i == 0 {
+            write_seed(
+                "stacks_transaction",
+                &format!("{name}-unsigned"),
+                &tx.serialize(),
+            );
+        }
+        let d = tx.presign_sighash();
+        let signed = account
+            .assemble(&tx, &[vrs(d, &secrets[0]), vrs(d, &secrets[2])])
+            .unwrap();
+        write_seed("stacks_transaction", name, &signed.serialize());
+    }
+    let user = &secrets[1];
+    let mut deploy = StacksTransaction {
+        network: StacksNetwork::Testnet,
+        auth: SpendingCondition::Singlesig(SinglesigCondition {
+            signer: singlesig_signer_hash(&user.public_key(&secp)),
+            nonce: 0,
+            fee: 500,
+            signature: [0; 65],
+        }),
+        anchor_mode: 3,
+        post_condition_mode: sbtc_hsm_signer::chain::stacks::transaction::PostConditionMode::Deny,
+        post_conditions: Vec::new(),
+        payload: Payload::SmartContract(SmartContract {
+            name: "hello".into(),
+            code_body: "(define-read-only (hi) u1)".into(),
+            clarity_version: Some(3),
+        }),
+    };
+    let sig = vrs(deploy.presign_sighash(), user);
+    if let SpendingCondition::Singlesig(c) = &mut deploy.auth {
+        c.signature = sig;
+    }
+    write_seed("stacks_transaction", "deploy", &deploy.serialize());
+    let mut pc = vec![0x01, 0x02, 26];
+    pc.extend_from_slice(&[9; 20]);
+    pc.push(26);
+    pc.extend_from_slice(&[4; 20]);
+    pc.push(10);
+    pc.extend_from_slice(b"sbtc-token");
+    pc.push(4);
+    pc.extend_from_slice(b"sbtc");
+    pc.push(0x05);
+    pc.extend_from_slice(&5u64.to_be_bytes());
+    let mut with_pc = account.unsigned_call(
+        StacksNetwork::Testnet,
+        9,
+        1_000,
+        calls[1].to_contract_call(&deployer),
+    );
+    with_pc.post_conditions = vec![PostCondition(pc)];
+    write_seed("stacks_transaction", "post-condition", &with_pc.serialize());
 }
