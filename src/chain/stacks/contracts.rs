@@ -4,12 +4,12 @@
 //! rebuilds the call from its own view and compares argument by argument. It never signs what
 //! the coordinator says merely because the coordinator says it; each refusal is named.
 
-use bitcoin::hashes::Hash as _;
 use bitcoin::secp256k1::PublicKey;
 use bitcoin::{BlockHash, OutPoint, Txid};
 
 use super::address::{Principal, StacksNetwork};
 use super::clarity::Value;
+use super::events::{from_clarity_bytes, to_clarity_bytes};
 use super::multisig::SignerAccount;
 use super::transaction::{ContractCall, Payload, PostConditionMode, StacksTransaction};
 
@@ -21,6 +21,12 @@ pub const SBTC_TOKEN: &str = "sbtc-token";
 
 /// The mainnet deployer of the sBTC contracts.
 pub const MAINNET_DEPLOYER: &str = "SM3VDXK3WZZSA84XXFKAFAF15NNZX32CTSG82JFQ4";
+
+/// The most signers a rotation may name and still call the contracts afterwards:
+/// sbtc-bootstrap-signers derives the new signers' principal with the byte `0x50 + n` for m and n
+/// (OP_1..OP_16), while a Stacks node hashes a larger count as a number push; above 16 keys the
+/// two principals differ and the new set could never call the contracts.
+pub const MAX_ROTATION_SIGNERS: usize = 16;
 
 /// The default cap on the fee of one signers' transaction: 1.5 STX.
 pub const DEFAULT_FEE_CAP_USTX: u64 = 1_500_000;
@@ -253,28 +259,29 @@ impl SignerCall {
         }
     }
 
-    /// The arguments, in the contract's order. Txids and block hashes are `(buff 32)` in
-    /// rust-bitcoin's internal byte order, as the official signer sends them.
+    /// The arguments, in the contract's order. Txids and block hashes are `(buff 32)` in the
+    /// order Bitcoin tools display them (`events::to_clarity_bytes`), as the official signer
+    /// sends them and as the contracts compare burn hashes.
     pub fn args(&self) -> Vec<Value> {
         match self {
             SignerCall::CompleteDeposit(c) => vec![
-                buf32(c.outpoint.txid.to_byte_array()),
+                buf32(to_clarity_bytes(&c.outpoint.txid)),
                 uint(c.outpoint.vout),
                 uint(c.amount),
                 Value::Principal(c.recipient.clone()),
-                buf32(c.burn_hash.to_byte_array()),
+                buf32(to_clarity_bytes(&c.burn_hash)),
                 uint(c.burn_height),
-                buf32(c.sweep_txid.to_byte_array()),
+                buf32(to_clarity_bytes(&c.sweep_txid)),
             ],
             SignerCall::AcceptWithdrawal(c) => vec![
                 uint(c.request_id),
-                buf32(c.bitcoin_txid.to_byte_array()),
+                buf32(to_clarity_bytes(&c.bitcoin_txid)),
                 uint(c.signer_bitmap),
                 uint(c.output_index),
                 uint(c.fee),
-                buf32(c.burn_hash.to_byte_array()),
+                buf32(to_clarity_bytes(&c.burn_hash)),
                 uint(c.burn_height),
-                buf32(c.sweep_txid.to_byte_array()),
+                buf32(to_clarity_bytes(&c.sweep_txid)),
             ],
             SignerCall::RejectWithdrawal(c) => vec![uint(c.request_id), uint(c.signer_bitmap)],
             SignerCall::RotateKeys(c) => vec![
@@ -336,22 +343,22 @@ impl SignerCall {
         };
         Ok(match function {
             "complete-deposit-wrapper" => SignerCall::CompleteDeposit(CompleteDeposit {
-                outpoint: OutPoint::new(Txid::from_byte_array(a.buf32(0)?), a.uint(1)?),
+                outpoint: OutPoint::new(from_clarity_bytes(a.buf32(0)?), a.uint(1)?),
                 amount: a.uint(2)?,
                 recipient: a.principal(3)?,
-                burn_hash: BlockHash::from_byte_array(a.buf32(4)?),
+                burn_hash: from_clarity_bytes(a.buf32(4)?),
                 burn_height: a.uint(5)?,
-                sweep_txid: Txid::from_byte_array(a.buf32(6)?),
+                sweep_txid: from_clarity_bytes(a.buf32(6)?),
             }),
             "accept-withdrawal-request" => SignerCall::AcceptWithdrawal(AcceptWithdrawal {
                 request_id: a.uint(0)?,
-                bitcoin_txid: Txid::from_byte_array(a.buf32(1)?),
+                bitcoin_txid: from_clarity_bytes(a.buf32(1)?),
                 signer_bitmap: a.uint(2)?,
                 output_index: a.uint(3)?,
                 fee: a.uint(4)?,
-                burn_hash: BlockHash::from_byte_array(a.buf32(5)?),
+                burn_hash: from_clarity_bytes(a.buf32(5)?),
                 burn_height: a.uint(6)?,
-                sweep_txid: Txid::from_byte_array(a.buf32(7)?),
+                sweep_txid: from_clarity_bytes(a.buf32(7)?),
             }),
             "reject-withdrawal-request" => SignerCall::RejectWithdrawal(RejectWithdrawal {
                 request_id: a.uint(0)?,
@@ -519,6 +526,16 @@ pub async fn check(
             .map_err(view_err)?
             .map(SignerCall::RejectWithdrawal),
         SignerCall::RotateKeys(c) => {
+            let n = c.new_keys.len();
+            if !(2..=MAX_ROTATION_SIGNERS).contains(&n) {
+                return Err(CallRefusal::BadArguments {
+                    function: "rotate-keys-wrapper",
+                    detail: format!(
+                        "{n} new keys; the contracts take 2 to {MAX_ROTATION_SIGNERS} (more \
+                         than 16 would give the new set a principal it cannot sign for)"
+                    ),
+                });
+            }
             SignerAccount::new(c.new_keys.clone(), c.new_threshold).map_err(|e| {
                 CallRefusal::BadArguments {
                     function: "rotate-keys-wrapper",
@@ -583,6 +600,7 @@ impl<T> Rebuilt<T> {
 mod tests {
     use super::*;
     use crate::chain::stacks::transaction::{AuthField, PostCondition};
+    use bitcoin::hashes::Hash as _;
     use bitcoin::secp256k1::{Secp256k1, SecretKey};
 
     fn key(i: u8) -> PublicKey {
@@ -808,6 +826,20 @@ mod tests {
                 }
             ),
             "{e:?}"
+        );
+    }
+
+    #[test]
+    fn bitcoin_hashes_travel_in_display_order() {
+        let txid: Txid = "0000000000000000000000000000000000000000000000000000000000000abc"
+            .parse()
+            .unwrap();
+        let mut call = deposit();
+        call.outpoint.txid = txid;
+        let args = SignerCall::CompleteDeposit(call).args();
+        assert_eq!(
+            args[0].to_hex(),
+            "0x02000000200000000000000000000000000000000000000000000000000000000000000abc"
         );
     }
 

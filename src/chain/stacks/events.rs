@@ -1,16 +1,32 @@
 //! The sbtc-registry's print events: what the Stacks node's event observer keeps, and what the
 //! devnet's Stacks node emits. Each is a Clarity tuple whose `topic` names it (CHAIN.md §4); the
-//! field names are the contract's. Bitcoin txids and block hashes travel as `(buff 32)` in
-//! rust-bitcoin's internal byte order (`to_byte_array`), as the official signer writes them.
+//! field names are the contract's. Bitcoin txids and block hashes travel as `(buff 32)` in the
+//! order Bitcoin tools display them ([`to_clarity_bytes`]).
 
 use std::collections::BTreeMap;
 
-use bitcoin::hashes::Hash as _;
+use bitcoin::hashes::Hash;
 use bitcoin::secp256k1::PublicKey;
 use bitcoin::{BlockHash, OutPoint, Txid};
 
 use super::address::Principal;
 use super::clarity::Value;
+
+/// A Bitcoin txid or block hash as a Clarity `(buff 32)`: in the order Bitcoin tools display it,
+/// the reverse of rust-bitcoin's internal `to_byte_array`. The official signer writes them so, and
+/// Clarity's `get-burn-block-info? header-hash` returns burn hashes so: a burn hash in the other
+/// order fails the deposit and withdrawal contracts' check.
+pub fn to_clarity_bytes<H: Hash<Bytes = [u8; 32]>>(h: &H) -> [u8; 32] {
+    let mut b = h.to_byte_array();
+    b.reverse();
+    b
+}
+
+/// The inverse of [`to_clarity_bytes`].
+pub fn from_clarity_bytes<H: Hash<Bytes = [u8; 32]>>(mut b: [u8; 32]) -> H {
+    b.reverse();
+    H::from_byte_array(b)
+}
 
 /// A withdrawal's Bitcoin recipient as the contracts hold it: `{version: (buff 1), hashbytes:
 /// (buff 32)}` (version 0 P2PKH, 1–3 P2SH, 4 P2WPKH, 5 P2WSH, 6 P2TR).
@@ -112,6 +128,8 @@ impl RegistryEvent {
     pub fn to_value(&self) -> Value {
         let topic = Value::StringAscii(self.topic().to_string());
         let buf32 = |b: [u8; 32]| Value::Buffer(b.to_vec());
+        let txid = |t: &Txid| buf32(to_clarity_bytes(t));
+        let hash = |h: &BlockHash| buf32(to_clarity_bytes(h));
         match self {
             RegistryEvent::CompletedDeposit {
                 outpoint,
@@ -121,12 +139,12 @@ impl RegistryEvent {
                 sweep_txid,
             } => Value::tuple([
                 ("topic", topic),
-                ("bitcoin-txid", buf32(outpoint.txid.to_byte_array())),
+                ("bitcoin-txid", txid(&outpoint.txid)),
                 ("output-index", Value::UInt(outpoint.vout.into())),
                 ("amount", Value::UInt((*amount).into())),
-                ("burn-hash", buf32(burn_hash.to_byte_array())),
+                ("burn-hash", hash(&burn_hash)),
                 ("burn-height", Value::UInt((*burn_height).into())),
-                ("sweep-txid", buf32(sweep_txid.to_byte_array())),
+                ("sweep-txid", txid(&sweep_txid)),
             ]),
             RegistryEvent::WithdrawalCreate {
                 request_id,
@@ -156,13 +174,13 @@ impl RegistryEvent {
             } => Value::tuple([
                 ("topic", topic),
                 ("request-id", Value::UInt((*request_id).into())),
-                ("bitcoin-txid", buf32(bitcoin_txid.to_byte_array())),
+                ("bitcoin-txid", txid(&bitcoin_txid)),
                 ("signer-bitmap", Value::UInt(*signer_bitmap)),
                 ("output-index", Value::UInt((*output_index).into())),
                 ("fee", Value::UInt((*fee).into())),
-                ("burn-hash", buf32(burn_hash.to_byte_array())),
+                ("burn-hash", hash(&burn_hash)),
                 ("burn-height", Value::UInt((*burn_height).into())),
-                ("sweep-txid", buf32(sweep_txid.to_byte_array())),
+                ("sweep-txid", txid(&sweep_txid)),
             ]),
             RegistryEvent::WithdrawalReject {
                 request_id,
@@ -212,13 +230,13 @@ impl RegistryEvent {
         Ok(match topic {
             "completed-deposit" => RegistryEvent::CompletedDeposit {
                 outpoint: OutPoint::new(
-                    Txid::from_byte_array(t.buf32("bitcoin-txid")?),
+                    from_clarity_bytes(t.buf32("bitcoin-txid")?),
                     t.uint("output-index")?,
                 ),
                 amount: t.uint("amount")?,
-                burn_hash: BlockHash::from_byte_array(t.buf32("burn-hash")?),
+                burn_hash: from_clarity_bytes(t.buf32("burn-hash")?),
                 burn_height: t.uint("burn-height")?,
-                sweep_txid: Txid::from_byte_array(t.buf32("sweep-txid")?),
+                sweep_txid: from_clarity_bytes(t.buf32("sweep-txid")?),
             },
             "withdrawal-create" => RegistryEvent::WithdrawalCreate {
                 request_id: t.uint("request-id")?,
@@ -231,13 +249,13 @@ impl RegistryEvent {
             },
             "withdrawal-accept" => RegistryEvent::WithdrawalAccept {
                 request_id: t.uint("request-id")?,
-                bitcoin_txid: Txid::from_byte_array(t.buf32("bitcoin-txid")?),
+                bitcoin_txid: from_clarity_bytes(t.buf32("bitcoin-txid")?),
                 signer_bitmap: t.uint("signer-bitmap")?,
                 output_index: t.uint("output-index")?,
                 fee: t.uint("fee")?,
-                burn_hash: BlockHash::from_byte_array(t.buf32("burn-hash")?),
+                burn_hash: from_clarity_bytes(t.buf32("burn-hash")?),
                 burn_height: t.uint("burn-height")?,
-                sweep_txid: Txid::from_byte_array(t.buf32("sweep-txid")?),
+                sweep_txid: from_clarity_bytes(t.buf32("sweep-txid")?),
             },
             "withdrawal-reject" => RegistryEvent::WithdrawalReject {
                 request_id: t.uint("request-id")?,
