@@ -8,6 +8,7 @@ mod migrate;
 mod peer;
 mod regtest;
 mod run;
+mod stacks_node;
 
 use std::{path::PathBuf, process::ExitCode};
 
@@ -47,6 +48,9 @@ enum Command {
     Deposit(deposit::DepositCommand),
     /// Run the devnet's regtest Bitcoin node (bitcoind's JSON-RPC on loopback) until Ctrl-C.
     RegtestNode(regtest::RegtestNodeCmd),
+    /// Run the devnet's Stacks node (the stacks-node v2 RPC subset and event observers, the
+    /// sBTC contracts natively) following a Bitcoin node, until Ctrl-C.
+    StacksNode(stacks_node::StacksNodeCmd),
 }
 
 /// What a command failed with, for the operator.
@@ -120,6 +124,9 @@ impl Cli {
         if let Command::RegtestNode(cmd) = self.command {
             return cmd.run().await;
         }
+        if let Command::StacksNode(cmd) = self.command {
+            return cmd.run().await;
+        }
         let config = self.load_config()?;
         match self.command {
             Command::Keys(cmd) => cmd.run(&config).await,
@@ -130,6 +137,7 @@ impl Cli {
             Command::Devnet(_) => Err("unreachable: devnet is handled above".into()),
             Command::Deposit(_) => Err("unreachable: deposit is handled above".into()),
             Command::RegtestNode(_) => Err("unreachable: regtest-node is handled above".into()),
+            Command::StacksNode(_) => Err("unreachable: stacks-node is handled above".into()),
         }
     }
 

@@ -6,5 +6,6 @@ pub mod cluster;
 pub mod demo;
 pub mod regtest;
 pub mod session;
+pub mod stacks;
 
 pub use session::{run_session, wait_for_peers, SessionParams};
