@@ -15,7 +15,9 @@ use bitcoin::BlockHash;
 use sbtc_hsm_signer::chain::bitcoin::client::BitcoinClient;
 use sbtc_hsm_signer::chain::stacks::address::{Principal, StacksNetwork};
 use sbtc_hsm_signer::chain::stacks::clarity::Value;
-use sbtc_hsm_signer::chain::stacks::events::{RegistryEvent, WithdrawalRecipient};
+use sbtc_hsm_signer::chain::stacks::events::{
+    to_clarity_bytes, RegistryEvent, WithdrawalRecipient,
+};
 use sbtc_hsm_signer::chain::stacks::transaction::{
     multisig_signer_hash, singlesig_signer_hash, ContractCall, MultisigCondition, Payload,
     PostConditionMode, SinglesigCondition, SmartContract, SpendingCondition, StacksTransaction,
@@ -268,7 +270,7 @@ impl Devnet {
                 Value::UInt(0),
                 Value::UInt(amount),
                 Value::Principal(to.clone()),
-                Value::Buffer(burn.1.to_byte_array().to_vec()),
+                Value::Buffer(to_clarity_bytes(&burn.1).to_vec()),
                 Value::UInt(burn.0.into()),
                 Value::Buffer(vec![0x5e; 32]),
             ],
@@ -509,7 +511,7 @@ async fn withdrawals_lock_then_accept_and_reject_settle_as_the_contract_does() {
                     Value::UInt(0b11),
                     Value::UInt(1),
                     Value::UInt(fee),
-                    Value::Buffer(burn.1.to_byte_array().to_vec()),
+                    Value::Buffer(to_clarity_bytes(&burn.1).to_vec()),
                     Value::UInt(burn.0.into()),
                     Value::Buffer(vec![0xaa; 32]),
                 ],

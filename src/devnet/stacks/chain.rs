@@ -16,28 +16,10 @@ use crate::chain::stacks::address::{
     VERSION_MAINNET_SINGLESIG, VERSION_TESTNET_MULTISIG, VERSION_TESTNET_SINGLESIG,
 };
 use crate::chain::stacks::clarity::Value;
+use crate::chain::stacks::events::to_clarity_bytes;
 use crate::chain::stacks::transaction::{
     Payload, SpendingCondition, StacksTransaction, MAX_TRANSACTION_BYTES,
 };
-
-/// How `get-burn-block-info? header-hash` gives a Bitcoin block hash as a `(buff 32)`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum BurnHashOrder {
-    /// rust-bitcoin's `to_byte_array` (internal order): what this project's signer sends.
-    Internal,
-    /// The order Bitcoin tools display (reversed): stacks-core's `BurnchainHeaderHash` bytes.
-    Display,
-}
-
-impl BurnHashOrder {
-    pub fn bytes(self, hash: &BlockHash) -> [u8; 32] {
-        let mut b = hash.to_byte_array();
-        if self == BurnHashOrder::Display {
-            b.reverse();
-        }
-        b
-    }
-}
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Account {
@@ -187,7 +169,6 @@ pub struct NodeState {
     pub burn: BurnChain,
     /// The minimum fee, in µSTX per byte of the transaction (stacks-node: 1).
     pub min_fee_per_byte: u64,
-    pub burn_hash_order: BurnHashOrder,
     seq: u64,
 }
 
@@ -210,7 +191,6 @@ impl NodeState {
         genesis: Ledger,
         burn: BurnChain,
         min_fee_per_byte: u64,
-        burn_hash_order: BurnHashOrder,
     ) -> NodeState {
         let (&burn_height, &(burn_hash, burn_time)) = burn
             .iter()
@@ -237,7 +217,6 @@ impl NodeState {
             mempool: Vec::new(),
             burn,
             min_fee_per_byte,
-            burn_hash_order,
             seq: 0,
         }
     }
@@ -296,9 +275,8 @@ impl NodeState {
             });
         }
         let name = contract.contract_name().unwrap_or_default();
-        let order = self.burn_hash_order;
         let burn = &self.burn;
-        let header = move |h: u64| burn.get(&h).map(|(hash, _)| order.bytes(hash));
+        let header = move |h: u64| burn.get(&h).map(|(hash, _)| to_clarity_bytes(hash));
         let ctx = CallContext {
             sender,
             burn_height: self.burn_tip().0,
@@ -484,9 +462,8 @@ impl NodeState {
         let mut ledger = self.ledger().clone();
         let mut queue = std::mem::take(&mut self.mempool);
         queue.sort_by_key(|p| p.seq);
-        let order = self.burn_hash_order;
         let burn = &self.burn;
-        let header = move |h: u64| burn.get(&h).map(|(hash, _)| order.bytes(hash));
+        let header = move |h: u64| burn.get(&h).map(|(hash, _)| to_clarity_bytes(hash));
         let mut receipts = Vec::new();
         // Passes in arrival order; a transaction waits for its origin's earlier nonces.
         loop {

@@ -30,7 +30,7 @@ use crate::chain::stacks::address::{
 use crate::chain::stacks::clarity::Value;
 use crate::chain::stacks::transaction::multisig_signer_hash;
 use chain::{BurnChain, Deployed, Ledger, NodeState};
-pub use chain::{BurnHashOrder, Rejection, StacksBlock};
+pub use chain::{Rejection, StacksBlock};
 
 /// Bodies larger than this are refused (413) before they are parsed.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
@@ -65,7 +65,6 @@ pub struct StacksNodeOptions {
     pub min_fee_per_byte: u64,
     /// What `POST /v2/fees/transaction` quotes per byte, low / middle / high.
     pub fee_rates: [u64; 3],
-    pub burn_hash_order: BurnHashOrder,
     pub max_body_bytes: usize,
     /// Blocks an observer may fall behind before it is dropped.
     pub observer_queue: usize,
@@ -90,7 +89,6 @@ impl StacksNodeOptions {
             poll_interval: Duration::from_millis(500),
             min_fee_per_byte: 1,
             fee_rates: [1, 2, 4],
-            burn_hash_order: BurnHashOrder::Internal,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             observer_queue: observer::DEFAULT_QUEUE,
         }
@@ -296,13 +294,7 @@ impl StacksNode {
             .await
             .map_err(|e| StartError::Bitcoin(e.0))?;
         let burn: BurnChain = blocks.into_iter().map(|(h, b, t)| (h, (b, t))).collect();
-        let state = NodeState::new(
-            options.network,
-            ledger,
-            burn,
-            options.min_fee_per_byte,
-            options.burn_hash_order,
-        );
+        let state = NodeState::new(options.network, ledger, burn, options.min_fee_per_byte);
         let observers = observer::Observers::new(options.observer_queue);
         for url in &options.observers {
             observers.add(url).map_err(StartError::Observer)?;
