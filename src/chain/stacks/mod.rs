@@ -1,9 +1,16 @@
-//! Stacks: principals and addresses ([`address`]), Clarity values ([`clarity`]), and the SIP-005
-//! codec of the signers' SIP-027 multisig contract calls ([`transaction`]); the presign sighash
-//! and signing in custody, the node client, contract-call checks and the event observer to come
-//! (see ARCHITECTURE.md).
+//! Stacks: principals and addresses ([`address`]), Clarity values ([`clarity`]), the SIP-005
+//! codec of the signers' SIP-027 multisig contract calls ([`transaction`]), the sbtc-registry's
+//! print events ([`events`]), the stacks-node client ([`client`] trait, [`rpc`] over the node's
+//! v2 HTTP API) and `[stacks]` ([`config`]). Contract-call checks to come (see ARCHITECTURE.md).
 
 pub mod address;
 pub mod clarity;
+pub mod client;
+pub mod config;
 pub mod events;
+pub mod rpc;
 pub mod transaction;
+
+pub use client::{Error, ErrorKind, StacksClient};
+pub use config::{StacksConfig, StacksSettings};
+pub use rpc::StacksRpc;
