@@ -24,6 +24,9 @@ pub struct Config {
     pub bitcoin: Option<crate::chain::bitcoin::BitcoinConfig>,
     /// `[api]`: the deposit intake HTTP API (see `api::config`).
     pub api: Option<crate::api::ApiConfig>,
+    /// `[stacks]`: the stacks-node and the sBTC deployment (see `chain::stacks::config`); the
+    /// event observer is served on `[api]`'s listener.
+    pub stacks: Option<crate::chain::stacks::StacksConfig>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -70,7 +73,27 @@ impl Config {
                 ));
             }
         }
+        if let Some(stacks) = &config.stacks {
+            let Some(bitcoin) = &config.bitcoin else {
+                return Err(
+                    "[stacks] needs a [bitcoin] section: the Stacks network follows [bitcoin] \
+                     network, and Stacks blocks count only when their Bitcoin anchor is on \
+                     this signer's own Bitcoin chain"
+                        .into(),
+                );
+            };
+            stacks.resolve(bitcoin.network)?;
+        }
         Ok(config)
+    }
+
+    /// `[stacks]` checked against `[bitcoin]`, if configured.
+    pub fn stacks_settings(&self) -> Result<Option<crate::chain::stacks::StacksSettings>, String> {
+        match (&self.stacks, &self.bitcoin) {
+            (None, _) => Ok(None),
+            (Some(_), None) => Err("[stacks] needs a [bitcoin] section".into()),
+            (Some(s), Some(b)) => s.resolve(b.network).map(Some),
+        }
     }
 
     /// `[custody]`, or an error naming the command that needs it.
@@ -184,6 +207,12 @@ mod tests {
         let api = c.api.as_ref().unwrap();
         assert_eq!(api.max_body_bytes, 64 * 1024);
         api.check().unwrap();
+        let stacks = c.stacks_settings().unwrap().unwrap();
+        assert_eq!(
+            stacks.deployer.to_string(),
+            crate::chain::stacks::config::MAINNET_DEPLOYER
+        );
+        assert_eq!(stacks.fee_cap_ustx, 1_500_000);
         let text = std::fs::read_to_string(&path).unwrap();
         for section in [
             "[custody]",
@@ -191,6 +220,7 @@ mod tests {
             "[storage]",
             "[bitcoin]",
             "[api]",
+            "[stacks]",
             "[peer]",
             "[[peer.bootstrap]]",
         ] {
@@ -200,6 +230,30 @@ mod tests {
                 path.display()
             );
         }
+    }
+
+    #[test]
+    fn stacks_needs_bitcoin_and_a_deployer_of_its_network() {
+        let stacks = "[stacks]\nnode_url = \"http://127.0.0.1:20443\"\n";
+        let err = Config::parse(stacks).unwrap_err();
+        assert!(err.contains("[stacks] needs a [bitcoin] section"), "{err}");
+        let regtest = "[bitcoin]\nnetwork = \"regtest\"\nrpc_url = \"http://127.0.0.1:18443\"\n";
+        let err = Config::parse(&format!("{regtest}{stacks}")).unwrap_err();
+        assert!(err.contains("needs `deployer`"), "{err}");
+        let c = Config::parse(&format!(
+            "{regtest}{stacks}deployer = \"ST1PQHQKV0RJXZFY1DGX8MNSNYVE3VGZJSRTPGZGM\"\n"
+        ))
+        .unwrap();
+        let s = c.stacks_settings().unwrap().unwrap();
+        assert_eq!(
+            s.network,
+            crate::chain::stacks::address::StacksNetwork::Testnet
+        );
+        let err = Config::parse(&format!(
+            "{regtest}{stacks}deployer = \"SM3VDXK3WZZSA84XXFKAFAF15NNZX32CTSG82JFQ4\"\n"
+        ))
+        .unwrap_err();
+        assert!(err.contains("Stacks mainnet address"), "{err}");
     }
 
     #[test]

@@ -61,6 +61,8 @@ suite!(
     guard_refuses_a_fee_above_the_cap,
     guard_refuses_a_fee_not_raised,
     guard_approves_a_proper_fee_bump,
+    stacks_events_follow_the_canonical_chains,
+    stacks_block_events_are_idempotent_and_checked,
 );
 
 async fn canonical_chain_follows_reorgs(s: Store) {
@@ -283,6 +285,7 @@ async fn withdrawals_pending_until_swept(s: Store) {
         height: 10,
         parent_hash: StacksBlockHash(h(49)),
         bitcoin_anchor: bh(2),
+        bitcoin_anchor_height: 1,
     };
     s.write_stacks_block(&sb).await.unwrap();
     assert_eq!(
@@ -353,6 +356,268 @@ async fn withdrawals_pending_until_swept(s: Store) {
             .unwrap()
             .is_empty(),
         "swept deposits are not pending"
+    );
+}
+
+fn stacks_block(n: u64, height: u64, parent: u64, anchor: u64, anchor_height: u64) -> StacksBlock {
+    StacksBlock {
+        hash: StacksBlockHash(h(n)),
+        height,
+        parent_hash: StacksBlockHash(h(parent)),
+        bitcoin_anchor: bh(anchor),
+        bitcoin_anchor_height: anchor_height,
+    }
+}
+
+/// Event `position` of Stacks block `block`: withdrawal events carry a request id, deposits an
+/// outpoint; the raw value only has to come back as written.
+fn registry_event(
+    block: u64,
+    position: u32,
+    topic: RegistryTopic,
+    request_id: Option<u64>,
+    deposit: Option<OutPoint>,
+) -> RegistryEventRecord {
+    RegistryEventRecord {
+        block_hash: StacksBlockHash(h(block)),
+        txid: StacksTxid(h(block * 100 + u64::from(position))),
+        event_index: 1,
+        position,
+        topic,
+        request_id,
+        deposit,
+        raw_value: vec![0x0c, block as u8, position as u8],
+    }
+}
+
+fn topics(events: &[StoredRegistryEvent]) -> Vec<(u64, RegistryTopic)> {
+    events
+        .iter()
+        .map(|e| (e.block_height, e.event.topic))
+        .collect()
+}
+
+async fn stacks_events_follow_the_canonical_chains(s: Store) {
+    use RegistryTopic::*;
+    // Bitcoin: b1 <- b2 <- b3, and b2 <- b13 (the other branch at height 3).
+    for b in [
+        block(1, 1, 0),
+        block(2, 2, 1),
+        block(3, 3, 2),
+        block(13, 3, 2),
+    ] {
+        s.write_bitcoin_block(&b).await.unwrap();
+    }
+    s.set_bitcoin_canonical_tip(&bh(3)).await.unwrap();
+    assert_eq!(s.get_stacks_canonical_tip().await.unwrap(), None);
+
+    // Stacks: s10 <- s11 <- s120 (and later s11 <- s121 <- s131).
+    let create1 = registry_event(11, 0, WithdrawalCreate, Some(1), None);
+    let deposit = registry_event(11, 1, CompletedDeposit, None, Some(outpoint(100, 0)));
+    s.write_stacks_block_events(&stacks_block(10, 10, 9, 1, 1), &[])
+        .await
+        .unwrap();
+    // Written out of order: chain order is (height, position), not arrival.
+    s.write_stacks_block_events(
+        &stacks_block(11, 11, 10, 2, 2),
+        &[deposit.clone(), create1.clone()],
+    )
+    .await
+    .unwrap();
+    let accept1 = registry_event(120, 0, WithdrawalAccept, Some(1), None);
+    s.write_stacks_block_events(
+        &stacks_block(120, 12, 11, 3, 3),
+        std::slice::from_ref(&accept1),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        s.get_stacks_block(&StacksBlockHash(h(120))).await.unwrap(),
+        Some(stacks_block(120, 12, 11, 3, 3))
+    );
+    assert_eq!(
+        s.get_stacks_canonical_tip().await.unwrap().unwrap().hash,
+        StacksBlockHash(h(120))
+    );
+    let w1 = s.get_withdrawal_events(1).await.unwrap();
+    assert_eq!(
+        topics(&w1),
+        vec![(11, WithdrawalCreate), (12, WithdrawalAccept)]
+    );
+    assert_eq!(w1[0].event, create1);
+    assert_eq!(
+        topics(&s.get_registry_events_since(0).await.unwrap()),
+        vec![
+            (11, WithdrawalCreate),
+            (11, CompletedDeposit),
+            (12, WithdrawalAccept)
+        ]
+    );
+    assert_eq!(
+        topics(&s.get_registry_events_since(12).await.unwrap()),
+        vec![(12, WithdrawalAccept)]
+    );
+    assert_eq!(
+        s.get_deposit_events(&outpoint(100, 0)).await.unwrap()[0].event,
+        deposit
+    );
+    assert!(s
+        .get_deposit_events(&outpoint(100, 1))
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(s.get_withdrawal_events(2).await.unwrap().is_empty());
+
+    // A competing block at the same height, with a higher hash: the first branch stays.
+    let reject1 = registry_event(121, 0, WithdrawalReject, Some(1), None);
+    let rotation = registry_event(121, 1, KeyRotation, None, None);
+    s.write_stacks_block_events(
+        &stacks_block(121, 12, 11, 3, 3),
+        &[reject1.clone(), rotation.clone()],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        s.get_stacks_canonical_tip().await.unwrap().unwrap().hash,
+        StacksBlockHash(h(120))
+    );
+    assert_eq!(
+        s.get_latest_registry_event(KeyRotation).await.unwrap(),
+        None
+    );
+
+    // Its branch grows: the accept is no longer final, the reject is.
+    let create2 = registry_event(131, 0, WithdrawalCreate, Some(2), None);
+    s.write_stacks_block_events(
+        &stacks_block(131, 13, 121, 3, 3),
+        std::slice::from_ref(&create2),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        s.get_stacks_canonical_tip().await.unwrap().unwrap().hash,
+        StacksBlockHash(h(131))
+    );
+    assert_eq!(
+        topics(&s.get_withdrawal_events(1).await.unwrap()),
+        vec![(11, WithdrawalCreate), (12, WithdrawalReject)]
+    );
+    assert_eq!(
+        s.get_latest_registry_event(KeyRotation)
+            .await
+            .unwrap()
+            .unwrap()
+            .event,
+        rotation
+    );
+    assert_eq!(
+        topics(&s.get_registry_events_since(0).await.unwrap()),
+        vec![
+            (11, WithdrawalCreate),
+            (11, CompletedDeposit),
+            (12, WithdrawalReject),
+            (12, KeyRotation),
+            (13, WithdrawalCreate)
+        ]
+    );
+
+    // A Stacks block anchored to a Bitcoin block this signer has not stored does not count yet.
+    s.write_stacks_block_events(&stacks_block(140, 14, 131, 4, 4), &[])
+        .await
+        .unwrap();
+    assert_eq!(
+        s.get_stacks_canonical_tip().await.unwrap().unwrap().hash,
+        StacksBlockHash(h(131))
+    );
+
+    // Bitcoin reorgs to b13: every Stacks block anchored to b3 drops out with its events.
+    s.set_bitcoin_canonical_tip(&bh(13)).await.unwrap();
+    assert_eq!(
+        s.get_stacks_canonical_tip().await.unwrap().unwrap().hash,
+        StacksBlockHash(h(11))
+    );
+    assert_eq!(
+        topics(&s.get_withdrawal_events(1).await.unwrap()),
+        vec![(11, WithdrawalCreate)]
+    );
+    assert!(s.get_withdrawal_events(2).await.unwrap().is_empty());
+    assert_eq!(
+        s.get_latest_registry_event(KeyRotation).await.unwrap(),
+        None
+    );
+    assert_eq!(
+        s.get_deposit_events(&outpoint(100, 0)).await.unwrap().len(),
+        1
+    );
+    // The new branch on b13.
+    let accept1b = registry_event(122, 0, WithdrawalAccept, Some(1), None);
+    s.write_stacks_block_events(&stacks_block(122, 12, 11, 13, 3), &[accept1b])
+        .await
+        .unwrap();
+    assert_eq!(
+        topics(&s.get_withdrawal_events(1).await.unwrap()),
+        vec![(11, WithdrawalCreate), (12, WithdrawalAccept)]
+    );
+    // And back: the marked tip decides, nothing was deleted.
+    s.set_bitcoin_canonical_tip(&bh(3)).await.unwrap();
+    assert_eq!(
+        s.get_stacks_canonical_tip().await.unwrap().unwrap().hash,
+        StacksBlockHash(h(131))
+    );
+}
+
+async fn stacks_block_events_are_idempotent_and_checked(s: Store) {
+    use RegistryTopic::*;
+    s.write_bitcoin_block(&block(1, 1, 0)).await.unwrap();
+    let b = stacks_block(20, 5, 19, 1, 1);
+    let create = registry_event(20, 0, WithdrawalCreate, Some(9), None);
+    s.write_stacks_block_events(&b, std::slice::from_ref(&create))
+        .await
+        .unwrap();
+    // A repeat delivery stores nothing twice; a changed copy of an event keeps the first.
+    let mut changed = create.clone();
+    changed.raw_value = vec![0xff];
+    changed.position = 7;
+    s.write_stacks_block_events(&b, &[create.clone(), changed])
+        .await
+        .unwrap();
+    s.write_stacks_block_events(&b, std::slice::from_ref(&create))
+        .await
+        .unwrap();
+    let events = s.get_withdrawal_events(9).await.unwrap();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].event, create);
+    assert_eq!(events[0].block_height, 5);
+
+    // An event of another block, or a request id PostgreSQL cannot hold: nothing is written.
+    let other = stacks_block(21, 6, 20, 1, 1);
+    let err = s
+        .write_stacks_block_events(
+            &other,
+            &[registry_event(22, 0, WithdrawalReject, Some(9), None)],
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput);
+    assert!(err.to_string().contains("names block"), "{err}");
+    let err = s
+        .write_stacks_block_events(
+            &other,
+            &[registry_event(
+                21,
+                0,
+                WithdrawalReject,
+                Some(u64::MAX),
+                None,
+            )],
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::OutOfRange);
+    assert_eq!(s.get_stacks_block(&other.hash).await.unwrap(), None);
+    assert_eq!(
+        s.get_stacks_canonical_tip().await.unwrap().unwrap().hash,
+        b.hash
     );
 }
 
@@ -1172,13 +1437,14 @@ async fn pg_migrations_are_recorded_and_idempotent() {
             (2, "dkg_shares_signer_position"),
             (3, "audit_outcome"),
             (4, "whole_transaction_guard"),
-            (5, "chain_observer")
+            (5, "chain_observer"),
+            (6, "stacks_events")
         ]
     );
     let second = store.migrate().await.unwrap();
     assert!(second.applied.is_empty());
     assert_eq!(second.version, latest_version());
-    assert_eq!(store.check_schema().await.unwrap(), 5);
+    assert_eq!(store.check_schema().await.unwrap(), 6);
     let rows = db
         .client()
         .await
@@ -1188,7 +1454,7 @@ async fn pg_migrations_are_recorded_and_idempotent() {
         )
         .await
         .unwrap();
-    assert_eq!(rows.len(), 5);
+    assert_eq!(rows.len(), 6);
 }
 
 #[tokio::test]
@@ -1401,7 +1667,8 @@ async fn pg_migration_2_refuses_old_dkg_rows_until_they_are_moved_away() {
             (2, "dkg_shares_signer_position"),
             (3, "audit_outcome"),
             (4, "whole_transaction_guard"),
-            (5, "chain_observer")
+            (5, "chain_observer"),
+            (6, "stacks_events")
         ]
     );
     assert_eq!(store.check_schema().await.unwrap(), latest_version());
@@ -1466,12 +1733,72 @@ async fn pg_migration_2_applies_to_a_version_1_database_without_dkg_rows() {
             (2, "dkg_shares_signer_position"),
             (3, "audit_outcome"),
             (4, "whole_transaction_guard"),
-            (5, "chain_observer")
+            (5, "chain_observer"),
+            (6, "stacks_events")
         ]
     );
     assert_eq!(
         store.get_bitcoin_canonical_tip().await.unwrap(),
         Some(block(1, 0, 0))
+    );
+}
+
+/// Stacks blocks stored before migration 6 get their anchor's height from the stored Bitcoin
+/// block; one whose anchor was never stored stops the migration with what to do.
+#[tokio::test]
+async fn pg_migration_6_fills_anchor_heights_or_says_what_to_delete() {
+    let Some(db) =
+        TestDb::create("pg_migration_6_fills_anchor_heights_or_says_what_to_delete").await
+    else {
+        return;
+    };
+    let store = PgStore::connect(db.settings()).await.unwrap();
+    store.migrate_with(&MIGRATIONS[..5]).await.unwrap();
+    store.write_bitcoin_block(&block(1, 7, 0)).await.unwrap();
+    let client = db.client().await;
+    let insert = "INSERT INTO sbtc_signer.stacks_blocks (block_hash, block_height, parent_hash, \
+                  bitcoin_anchor) VALUES ($1, 3, $2, $3)";
+    client
+        .execute(insert, &[&h(30).to_vec(), &h(29).to_vec(), &h(1).to_vec()])
+        .await
+        .unwrap();
+    client
+        .execute(insert, &[&h(31).to_vec(), &h(30).to_vec(), &h(99).to_vec()])
+        .await
+        .unwrap();
+    let err = store.migrate().await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Migration);
+    assert!(
+        err.to_string()
+            .contains("1 block(s) anchored to Bitcoin blocks this signer never stored")
+            && err
+                .to_string()
+                .contains("DELETE FROM sbtc_signer.stacks_blocks"),
+        "{err}"
+    );
+    client
+        .batch_execute(
+            "DELETE FROM sbtc_signer.stacks_blocks WHERE bitcoin_anchor NOT IN \
+             (SELECT block_hash FROM sbtc_signer.bitcoin_blocks)",
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        store.migrate().await.unwrap().applied,
+        vec![(6, "stacks_events")]
+    );
+    assert_eq!(
+        store
+            .get_stacks_block(&StacksBlockHash(h(30)))
+            .await
+            .unwrap(),
+        Some(StacksBlock {
+            hash: StacksBlockHash(h(30)),
+            height: 3,
+            parent_hash: StacksBlockHash(h(29)),
+            bitcoin_anchor: bh(1),
+            bitcoin_anchor_height: 7,
+        })
     );
 }
 
@@ -1609,7 +1936,11 @@ async fn pg_guard_decisions_from_before_migration_4_allow_no_bump() {
         .unwrap();
     assert_eq!(
         store.migrate().await.unwrap().applied,
-        vec![(4, "whole_transaction_guard"), (5, "chain_observer")]
+        vec![
+            (4, "whole_transaction_guard"),
+            (5, "chain_observer"),
+            (6, "stacks_events")
+        ]
     );
     let d = store
         .get_spend_decision(&outpoint(1, 0))

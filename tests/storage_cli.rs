@@ -63,7 +63,8 @@ async fn migrate_then_audit_verify() {
         "applied migration 2 (dkg_shares_signer_position)",
         "applied migration 4 (whole_transaction_guard)",
         "applied migration 5 (chain_observer)",
-        "now at version 5",
+        "applied migration 6 (stacks_events)",
+        "now at version 6",
     ] {
         assert!(text(&out).contains(applied), "{}", text(&out));
     }
@@ -75,7 +76,7 @@ async fn migrate_then_audit_verify() {
     );
     let out = cli.run(&["migrate", "--check"]).await;
     assert!(
-        out.status.success() && text(&out).contains("is current (version 5)"),
+        out.status.success() && text(&out).contains("is current (version 6)"),
         "{}",
         text(&out)
     );

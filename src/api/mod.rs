@@ -7,6 +7,7 @@
 //! - [`deposit`]: `POST /deposit`, `GET /deposit/{txid}/{vout}`, `GET /health`.
 //! - [`intake`]: the one validate-and-store path every deposit takes.
 //! - [`relay`]: deposits to and from peers; [`emily`]: an optional Emily-style source.
+//! - [`new_block`]: the Stacks event observer (`POST /new_block`), when `[stacks]` is set.
 //!
 //! Floor: uses `chain`, `peer` and `storage`; never `coordination`, `node` or `commands`.
 
@@ -16,6 +17,7 @@ pub mod emily;
 pub mod error;
 pub mod intake;
 pub mod limits;
+pub mod new_block;
 pub mod relay;
 pub mod server;
 
@@ -32,6 +34,7 @@ pub use relay::{DepositSink, PeerDeposits, Relay, RelayStats};
 pub use server::{ApiServer, ApiStartError};
 
 use crate::chain::bitcoin::BitcoinClient;
+use crate::chain::stacks::StacksSettings;
 use crate::peer::PeerNode;
 use crate::storage::Storage;
 
@@ -58,7 +61,21 @@ pub async fn start(
     store: Arc<dyn Storage>,
     peers: Option<Arc<PeerNode>>,
 ) -> Result<RunningApi, ApiStartError> {
+    start_with_observer(config, client, network, store, peers, None).await
+}
+
+/// [`start`], and with `stacks` the Stacks event observer (`POST /new_block` and the other
+/// observer paths) on the same listener, storing into `store`.
+pub async fn start_with_observer(
+    config: &ApiConfig,
+    client: Arc<dyn BitcoinClient>,
+    network: Network,
+    store: Arc<dyn Storage>,
+    peers: Option<Arc<PeerNode>>,
+    stacks: Option<&StacksSettings>,
+) -> Result<RunningApi, ApiStartError> {
     config.check().map_err(ApiStartError::Config)?;
+    let observer = stacks.map(|s| new_block::router(s, store.clone()));
     let emily = match &config.emily_url {
         Some(url) => {
             Some(emily::EmilyClient::new(url).map_err(|e| ApiStartError::Config(e.to_string()))?)
@@ -67,7 +84,7 @@ pub async fn start(
     };
     let relay = peers.map(|node| Relay::new(node, client.clone()));
     let intake = Arc::new(Intake::new(client, network, store, relay));
-    let server = ApiServer::start(config, intake.clone()).await?;
+    let server = ApiServer::start(config, intake.clone(), observer).await?;
     let shutdown = CancellationToken::new();
     let (deposit_sink, peer_deposits) = relay::channel(relay::DEFAULT_QUEUE);
     let relay_stats = peer_deposits.stats();

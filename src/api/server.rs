@@ -35,8 +35,10 @@ pub struct ApiState {
     request_timeout: std::time::Duration,
 }
 
-/// The routes, with every limit but the connection cap (that one is the listener's).
-pub fn router(config: &ApiConfig, intake: Arc<Intake>) -> Router {
+/// The routes, with every limit but the connection cap (that one is the listener's), and the
+/// Stacks event observer's routes (`api::new_block::router`) when there are any: those keep
+/// their own body limit and source check, and skip the per-client rate limit.
+pub fn router(config: &ApiConfig, intake: Arc<Intake>, observer: Option<Router>) -> Router {
     let state = Arc::new(ApiState {
         intake,
         max_body_bytes: config.max_body_bytes,
@@ -47,7 +49,7 @@ pub fn router(config: &ApiConfig, intake: Arc<Intake>) -> Router {
         ),
         request_timeout: config.request_timeout(),
     });
-    Router::new()
+    let deposits = Router::new()
         .route("/deposit", post(deposit::post_deposit))
         .route("/deposit/{txid}/{vout}", get(deposit::get_deposit))
         .route("/health", get(deposit::health))
@@ -55,7 +57,11 @@ pub fn router(config: &ApiConfig, intake: Arc<Intake>) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
         .layer(middleware::from_fn_with_state(state.clone(), limit_request))
-        .with_state(state)
+        .with_state(state);
+    match observer {
+        Some(observer) => deposits.merge(observer),
+        None => deposits,
+    }
 }
 
 async fn method_not_allowed() -> Response {
@@ -212,6 +218,7 @@ impl ApiServer {
     pub async fn start(
         config: &ApiConfig,
         intake: Arc<Intake>,
+        observer: Option<Router>,
     ) -> Result<ApiServer, ApiStartError> {
         config.check().map_err(ApiStartError::Config)?;
         let tcp = TcpListener::bind(config.listen)
@@ -225,7 +232,8 @@ impl ApiServer {
             source,
         })?;
         let listener = LimitedListener::new(tcp, config.max_connections);
-        let app = router(config, intake).into_make_service_with_connect_info::<ClientAddr>();
+        let app =
+            router(config, intake, observer).into_make_service_with_connect_info::<ClientAddr>();
         let shutdown = CancellationToken::new();
         let stop = shutdown.clone();
         let task = tokio::spawn(async move {

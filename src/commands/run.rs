@@ -93,11 +93,19 @@ impl Run {
         let storage = storage::open(&storage_config, on_open).await?;
         // Every private-key operation of the node is recorded in this store's audit log.
         let keys = open_keys_with(config, "run", Some(storage.clone())).await?;
+        let stacks = match config.stacks_settings()? {
+            Some(settings) => Some(node::StacksParts {
+                client: std::sync::Arc::new(crate::chain::stacks::StacksRpc::new(&settings)?),
+                settings,
+            }),
+            None => None,
+        };
         let bitcoin = match &config.bitcoin {
             Some(c) => Some(node::BitcoinParts {
                 client: std::sync::Arc::new(crate::chain::bitcoin::BitcoindRpc::new(c)?),
                 config: c.clone(),
                 api: config.api.clone(),
+                stacks,
             }),
             None if config.api.is_some() => {
                 return Err(

@@ -13,6 +13,7 @@ use crate::{
         observer::{BlockObserver, ObserverParams},
         BitcoinClient, BitcoinConfig,
     },
+    chain::stacks::{StacksClient, StacksSettings},
     devnet::{self, SessionParams},
     keys::{Keys, SignerSet},
     peer::{PeerConfig, PeerNode},
@@ -45,6 +46,43 @@ pub struct BitcoinParts {
     pub client: Arc<dyn BitcoinClient>,
     pub config: BitcoinConfig,
     pub api: Option<crate::api::ApiConfig>,
+    /// `[stacks]`: it needs `[bitcoin]`, so it lives here.
+    pub stacks: Option<StacksParts>,
+}
+
+/// The node's view of Stacks: its stacks-node client and `[stacks]` checked against
+/// `[bitcoin]`. The event observer runs on `[api]`'s listener.
+#[derive(Clone)]
+pub struct StacksParts {
+    pub client: Arc<dyn StacksClient>,
+    pub settings: StacksSettings,
+}
+
+/// Reads the stacks-node's tip once and logs it. A node on the wrong network stops the start;
+/// an unreachable one is a warning (the observer still takes events, and calls retry).
+async fn check_stacks(stacks: &StacksParts) -> Result<(), NodeError> {
+    match crate::chain::stacks::rpc::check_network(
+        stacks.client.as_ref(),
+        stacks.settings.network,
+    )
+    .await
+    {
+        Ok(info) => eprintln!(
+            "stacks: {} at height {}, tip {}, burn height {} ({})",
+            stacks.settings.node_url,
+            info.stacks_tip_height,
+            info.stacks_tip_id(),
+            info.burn_block_height,
+            info.server_version
+        ),
+        Err(e) if e.kind == crate::chain::stacks::ErrorKind::WrongNetwork => {
+            return Err(e.into())
+        }
+        Err(e) => eprintln!(
+            "warning: {e}; the signer starts anyway, check that the stacks-node is running and              [stacks] node_url"
+        ),
+    }
+    Ok(())
 }
 
 /// Checks the node's network, reads its tip, and starts the block observer. Returns the tip
@@ -121,6 +159,14 @@ pub async fn run(
             "bitcoin: {} at height {height}, tip {tip}",
             bitcoin.config.rpc_url
         );
+        if let Some(stacks) = &bitcoin.stacks {
+            check_stacks(stacks).await?;
+            if bitcoin.api.is_none() {
+                eprintln!(
+                    "warning: [stacks] is set but [api] is not, so there is no event observer                      (POST /new_block) and this signer sees no sBTC events; add [api]"
+                );
+            }
+        }
     }
     let set = bootstrap_set(peer, opts.threshold)?;
     let node = Arc::new(PeerNode::from_peer_config(peer, &keys, set).await?);
@@ -146,18 +192,25 @@ pub async fn run(
     let mut api = None;
     if let Some(bitcoin) = &bitcoin {
         if let Some(api_config) = &bitcoin.api {
-            let running = crate::api::start(
+            let running = crate::api::start_with_observer(
                 api_config,
                 bitcoin.client.clone(),
                 bitcoin.config.network,
                 storage.clone(),
                 Some(node.clone()),
+                bitcoin.stacks.as_ref().map(|s| &s.settings),
             )
             .await?;
             eprintln!(
                 "deposit intake: POST http://{}/deposit",
                 running.server.local_addr()
             );
+            if bitcoin.stacks.is_some() {
+                eprintln!(
+                    "stacks event observer: POST http://{}/new_block",
+                    running.server.local_addr()
+                );
+            }
             params.deposit_sink = Some(running.deposit_sink.clone());
             api = Some(running);
         }

@@ -48,9 +48,71 @@ struct State {
     canonical_tip: Option<BlockHash>,
     observed: HashMap<Txid, ObservedTransaction>,
     submissions: BTreeMap<OutPoint, DepositSubmissionRecord>,
+    /// Kept registry events per Stacks block, in their order in the block.
+    registry_events: HashMap<StacksBlockHash, Vec<RegistryEventRecord>>,
 }
 
 impl State {
+    /// The marked canonical Bitcoin tip, else the highest block (equal heights: lowest hash).
+    fn bitcoin_tip(&self) -> Option<&BitcoinBlock> {
+        if let Some(tip) = self.canonical_tip.and_then(|t| self.bitcoin_blocks.get(&t)) {
+            return Some(tip);
+        }
+        self.bitcoin_blocks
+            .values()
+            .max_by(|a, b| a.height.cmp(&b.height).then(b.hash.cmp(&a.hash)))
+    }
+
+    /// See `DbRead::get_stacks_canonical_tip`.
+    fn stacks_tip(&self) -> Option<&StacksBlock> {
+        let mut canonical = HashSet::new();
+        let mut next = self.bitcoin_tip();
+        // Bounded by the number of blocks, so corrupt parent links cannot loop forever.
+        for _ in 0..self.bitcoin_blocks.len() {
+            let Some(b) = next else { break };
+            canonical.insert(b.hash);
+            next = self.bitcoin_blocks.get(&b.parent_hash);
+        }
+        self.stacks_blocks
+            .values()
+            .filter(|b| canonical.contains(&b.bitcoin_anchor))
+            .max_by(|a, b| a.height.cmp(&b.height).then(b.hash.cmp(&a.hash)))
+    }
+
+    /// The canonical Stacks chain's events in blocks at `floor` or above that `keep` selects,
+    /// in chain order.
+    fn canonical_events(
+        &self,
+        floor: u64,
+        keep: impl Fn(&RegistryEventRecord) -> bool,
+    ) -> Vec<StoredRegistryEvent> {
+        let mut out = Vec::new();
+        let mut next = self.stacks_tip();
+        for _ in 0..self.stacks_blocks.len() {
+            let Some(b) = next else { break };
+            if b.height < floor {
+                break;
+            }
+            for e in self
+                .registry_events
+                .get(&b.hash)
+                .into_iter()
+                .flatten()
+                .rev()
+            {
+                if keep(e) {
+                    out.push(StoredRegistryEvent {
+                        event: e.clone(),
+                        block_height: b.height,
+                    });
+                }
+            }
+            next = self.stacks_blocks.get(&b.parent_hash);
+        }
+        out.reverse();
+        out
+    }
+
     /// `tip` and up to `window - 1` ancestors that the store knows.
     fn window(&self, tip: &BlockHash, window: u32) -> Vec<BlockHash> {
         let mut out = Vec::new();
@@ -102,14 +164,7 @@ impl DbRead for MemoryStore {
     }
 
     async fn get_bitcoin_canonical_tip(&self) -> Result<Option<BitcoinBlock>> {
-        let s = self.state();
-        if let Some(tip) = s.canonical_tip.and_then(|t| s.bitcoin_blocks.get(&t)) {
-            return Ok(Some(tip.clone()));
-        }
-        Ok(s.bitcoin_blocks
-            .values()
-            .max_by(|a, b| a.height.cmp(&b.height).then(b.hash.cmp(&a.hash)))
-            .cloned())
+        Ok(self.state().bitcoin_tip().cloned())
     }
 
     async fn in_canonical_chain(&self, tip: &BlockHash, block: &BlockHash) -> Result<bool> {
@@ -128,6 +183,33 @@ impl DbRead for MemoryStore {
 
     async fn get_stacks_block(&self, hash: &StacksBlockHash) -> Result<Option<StacksBlock>> {
         Ok(self.state().stacks_blocks.get(hash).cloned())
+    }
+
+    async fn get_stacks_canonical_tip(&self) -> Result<Option<StacksBlock>> {
+        Ok(self.state().stacks_tip().cloned())
+    }
+
+    async fn get_registry_events_since(&self, height: u64) -> Result<Vec<StoredRegistryEvent>> {
+        Ok(self.state().canonical_events(height, |_| true))
+    }
+
+    async fn get_withdrawal_events(&self, request_id: u64) -> Result<Vec<StoredRegistryEvent>> {
+        Ok(self
+            .state()
+            .canonical_events(0, |e| e.request_id == Some(request_id)))
+    }
+
+    async fn get_deposit_events(&self, outpoint: &OutPoint) -> Result<Vec<StoredRegistryEvent>> {
+        Ok(self
+            .state()
+            .canonical_events(0, |e| e.deposit.as_ref() == Some(outpoint)))
+    }
+
+    async fn get_latest_registry_event(
+        &self,
+        topic: RegistryTopic,
+    ) -> Result<Option<StoredRegistryEvent>> {
+        Ok(self.state().canonical_events(0, |e| e.topic == topic).pop())
     }
 
     async fn get_deposit_request(&self, outpoint: &OutPoint) -> Result<Option<DepositRequest>> {
@@ -364,6 +446,39 @@ impl DbWrite for MemoryStore {
                 .or_default()
                 .push(block.hash);
         }
+        Ok(())
+    }
+
+    async fn write_stacks_block_events(
+        &self,
+        block: &StacksBlock,
+        events: &[RegistryEventRecord],
+    ) -> Result<()> {
+        for e in events {
+            e.check(block, "write_stacks_block_events")?;
+        }
+        let mut guard = self.state();
+        let s = &mut *guard;
+        if let Entry::Vacant(e) = s.stacks_blocks.entry(block.hash) {
+            e.insert(block.clone());
+            s.stacks_by_anchor
+                .entry(block.bitcoin_anchor)
+                .or_default()
+                .push(block.hash);
+        }
+        let kept = s.registry_events.entry(block.hash).or_default();
+        for e in events {
+            if !kept
+                .iter()
+                .any(|k| k.txid == e.txid && k.event_index == e.event_index)
+            {
+                kept.push(e.clone());
+            }
+        }
+        // Ordered as PostgreSQL orders them: by position, then txid and index.
+        kept.sort_by(|a, b| {
+            (a.position, a.txid, a.event_index).cmp(&(b.position, b.txid, b.event_index))
+        });
         Ok(())
     }
 

@@ -43,6 +43,31 @@ pub trait DbRead: Send + Sync {
 
     async fn get_stacks_block(&self, hash: &StacksBlockHash) -> Result<Option<StacksBlock>>;
 
+    /// The tip of the canonical Stacks chain: the highest stored Stacks block whose Bitcoin
+    /// anchor is on the canonical Bitcoin chain (the chain of
+    /// [`DbRead::get_bitcoin_canonical_tip`]); between equal heights, the lowest hash. The
+    /// canonical Stacks chain is that block and its ancestors (by parent hash). None when no
+    /// stored Stacks block is anchored there. A Stacks block that loses a fork, or whose
+    /// anchor is reorged away, drops out of it with everything it printed.
+    async fn get_stacks_canonical_tip(&self) -> Result<Option<StacksBlock>>;
+
+    /// Registry events printed on the canonical Stacks chain in blocks at `height` or above,
+    /// in chain order (by block height, then their place in the block).
+    async fn get_registry_events_since(&self, height: u64) -> Result<Vec<StoredRegistryEvent>>;
+
+    /// The canonical chain's events about withdrawal request `request_id` (its
+    /// withdrawal-create, -accept and -reject), in chain order.
+    async fn get_withdrawal_events(&self, request_id: u64) -> Result<Vec<StoredRegistryEvent>>;
+
+    /// The canonical chain's completed-deposit events for `outpoint`, in chain order.
+    async fn get_deposit_events(&self, outpoint: &OutPoint) -> Result<Vec<StoredRegistryEvent>>;
+
+    /// The newest canonical-chain event of `topic`.
+    async fn get_latest_registry_event(
+        &self,
+        topic: RegistryTopic,
+    ) -> Result<Option<StoredRegistryEvent>>;
+
     async fn get_deposit_request(&self, outpoint: &OutPoint) -> Result<Option<DepositRequest>>;
 
     /// Deposit requests confirmed in `tip` or its `window - 1` ancestors and not yet in any
@@ -170,6 +195,15 @@ pub trait DbWrite: Send + Sync {
     async fn write_deposit_submission(&self, submission: &DepositSubmissionRecord) -> Result<bool>;
 
     async fn write_stacks_block(&self, block: &StacksBlock) -> Result<()>;
+
+    /// Stores a Stacks block and the registry events it printed, in one transaction. A block
+    /// id names one block, so a repeat delivery carries the same events: the first version of
+    /// the block and of each event (by txid and event index) stands.
+    async fn write_stacks_block_events(
+        &self,
+        block: &StacksBlock,
+        events: &[RegistryEventRecord],
+    ) -> Result<()>;
 
     /// Stores the request and that its transaction was confirmed in `confirmed_in`.
     async fn write_deposit_request(

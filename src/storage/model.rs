@@ -96,13 +96,115 @@ pub struct BitcoinBlock {
     pub parent_hash: BlockHash,
 }
 
+/// A Stacks block as the event observer saw it. `hash` is the block id (`index_block_hash`,
+/// unique across forks), `parent_hash` the parent's block id.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StacksBlock {
     pub hash: StacksBlockHash,
     pub height: u64,
     pub parent_hash: StacksBlockHash,
-    /// The Bitcoin block this Stacks block is anchored to.
+    /// The Bitcoin block this Stacks block is anchored to (`burn_block_hash`).
     pub bitcoin_anchor: BlockHash,
+    /// That Bitcoin block's height (`burn_block_height`).
+    pub bitcoin_anchor_height: u64,
+}
+
+/// The sbtc-registry print topics the event observer keeps (CHAIN.md section 4).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum RegistryTopic {
+    CompletedDeposit,
+    WithdrawalCreate,
+    WithdrawalAccept,
+    WithdrawalReject,
+    KeyRotation,
+}
+
+impl RegistryTopic {
+    /// The topic as the contract prints it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RegistryTopic::CompletedDeposit => "completed-deposit",
+            RegistryTopic::WithdrawalCreate => "withdrawal-create",
+            RegistryTopic::WithdrawalAccept => "withdrawal-accept",
+            RegistryTopic::WithdrawalReject => "withdrawal-reject",
+            RegistryTopic::KeyRotation => "key-rotation",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<RegistryTopic> {
+        [
+            RegistryTopic::CompletedDeposit,
+            RegistryTopic::WithdrawalCreate,
+            RegistryTopic::WithdrawalAccept,
+            RegistryTopic::WithdrawalReject,
+            RegistryTopic::KeyRotation,
+        ]
+        .into_iter()
+        .find(|t| t.as_str() == text)
+    }
+}
+
+impl fmt::Display for RegistryTopic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One kept sbtc-registry print event: where it was printed, the keys queries find it by, and
+/// the Clarity tuple as printed (`chain::stacks::events::RegistryEvent` reads it; storage keeps
+/// the bytes so that one type describes the events).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RegistryEventRecord {
+    /// The block that printed it.
+    pub block_hash: StacksBlockHash,
+    pub txid: StacksTxid,
+    /// Its index among its transaction's events, as the node numbers them.
+    pub event_index: u32,
+    /// Its place among the block's events as the node sent them: chain order within the block.
+    pub position: u32,
+    pub topic: RegistryTopic,
+    /// The withdrawal request it is about (withdrawal-create, -accept, -reject).
+    pub request_id: Option<u64>,
+    /// The deposit it completed (completed-deposit).
+    pub deposit: Option<OutPoint>,
+    /// The printed Clarity value, consensus-serialized.
+    pub raw_value: Vec<u8>,
+}
+
+impl RegistryEventRecord {
+    /// Both stores refuse what PostgreSQL cannot hold (a request id above i64::MAX), so they
+    /// accept the same writes.
+    pub(crate) fn check(&self, block: &StacksBlock, operation: &'static str) -> super::Result<()> {
+        if self.block_hash != block.hash {
+            return Err(super::Error::new(
+                super::ErrorKind::InvalidInput,
+                operation,
+                format!(
+                    "event {}:{} names block {}, not the block written with it ({})",
+                    self.txid, self.event_index, self.block_hash, block.hash
+                ),
+            ));
+        }
+        if let Some(id) = self.request_id {
+            if i64::try_from(id).is_err() {
+                return Err(super::Error::new(
+                    super::ErrorKind::OutOfRange,
+                    operation,
+                    format!(
+                        "withdrawal request id {id} does not fit in BIGINT; nothing was written"
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A stored event with the height of the block that printed it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredRegistryEvent {
+    pub event: RegistryEventRecord,
+    pub block_height: u64,
 }
 
 /// A deposit request: a Bitcoin output locked to the signers' aggregate key.

@@ -49,6 +49,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "chain_observer",
         sql: include_str!("../migrations/0005_chain_observer.sql"),
     },
+    Migration {
+        version: 6,
+        name: "stacks_events",
+        sql: include_str!("../migrations/0006_stacks_events.sql"),
+    },
 ];
 
 /// The schema version this binary needs.

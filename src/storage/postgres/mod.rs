@@ -446,6 +446,230 @@ const WINDOW_CTE: &str = "WITH RECURSIVE chain AS (
          WHERE c.depth < $2
     )";
 
+const STACKS_BLOCK_COLUMNS: &str =
+    "block_hash, block_height, parent_hash, bitcoin_anchor, bitcoin_anchor_height";
+
+fn stacks_block(r: &Row) -> Attempt<StacksBlock> {
+    Ok(StacksBlock {
+        hash: r.fixed("block_hash", StacksBlockHash::from_slice)?,
+        height: r.u64("block_height")?,
+        parent_hash: r.fixed("parent_hash", StacksBlockHash::from_slice)?,
+        bitcoin_anchor: r.fixed("bitcoin_anchor", parse_block_hash)?,
+        bitcoin_anchor_height: r.u64("bitcoin_anchor_height")?,
+    })
+}
+
+async fn insert_stacks_block<C: deadpool_postgres::GenericClient + Sync>(
+    c: &C,
+    block: &StacksBlock,
+) -> Attempt<()> {
+    let height = i64_of(block.height, "block height")?;
+    let anchor_height = i64_of(block.bitcoin_anchor_height, "anchor height")?;
+    execute!(
+        c,
+        "INSERT INTO sbtc_signer.stacks_blocks (block_hash, block_height, parent_hash, \
+         bitcoin_anchor, bitcoin_anchor_height) VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+        &[
+            &block.hash.as_bytes().as_slice(),
+            &height,
+            &block.parent_hash.as_bytes().as_slice(),
+            &block.bitcoin_anchor.as_byte_array().as_slice(),
+            &anchor_height
+        ]
+    );
+    Ok(())
+}
+
+/// Which registry events a query wants (see [`canonical_events`]).
+enum EventFilter {
+    Since(u64),
+    Request(u64),
+    Deposit(OutPoint),
+    Topic(RegistryTopic),
+}
+
+/// See `DbRead::get_stacks_canonical_tip`. Stacks blocks are tried highest first; each one's
+/// anchor is checked by walking the canonical Bitcoin chain down to the anchor's height only,
+/// so the usual case (the highest block is canonical) costs a few rows, however long the
+/// stored chains are.
+async fn stacks_canonical_tip<C: deadpool_postgres::GenericClient + Sync>(
+    c: &C,
+) -> Attempt<Option<StacksBlock>> {
+    let bitcoin_tip = query_opt!(
+        c,
+        "SELECT b.block_hash FROM sbtc_signer.bitcoin_canonical_tip t \
+           JOIN sbtc_signer.bitcoin_blocks b ON b.block_hash = t.block_hash \
+         UNION ALL \
+         (SELECT block_hash FROM sbtc_signer.bitcoin_blocks \
+           WHERE NOT EXISTS (SELECT 1 FROM sbtc_signer.bitcoin_canonical_tip) \
+           ORDER BY block_height DESC, block_hash ASC LIMIT 1)",
+        &[]
+    );
+    let Some(bitcoin_tip) = bitcoin_tip else {
+        return Ok(None);
+    };
+    let bitcoin_tip: Vec<u8> = bitcoin_tip.bytes("block_hash")?;
+    let mut verdicts: std::collections::HashMap<Vec<u8>, bool> = Default::default();
+    const PAGE: i64 = 64;
+    let mut offset = 0i64;
+    loop {
+        let rows = query!(
+            c,
+            "SELECT s.block_hash, s.block_height, s.parent_hash, s.bitcoin_anchor, \
+                    s.bitcoin_anchor_height, b.block_height AS anchor_stored_height \
+               FROM sbtc_signer.stacks_blocks s \
+               JOIN sbtc_signer.bitcoin_blocks b ON b.block_hash = s.bitcoin_anchor \
+              ORDER BY s.block_height DESC, s.block_hash ASC LIMIT $1 OFFSET $2",
+            &[&PAGE, &offset]
+        );
+        if rows.is_empty() {
+            return Ok(None);
+        }
+        for r in &rows {
+            let anchor = r.bytes("bitcoin_anchor")?;
+            let canonical = match verdicts.get(&anchor) {
+                Some(v) => *v,
+                None => {
+                    let anchor_height: i64 = r.get_as("anchor_stored_height")?;
+                    let found = query!(
+                        c,
+                        "WITH RECURSIVE chain AS (
+                            SELECT block_hash, parent_hash, block_height
+                              FROM sbtc_signer.bitcoin_blocks WHERE block_hash = $1
+                            UNION -- not ALL: a repeated row ends the walk
+                            SELECT b.block_hash, b.parent_hash, b.block_height
+                              FROM sbtc_signer.bitcoin_blocks b JOIN chain c ON b.block_hash = c.parent_hash
+                             WHERE c.block_height > $3
+                         )
+                         SELECT 1 FROM chain WHERE block_hash = $2",
+                        &[&bitcoin_tip, &anchor, &anchor_height]
+                    );
+                    let v = !found.is_empty();
+                    verdicts.insert(anchor, v);
+                    v
+                }
+            };
+            if canonical {
+                return stacks_block(r).map(Some);
+            }
+        }
+        offset += PAGE;
+    }
+}
+
+/// The canonical Stacks chain's registry events that `filter` selects, in chain order: the
+/// chain is walked from the tip down to the lowest block holding a candidate event, no further.
+async fn canonical_events<C: deadpool_postgres::GenericClient + Sync>(
+    c: &C,
+    filter: EventFilter,
+) -> Attempt<Vec<StoredRegistryEvent>> {
+    let Some(tip) = stacks_canonical_tip(c).await? else {
+        return Ok(Vec::new());
+    };
+    let (condition, key): (
+        &str,
+        Vec<Box<dyn tokio_postgres::types::ToSql + Sync + Send>>,
+    ) = match &filter {
+        EventFilter::Since(h) => ("TRUE", vec![Box::new(i64_of(*h, "height")?)]),
+        EventFilter::Request(id) => (
+            "e.request_id = $3",
+            vec![Box::new(i64_of(*id, "request id")?)],
+        ),
+        EventFilter::Deposit(op) => (
+            "e.deposit_txid = $3 AND e.deposit_output_index = $4",
+            vec![
+                Box::new(op.txid.as_byte_array().to_vec()),
+                Box::new(i64::from(op.vout)),
+            ],
+        ),
+        EventFilter::Topic(t) => ("e.topic = $3", vec![Box::new(t.as_str().to_owned())]),
+    };
+    let floor: i64 = match filter {
+        EventFilter::Since(h) => i64_of(h, "height")?,
+        _ => {
+            // The lowest block holding a candidate; none: nothing to walk to.
+            let sql = format!(
+                "SELECT min(b.block_height) AS floor FROM sbtc_signer.stacks_registry_events e \
+                   JOIN sbtc_signer.stacks_blocks b ON b.block_hash = e.block_hash \
+                  WHERE {}",
+                condition.replace("$3", "$1").replace("$4", "$2")
+            );
+            let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
+                key.iter().map(|k| &**k as _).collect();
+            let row = query_opt!(c, &sql, &params);
+            match row
+                .map(|r| r.get_as::<Option<i64>>("floor"))
+                .transpose()?
+                .flatten()
+            {
+                Some(f) => f,
+                None => return Ok(Vec::new()),
+            }
+        }
+    };
+    let sql = format!(
+        "WITH RECURSIVE chain AS (
+            SELECT block_hash, parent_hash, block_height
+              FROM sbtc_signer.stacks_blocks WHERE block_hash = $1
+            UNION -- not ALL: a repeated row ends the walk
+            SELECT s.block_hash, s.parent_hash, s.block_height
+              FROM sbtc_signer.stacks_blocks s JOIN chain c ON s.block_hash = c.parent_hash
+             WHERE c.block_height > $2
+         )
+         SELECT e.block_hash, e.txid, e.event_index, e.position, e.topic, e.request_id,
+                e.deposit_txid, e.deposit_output_index, e.raw_value, c.block_height
+           FROM chain c JOIN sbtc_signer.stacks_registry_events e ON e.block_hash = c.block_hash
+          WHERE c.block_height >= $2 AND {}
+          ORDER BY c.block_height, e.position, e.txid, e.event_index",
+        if matches!(filter, EventFilter::Since(_)) {
+            "TRUE"
+        } else {
+            condition
+        }
+    );
+    let tip_hash = tip.hash.as_bytes().to_vec();
+    let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = vec![&tip_hash, &floor];
+    if !matches!(filter, EventFilter::Since(_)) {
+        params.extend(
+            key.iter()
+                .map(|k| &**k as &(dyn tokio_postgres::types::ToSql + Sync)),
+        );
+    }
+    let rows = query!(c, &sql, &params);
+    rows.iter().map(registry_event).collect()
+}
+
+fn registry_event(r: &Row) -> Attempt<StoredRegistryEvent> {
+    let topic: String = r.get_as("topic")?;
+    let request_id: Option<i64> = r.get_as("request_id")?;
+    let deposit_txid: Option<&[u8]> = r.get_as("deposit_txid")?;
+    let deposit_vout: Option<i64> = r.get_as("deposit_output_index")?;
+    let u32_of =
+        |col: &str| -> Attempt<u32> { u32::try_from(r.u64(col)?).map_err(|_| corrupt(col)) };
+    Ok(StoredRegistryEvent {
+        event: RegistryEventRecord {
+            block_hash: r.fixed("block_hash", StacksBlockHash::from_slice)?,
+            txid: r.fixed("txid", StacksTxid::from_slice)?,
+            event_index: u32_of("event_index")?,
+            position: u32_of("position")?,
+            topic: RegistryTopic::parse(&topic).ok_or_else(|| corrupt("topic"))?,
+            request_id: request_id
+                .map(|id| u64::try_from(id).map_err(|_| corrupt("request_id")))
+                .transpose()?,
+            deposit: match (deposit_txid, deposit_vout) {
+                (Some(t), Some(v)) => Some(OutPoint {
+                    txid: parse_txid(t).ok_or_else(|| corrupt("deposit_txid"))?,
+                    vout: u32::try_from(v).map_err(|_| corrupt("deposit_output_index"))?,
+                }),
+                (None, None) => None,
+                _ => return Err(corrupt("deposit outpoint")),
+            },
+            raw_value: r.bytes("raw_value")?,
+        },
+        block_height: r.u64("block_height")?,
+    })
+}
+
 fn bitcoin_block(r: &Row) -> Attempt<BitcoinBlock> {
     Ok(BitcoinBlock {
         hash: r.fixed("block_hash", parse_block_hash)?,
@@ -607,18 +831,48 @@ impl DbRead for PgStore {
         self.run("get_stacks_block", |c| async move {
             let row = query_opt!(
                 c,
-                "SELECT block_hash, block_height, parent_hash, bitcoin_anchor FROM sbtc_signer.stacks_blocks WHERE block_hash = $1",
+                &format!("SELECT {STACKS_BLOCK_COLUMNS} FROM sbtc_signer.stacks_blocks WHERE block_hash = $1"),
                 &[&hash.as_bytes().as_slice()]
             );
-            row.map(|r| {
-                Ok(StacksBlock {
-                    hash: r.fixed("block_hash", StacksBlockHash::from_slice)?,
-                    height: r.u64("block_height")?,
-                    parent_hash: r.fixed("parent_hash", StacksBlockHash::from_slice)?,
-                    bitcoin_anchor: r.fixed("bitcoin_anchor", parse_block_hash)?,
-                })
-            })
-            .transpose()
+            row.as_ref().map(stacks_block).transpose()
+        })
+        .await
+    }
+
+    async fn get_stacks_canonical_tip(&self) -> Result<Option<StacksBlock>> {
+        self.run("get_stacks_canonical_tip", |c| async move {
+            stacks_canonical_tip(&c).await
+        })
+        .await
+    }
+
+    async fn get_registry_events_since(&self, height: u64) -> Result<Vec<StoredRegistryEvent>> {
+        self.run("get_registry_events_since", |c| async move {
+            canonical_events(&c, EventFilter::Since(height)).await
+        })
+        .await
+    }
+
+    async fn get_withdrawal_events(&self, request_id: u64) -> Result<Vec<StoredRegistryEvent>> {
+        self.run("get_withdrawal_events", |c| async move {
+            canonical_events(&c, EventFilter::Request(request_id)).await
+        })
+        .await
+    }
+
+    async fn get_deposit_events(&self, outpoint: &OutPoint) -> Result<Vec<StoredRegistryEvent>> {
+        self.run("get_deposit_events", |c| async move {
+            canonical_events(&c, EventFilter::Deposit(*outpoint)).await
+        })
+        .await
+    }
+
+    async fn get_latest_registry_event(
+        &self,
+        topic: RegistryTopic,
+    ) -> Result<Option<StoredRegistryEvent>> {
+        self.run("get_latest_registry_event", |c| async move {
+            Ok(canonical_events(&c, EventFilter::Topic(topic)).await?.pop())
         })
         .await
     }
@@ -1144,18 +1398,50 @@ impl DbWrite for PgStore {
 
     async fn write_stacks_block(&self, block: &StacksBlock) -> Result<()> {
         self.run("write_stacks_block", |c| async move {
-            let height = i64_of(block.height, "block height")?;
-            execute!(
-                c,
-                "INSERT INTO sbtc_signer.stacks_blocks (block_hash, block_height, parent_hash, bitcoin_anchor) \
-                 VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
-                &[
-                    &block.hash.as_bytes().as_slice(),
-                    &height,
-                    &block.parent_hash.as_bytes().as_slice(),
-                    &block.bitcoin_anchor.as_byte_array().as_slice()
-                ]
-            );
+            insert_stacks_block(&c, block).await
+        })
+        .await
+    }
+
+    async fn write_stacks_block_events(
+        &self,
+        block: &StacksBlock,
+        events: &[RegistryEventRecord],
+    ) -> Result<()> {
+        for e in events {
+            e.check(block, "write_stacks_block_events")?;
+        }
+        self.run("write_stacks_block_events", |mut c| async move {
+            let tx = c.transaction().await?;
+            insert_stacks_block(&tx, block).await?;
+            for e in events {
+                let request_id = e.request_id.map(|id| i64_of(id, "request id")).transpose()?;
+                let (deposit_txid, deposit_vout) = match &e.deposit {
+                    Some(op) => (
+                        Some(op.txid.as_byte_array().to_vec()),
+                        Some(i64::from(op.vout)),
+                    ),
+                    None => (None, None),
+                };
+                execute!(
+                    tx,
+                    "INSERT INTO sbtc_signer.stacks_registry_events (block_hash, txid, event_index, \
+                     position, topic, request_id, deposit_txid, deposit_output_index, raw_value) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT DO NOTHING",
+                    &[
+                        &e.block_hash.as_bytes().as_slice(),
+                        &e.txid.as_bytes().as_slice(),
+                        &i64::from(e.event_index),
+                        &i64::from(e.position),
+                        &e.topic.as_str(),
+                        &request_id,
+                        &deposit_txid,
+                        &deposit_vout,
+                        &e.raw_value.as_slice()
+                    ]
+                );
+            }
+            tx.commit().await?;
             Ok(())
         })
         .await
