@@ -520,11 +520,7 @@ fn write_stacks_seeds() {
             request_id: 4,
             signer_bitmap: 0b10,
         }),
-        SignerCall::RotateKeys(RotateKeys {
-            new_keys: keys.clone(),
-            new_aggregate_key: keys[0],
-            new_threshold: 2,
-        }),
+        SignerCall::RotateKeys(RotateKeys::new(keys.clone(), keys[0], 2)),
     ];
     for (i, call) in calls.iter().enumerate() {
         let tx = account.unsigned_call(

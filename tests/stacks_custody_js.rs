@@ -48,11 +48,7 @@ fn calls(set: &[PublicKey]) -> Vec<SignerCall> {
             request_id: 8,
             signer_bitmap: 0b110,
         }),
-        SignerCall::RotateKeys(RotateKeys {
-            new_keys: set.to_vec(),
-            new_aggregate_key: set[0],
-            new_threshold: 2,
-        }),
+        SignerCall::RotateKeys(RotateKeys::new(set.to_vec(), set[0], 2)),
     ]
 }
 

@@ -193,11 +193,7 @@ async fn three_backends_rotate_then_mint_through_the_node_and_the_observer_keeps
             burn_height,
             sweep_txid: Txid::from_byte_array([0x43; 32]),
         },
-        rotation: RotateKeys {
-            new_keys: set.clone(),
-            new_aggregate_key: aggregate,
-            new_threshold: 3,
-        },
+        rotation: RotateKeys::new(set.clone(), aggregate, 3),
     };
     let ctx = |account: &SignerAccount| {
         let account = account.clone();

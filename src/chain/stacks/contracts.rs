@@ -75,6 +75,19 @@ pub struct RotateKeys {
     pub new_threshold: u16,
 }
 
+impl RotateKeys {
+    /// A rotation to `keys` (sorted here by their 33-byte form: the contract derives the new
+    /// signers' principal from the keys in the order given, and the signers' account sorts them).
+    pub fn new(mut keys: Vec<PublicKey>, aggregate_key: PublicKey, threshold: u16) -> RotateKeys {
+        keys.sort_by_key(|k| k.serialize());
+        RotateKeys {
+            new_keys: keys,
+            new_aggregate_key: aggregate_key,
+            new_threshold: threshold,
+        }
+    }
+}
+
 /// One of the signers' contract calls.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SignerCall {
@@ -536,6 +549,17 @@ pub async fn check(
                     ),
                 });
             }
+            if c.new_keys
+                .windows(2)
+                .any(|w| w[0].serialize() >= w[1].serialize())
+            {
+                return Err(CallRefusal::BadArguments {
+                    function: "rotate-keys-wrapper",
+                    detail: "the new keys are not in ascending order of their 33-byte form: the \
+                             contract would derive a principal the new set cannot sign for"
+                        .into(),
+                });
+            }
             SignerAccount::new(c.new_keys.clone(), c.new_threshold).map_err(|e| {
                 CallRefusal::BadArguments {
                     function: "rotate-keys-wrapper",
@@ -645,11 +669,11 @@ mod tests {
             }))
         }
         async fn rotate_keys(&self, k: &PublicKey) -> Result<Rebuilt<RotateKeys>, String> {
-            Ok(Rebuilt::Ready(RotateKeys {
-                new_keys: vec![key(1), key(2), key(3)],
-                new_aggregate_key: *k,
-                new_threshold: 2,
-            }))
+            Ok(Rebuilt::Ready(RotateKeys::new(
+                vec![key(1), key(2), key(3)],
+                *k,
+                2,
+            )))
         }
     }
 
@@ -675,11 +699,8 @@ mod tests {
         let c = ctx();
         let call = SignerCall::CompleteDeposit(deposit());
         assert_eq!(verdict(&build(&c, &call, 1_000)).await.unwrap(), call);
-        let rotate = SignerCall::RotateKeys(RotateKeys {
-            new_keys: vec![key(1), key(2), key(3)],
-            new_aggregate_key: key(8),
-            new_threshold: 2,
-        });
+        let rotate =
+            SignerCall::RotateKeys(RotateKeys::new(vec![key(1), key(2), key(3)], key(8), 2));
         assert_eq!(verdict(&build(&c, &rotate, 1_000)).await.unwrap(), rotate);
     }
 
@@ -783,11 +804,11 @@ mod tests {
     #[tokio::test]
     async fn a_rotation_outside_the_contracts_rule_and_an_unreadable_view_are_refused() {
         let c = ctx();
-        let rotate = SignerCall::RotateKeys(RotateKeys {
-            new_keys: vec![key(1), key(2), key(3), key(4)],
-            new_aggregate_key: key(8),
-            new_threshold: 2,
-        });
+        let rotate = SignerCall::RotateKeys(RotateKeys::new(
+            vec![key(1), key(2), key(3), key(4)],
+            key(8),
+            2,
+        ));
         let e = verdict(&build(&c, &rotate, 1_000)).await.unwrap_err();
         assert!(
             matches!(
@@ -799,6 +820,12 @@ mod tests {
             ),
             "{e:?}"
         );
+        let mut keys = RotateKeys::new(vec![key(1), key(2), key(3)], key(8), 2);
+        keys.new_keys.reverse();
+        let e = verdict(&build(&c, &SignerCall::RotateKeys(keys), 1_000))
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("not in ascending order"), "{e}");
         let accept = SignerCall::AcceptWithdrawal(AcceptWithdrawal {
             request_id: 1,
             bitcoin_txid: Txid::from_byte_array([3; 32]),

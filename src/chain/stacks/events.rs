@@ -142,9 +142,9 @@ impl RegistryEvent {
                 ("bitcoin-txid", txid(&outpoint.txid)),
                 ("output-index", Value::UInt(outpoint.vout.into())),
                 ("amount", Value::UInt((*amount).into())),
-                ("burn-hash", hash(&burn_hash)),
+                ("burn-hash", hash(burn_hash)),
                 ("burn-height", Value::UInt((*burn_height).into())),
-                ("sweep-txid", txid(&sweep_txid)),
+                ("sweep-txid", txid(sweep_txid)),
             ]),
             RegistryEvent::WithdrawalCreate {
                 request_id,
@@ -174,13 +174,13 @@ impl RegistryEvent {
             } => Value::tuple([
                 ("topic", topic),
                 ("request-id", Value::UInt((*request_id).into())),
-                ("bitcoin-txid", txid(&bitcoin_txid)),
+                ("bitcoin-txid", txid(bitcoin_txid)),
                 ("signer-bitmap", Value::UInt(*signer_bitmap)),
                 ("output-index", Value::UInt((*output_index).into())),
                 ("fee", Value::UInt((*fee).into())),
-                ("burn-hash", hash(&burn_hash)),
+                ("burn-hash", hash(burn_hash)),
                 ("burn-height", Value::UInt((*burn_height).into())),
-                ("sweep-txid", txid(&sweep_txid)),
+                ("sweep-txid", txid(sweep_txid)),
             ]),
             RegistryEvent::WithdrawalReject {
                 request_id,
