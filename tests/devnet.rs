@@ -100,6 +100,12 @@ fn devnet_forms_a_verified_threshold_key_signs_the_batch_and_leaves_no_process()
     assert!(hex::decode(key).is_ok(), "{key}");
     assert!(out.contains("verified by all 3 signers"), "{out}");
     assert!(out.contains("signatures verified: 5/5"), "{out}");
+    assert!(
+        out.contains(
+            "stacks: every signer read the sBTC registry's signer set (3 keys, threshold 2) from the Stacks node"
+        ),
+        "{out}"
+    );
 
     // Every signer agrees on the key, and its shares were verified.
     for i in 0..3 {

@@ -20,6 +20,8 @@ use zeroize::Zeroizing;
 
 use super::demo::{self, RunResult};
 use super::regtest::{RegtestNode, RegtestOptions, RpcAuth};
+use super::stacks::{StacksNode, StacksNodeOptions};
+use crate::chain::stacks::address::StacksNetwork;
 use crate::{config::Config, node::Shutdown, signing::DkgId};
 
 /// Where each devnet signer keeps its keys.
@@ -322,6 +324,52 @@ pub async fn run(opts: ClusterOptions) -> Result<ExitCode, Box<dyn std::error::E
         toml_str(&regtest.rpc_url()),
         path_str(&cookie)?
     );
+    // The devnet's Stacks: our Stacks node, anchored to the regtest chain, whose sBTC registry
+    // starts with the signers as the bootstrap set; as in the official devnet, the deployer is
+    // their multisig account, funded for fees.
+    let identities = signers
+        .iter()
+        .map(|s| {
+            hex::decode(&s.identity)
+                .ok()
+                .and_then(|b| secp256k1::PublicKey::from_slice(&b).ok())
+                .ok_or_else(|| format!("signer identity {} is not a public key", s.identity))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let stacks_bitcoin = crate::chain::bitcoin::rpc::BitcoindRpc::with_auth(
+        &regtest.rpc_url(),
+        crate::chain::bitcoin::rpc::RpcAuth::Cookie(cookie.clone()),
+        Duration::from_secs(10),
+        3,
+    )?;
+    let mut stacks_options = StacksNodeOptions::new(
+        std::sync::Arc::new(stacks_bitcoin),
+        identities.clone(),
+        t as u16,
+    );
+    let mut sorted = identities.clone();
+    sorted.sort_by_key(|k| k.serialize());
+    let signers_principal =
+        super::stacks::multisig_principal(StacksNetwork::Testnet, &sorted, t as u16);
+    stacks_options.balances = vec![(signers_principal.clone(), 100_000_000)];
+    stacks_options.poll_interval = Duration::from_millis(500);
+    let stacks = StacksNode::start(stacks_options).await?;
+    if *stacks.deployer() != signers_principal {
+        return Err(format!(
+            "the Stacks node's deployer {} is not the signers' account {signers_principal}",
+            stacks.deployer()
+        )
+        .into());
+    }
+    println!(
+        "stacks: our Stacks node on {}, deployer and signers' account {signers_principal} ({t} of {n})",
+        stacks.rpc_url()
+    );
+    let bitcoin_section = format!(
+        "{bitcoin_section}[stacks]\nnode_url = {}\ndeployer = {}\n",
+        toml_str(&stacks.rpc_url()),
+        toml_str(&stacks.deployer().to_string())
+    );
     for s in &signers {
         fs::write(
             &s.config,
@@ -405,7 +453,8 @@ pub async fn run(opts: ClusterOptions) -> Result<ExitCode, Box<dyn std::error::E
     }
 
     // 4. Check the results here, independently of the signers.
-    let code = report(&signers, opts.batch, &work, &tip)?;
+    let code = report(&signers, opts.batch, &work, &tip, &identities, t)?;
+    stacks.stop().await;
     regtest.stop().await;
     Ok(code)
 }
@@ -598,6 +647,8 @@ fn report(
     batch: usize,
     work: &Path,
     tip: &bitcoin::BlockHash,
+    identities: &[secp256k1::PublicKey],
+    threshold: u32,
 ) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let mut results = Vec::with_capacity(signers.len());
     for s in signers {
@@ -627,6 +678,34 @@ fn report(
         eprintln!(
             "only {on_tip} of {} signers ran on the regtest node's tip {tip}",
             results.len()
+        );
+        ok = false;
+    }
+    // Every signer read the registry's bootstrap set from the Stacks node, sorted as the
+    // signers' multisig account orders it.
+    let mut expected_set: Vec<String> = identities
+        .iter()
+        .map(|k| hex::encode(k.serialize()))
+        .collect();
+    expected_set.sort();
+    let read_set = results
+        .iter()
+        .filter(|r| {
+            r.stacks.as_ref().is_some_and(|s| {
+                s.signer_set == expected_set && s.threshold == Some(threshold as u16)
+            })
+        })
+        .count();
+    if read_set == results.len() {
+        println!(
+            "stacks: every signer read the sBTC registry's signer set ({} keys, threshold {threshold}) from the Stacks node",
+            expected_set.len()
+        );
+    } else {
+        eprintln!(
+            "only {read_set} of {} signers read the registry's signer set ({} keys, threshold {threshold}) from the Stacks node",
+            results.len(),
+            expected_set.len()
         );
         ok = false;
     }

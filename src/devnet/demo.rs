@@ -140,6 +140,17 @@ pub struct DemoSignature {
     pub signature: String,
 }
 
+/// What a signer read from the sBTC registry on its Stacks node at start.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StacksReading {
+    pub tip_height: u64,
+    /// The registry's current signer set (hex, as the registry holds them).
+    pub signer_set: Vec<String>,
+    pub threshold: Option<u16>,
+    pub aggregate_key: Option<String>,
+    pub signer_principal: String,
+}
+
 /// What `run --result-file` writes.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct RunResult {
@@ -171,6 +182,9 @@ pub struct RunResult {
     /// counted until the process stopped.
     #[serde(default)]
     pub custody_calls: std::collections::BTreeMap<String, u64>,
+    /// The sBTC registry as this signer read it at start, when `[stacks]` is configured.
+    #[serde(default)]
+    pub stacks: Option<StacksReading>,
 }
 
 pub fn kind_name(kind: SpendKind) -> &'static str {

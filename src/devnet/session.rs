@@ -42,6 +42,8 @@ pub struct SessionParams {
     pub exit_when_done: bool,
     /// Where peers' deposit announcements go (the node's intake), when `[api]` runs.
     pub deposit_sink: Option<crate::api::DepositSink>,
+    /// What this signer read from the sBTC registry at start (`[stacks]`), for the result file.
+    pub stacks: Option<super::demo::StacksReading>,
 }
 
 /// This signer's part of the newest verified DKG of `set`, from storage: what lets a restarted
@@ -242,6 +244,7 @@ pub async fn run_session(node: Arc<PeerNode>, p: SessionParams) -> Result<RunRes
         signatures: Vec::new(),
         signatures_verified: 0,
         custody_calls: Default::default(),
+        stacks: p.stacks.clone(),
     };
 
     if me == coordinator {

@@ -58,31 +58,72 @@ pub struct StacksParts {
     pub settings: StacksSettings,
 }
 
-/// Reads the stacks-node's tip once and logs it. A node on the wrong network stops the start;
-/// an unreachable one is a warning (the observer still takes events, and calls retry).
-async fn check_stacks(stacks: &StacksParts) -> Result<(), NodeError> {
-    match crate::chain::stacks::rpc::check_network(
+/// Reads the stacks-node's tip and the sBTC registry's signer data once and logs them. A node on
+/// the wrong network stops the start; an unreachable one, or a registry that cannot be read, is a
+/// warning (the observer still takes events, and calls retry).
+async fn check_stacks(
+    stacks: &StacksParts,
+) -> Result<Option<crate::devnet::demo::StacksReading>, NodeError> {
+    let info = match crate::chain::stacks::rpc::check_network(
         stacks.client.as_ref(),
         stacks.settings.network,
     )
     .await
     {
-        Ok(info) => eprintln!(
-            "stacks: {} at height {}, tip {}, burn height {} ({})",
-            stacks.settings.node_url,
-            info.stacks_tip_height,
-            info.stacks_tip_id(),
-            info.burn_block_height,
-            info.server_version
-        ),
-        Err(e) if e.kind == crate::chain::stacks::ErrorKind::WrongNetwork => {
-            return Err(e.into())
+        Ok(info) => {
+            eprintln!(
+                "stacks: {} at height {}, tip {}, burn height {} ({})",
+                stacks.settings.node_url,
+                info.stacks_tip_height,
+                info.stacks_tip_id(),
+                info.burn_block_height,
+                info.server_version
+            );
+            info
         }
-        Err(e) => eprintln!(
-            "warning: {e}; the signer starts anyway, check that the stacks-node is running and              [stacks] node_url"
-        ),
+        Err(e) if e.kind == crate::chain::stacks::ErrorKind::WrongNetwork => return Err(e.into()),
+        Err(e) => {
+            eprintln!(
+                "warning: {e}; the signer starts anyway, check that the stacks-node is running and \
+                 [stacks] node_url"
+            );
+            return Ok(None);
+        }
+    };
+    match stacks
+        .client
+        .get_current_signer_data(&stacks.settings.deployer)
+        .await
+    {
+        Ok(data) => {
+            let aggregate = data.aggregate_key.map(|k| hex::encode(k.serialize()));
+            eprintln!(
+                "stacks registry: signer set of {} keys, threshold {}, aggregate key {}, signers' principal {}",
+                data.signer_set.len(),
+                data.threshold.map_or("-".into(), |t| t.to_string()),
+                aggregate.as_deref().unwrap_or("none yet"),
+                data.signer_principal
+            );
+            Ok(Some(crate::devnet::demo::StacksReading {
+                tip_height: info.stacks_tip_height,
+                signer_set: data
+                    .signer_set
+                    .iter()
+                    .map(|k| hex::encode(k.serialize()))
+                    .collect(),
+                threshold: data.threshold,
+                aggregate_key: aggregate,
+                signer_principal: data.signer_principal.to_string(),
+            }))
+        }
+        Err(e) => {
+            eprintln!(
+                "warning: cannot read the sBTC registry of {}: {e}; check [stacks] deployer",
+                stacks.settings.deployer
+            );
+            Ok(None)
+        }
     }
-    Ok(())
 }
 
 /// Checks the node's network, reads its tip, and starts the block observer. Returns the tip
@@ -148,6 +189,7 @@ pub async fn run(
     let stop_tasks = tokio_util::sync::CancellationToken::new();
     let _stop_on_exit = stop_tasks.clone().drop_guard();
     let mut chain_height = 0;
+    let mut stacks_reading = None;
     if let Some(bitcoin) = &bitcoin {
         let ((tip, height), _observer) =
             start_bitcoin(bitcoin, storage.clone(), stop_tasks.clone()).await?;
@@ -160,10 +202,11 @@ pub async fn run(
             bitcoin.config.rpc_url
         );
         if let Some(stacks) = &bitcoin.stacks {
-            check_stacks(stacks).await?;
+            stacks_reading = check_stacks(stacks).await?;
             if bitcoin.api.is_none() {
                 eprintln!(
-                    "warning: [stacks] is set but [api] is not, so there is no event observer                      (POST /new_block) and this signer sees no sBTC events; add [api]"
+                    "warning: [stacks] is set but [api] is not, so there is no event observer \
+                     (POST /new_block) and this signer sees no sBTC events; add [api]"
                 );
             }
         }
@@ -187,6 +230,7 @@ pub async fn run(
         demo_participation: opts.demo_participation,
         exit_when_done: opts.exit_when_done,
         deposit_sink: None,
+        stacks: stacks_reading,
     };
     let mut params = params;
     let mut api = None;
