@@ -21,6 +21,7 @@ use zeroize::Zeroizing;
 
 use super::client::*;
 use super::config::{parse_network, BitcoinConfig};
+use crate::chain::http::{self, error_chain};
 
 /// How the client proves itself to bitcoind.
 #[derive(Clone)]
@@ -420,47 +421,21 @@ impl BitcoindRpc {
     }
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let s_text = s.to_string();
-        if !text.contains(&s_text) {
-            text.push_str(": ");
-            text.push_str(&s_text);
-        }
-        source = s.source();
-    }
-    text
-}
-
-async fn read_limited(mut response: reqwest::Response, method: &'static str) -> Result<Vec<u8>> {
-    let mut body = Vec::new();
-    loop {
-        match response.chunk().await {
-            Ok(Some(chunk)) => {
-                if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
-                    return Err(Error::new(
-                        method,
-                        ErrorKind::BadResponse,
-                        format!("answer larger than {MAX_RESPONSE_BYTES} bytes"),
-                    ));
-                }
-                body.extend_from_slice(&chunk);
-            }
-            Ok(None) => return Ok(body),
-            Err(e) => {
-                return Err(Error::new(
-                    method,
-                    ErrorKind::Unreachable,
-                    format!(
-                        "connection lost while reading the answer: {}",
-                        error_chain(&e)
-                    ),
-                ))
-            }
-        }
-    }
+async fn read_limited(response: reqwest::Response, method: &'static str) -> Result<Vec<u8>> {
+    http::read_limited(response, MAX_RESPONSE_BYTES)
+        .await
+        .map_err(|e| match e {
+            http::BodyError::TooLarge => Error::new(
+                method,
+                ErrorKind::BadResponse,
+                format!("answer larger than {MAX_RESPONSE_BYTES} bytes"),
+            ),
+            http::BodyError::Broken(why) => Error::new(
+                method,
+                ErrorKind::Unreachable,
+                format!("connection lost while reading the answer: {why}"),
+            ),
+        })
 }
 
 fn parse_hash<T: FromStr>(method: &'static str, text: &str) -> Result<T>

@@ -218,7 +218,9 @@ impl SignerAccount {
             });
         }
         let mut signed = tx.clone();
-        let cond = signed.multisig_mut().expect("checked above");
+        let Some(cond) = signed.multisig_mut() else {
+            return Err(AssembleError::NotOurAccount);
+        };
         cond.fields = self
             .keys
             .iter()

@@ -19,6 +19,7 @@ use super::clarity::Value;
 use super::client::*;
 use super::config::StacksSettings;
 use super::transaction::{Payload, StacksTransaction};
+use crate::chain::http::{self, error_chain};
 use crate::storage::StacksTxid;
 
 /// The longest answer read from the node: a read-only call's result is at most 1 MiB of
@@ -193,49 +194,17 @@ pub fn parse_node_url(url: &str) -> std::result::Result<reqwest::Url, String> {
     Ok(parsed)
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let s_text = s.to_string();
-        if !text.contains(&s_text) {
-            text.push_str(": ");
-            text.push_str(&s_text);
-        }
-        source = s.source();
-    }
-    text
-}
-
-async fn read_limited(mut response: reqwest::Response, endpoint: &'static str) -> Result<Vec<u8>> {
-    if response
-        .content_length()
-        .is_some_and(|n| n > MAX_RESPONSE_BYTES as u64)
-    {
-        return Err(too_large(endpoint));
-    }
-    let mut body = Vec::new();
-    loop {
-        match response.chunk().await {
-            Ok(Some(chunk)) => {
-                if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
-                    return Err(too_large(endpoint));
-                }
-                body.extend_from_slice(&chunk);
-            }
-            Ok(None) => return Ok(body),
-            Err(e) => {
-                return Err(Error::new(
-                    endpoint,
-                    ErrorKind::Unreachable,
-                    format!(
-                        "the connection broke while reading the answer: {}",
-                        error_chain(&e)
-                    ),
-                ))
-            }
-        }
-    }
+async fn read_limited(response: reqwest::Response, endpoint: &'static str) -> Result<Vec<u8>> {
+    http::read_limited(response, MAX_RESPONSE_BYTES)
+        .await
+        .map_err(|e| match e {
+            http::BodyError::TooLarge => too_large(endpoint),
+            http::BodyError::Broken(why) => Error::new(
+                endpoint,
+                ErrorKind::Unreachable,
+                format!("the connection broke while reading the answer: {why}"),
+            ),
+        })
 }
 
 fn too_large(endpoint: &'static str) -> Error {

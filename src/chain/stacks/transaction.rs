@@ -480,7 +480,7 @@ impl StacksTransaction {
         };
         r.expect("auth type", AUTH_STANDARD)?;
         let hash_mode = r.byte()?;
-        let signer: [u8; 20] = r.take(20)?.try_into().expect("20");
+        let signer: [u8; 20] = r.array()?;
         let nonce = r.u64()?;
         let fee = r.u64()?;
         let auth = match hash_mode {
@@ -490,7 +490,7 @@ impl StacksTransaction {
                     signer,
                     nonce,
                     fee,
-                    signature: r.take(65)?.try_into().expect("65"),
+                    signature: r.array()?,
                 })
             }
             HASH_MODE_P2SH_NON_SEQUENTIAL => {
@@ -508,9 +508,7 @@ impl StacksTransaction {
                             PublicKey::from_slice(r.take(33)?)
                                 .map_err(|_| TransactionError::Malformed)?,
                         ),
-                        FIELD_SIGNATURE_COMPRESSED => {
-                            AuthField::Signature(r.take(65)?.try_into().expect("65"))
-                        }
+                        FIELD_SIGNATURE_COMPRESSED => AuthField::Signature(r.array()?),
                         other => {
                             return Err(TransactionError::Unsupported {
                                 what: "auth field type",
@@ -519,7 +517,7 @@ impl StacksTransaction {
                         }
                     });
                 }
-                let signatures_required = u16::from_be_bytes(r.take(2)?.try_into().expect("2"));
+                let signatures_required = u16::from_be_bytes(r.array()?);
                 SpendingCondition::Multisig(MultisigCondition {
                     signer,
                     nonce,
@@ -564,7 +562,7 @@ impl StacksTransaction {
         let payload = match r.byte()? {
             PAYLOAD_CONTRACT_CALL => {
                 let address_version = r.byte()?;
-                let address_hash: [u8; 20] = r.take(20)?.try_into().expect("20");
+                let address_hash: [u8; 20] = r.array()?;
                 let contract_name = r.name()?;
                 let function_name = r.name()?;
                 let argc = r.u32()? as usize;
@@ -631,14 +629,19 @@ impl<'a> Reader<'a> {
         self.at = end;
         Ok(s)
     }
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], TransactionError> {
+        let mut out = [0u8; N];
+        out.copy_from_slice(self.take(N)?);
+        Ok(out)
+    }
     fn byte(&mut self) -> Result<u8, TransactionError> {
         Ok(self.take(1)?[0])
     }
     fn u32(&mut self) -> Result<u32, TransactionError> {
-        Ok(u32::from_be_bytes(self.take(4)?.try_into().expect("4")))
+        Ok(u32::from_be_bytes(self.array()?))
     }
     fn u64(&mut self) -> Result<u64, TransactionError> {
-        Ok(u64::from_be_bytes(self.take(8)?.try_into().expect("8")))
+        Ok(u64::from_be_bytes(self.array()?))
     }
     fn expect(&mut self, what: &'static str, want: u8) -> Result<(), TransactionError> {
         match self.byte()? {
