@@ -200,6 +200,12 @@ struct Reader<'a> {
 }
 
 impl<'a> Reader<'a> {
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], ClarityError> {
+        let mut out = [0u8; N];
+        out.copy_from_slice(self.take(N)?);
+        Ok(out)
+    }
+
     fn take(&mut self, n: usize) -> Result<&'a [u8], ClarityError> {
         let end = self
             .at
@@ -232,8 +238,8 @@ impl<'a> Reader<'a> {
         let at = self.at;
         let kind = self.byte()?;
         Ok(match kind {
-            INT => Value::Int(i128::from_be_bytes(self.take(16)?.try_into().expect("16"))),
-            UINT => Value::UInt(u128::from_be_bytes(self.take(16)?.try_into().expect("16"))),
+            INT => Value::Int(i128::from_be_bytes(self.array()?)),
+            UINT => Value::UInt(u128::from_be_bytes(self.array()?)),
             TRUE => Value::Bool(true),
             FALSE => Value::Bool(false),
             BUFFER => {
@@ -295,7 +301,9 @@ impl<'a> Reader<'a> {
                 {
                     return Err(ClarityError::NotAscii);
                 }
-                Value::StringAscii(String::from_utf8(b.to_vec()).expect("ascii"))
+                Value::StringAscii(
+                    String::from_utf8(b.to_vec()).map_err(|_| ClarityError::NotAscii)?,
+                )
             }
             UTF8 => {
                 let n = self.len()?;
