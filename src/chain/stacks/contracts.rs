@@ -88,6 +88,31 @@ impl RotateKeys {
     }
 }
 
+/// One entry of `sbtc-withdrawal.complete-withdrawals`: the withdrawal was paid (the entry's
+/// `status` is true) or will not be (false).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WithdrawalOutcome {
+    Accept(AcceptWithdrawal),
+    Reject(RejectWithdrawal),
+}
+
+impl WithdrawalOutcome {
+    pub fn request_id(&self) -> u64 {
+        match self {
+            WithdrawalOutcome::Accept(a) => a.request_id,
+            WithdrawalOutcome::Reject(r) => r.request_id,
+        }
+    }
+
+    /// The single call that settles this withdrawal alone.
+    pub fn into_call(self) -> SignerCall {
+        match self {
+            WithdrawalOutcome::Accept(a) => SignerCall::AcceptWithdrawal(a),
+            WithdrawalOutcome::Reject(r) => SignerCall::RejectWithdrawal(r),
+        }
+    }
+}
+
 /// One of the signers' contract calls.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SignerCall {
@@ -95,14 +120,22 @@ pub enum SignerCall {
     AcceptWithdrawal(AcceptWithdrawal),
     RejectWithdrawal(RejectWithdrawal),
     RotateKeys(RotateKeys),
+    /// `sbtc-deposit.complete-deposits-wrapper`: 2 to [`MAX_BATCH_DEPOSITS`] deposits, sorted by
+    /// outpoint, in one call (one multisig signature per signer for all of them).
+    CompleteDeposits(Vec<CompleteDeposit>),
+    /// `sbtc-withdrawal.complete-withdrawals`: 2 to [`MAX_BATCH_WITHDRAWALS`] accepts and
+    /// rejects, sorted by request id, in one call.
+    CompleteWithdrawals(Vec<WithdrawalOutcome>),
 }
 
-/// What a call is about: the request it completes, or the rotation.
+/// What a call is about: the request it completes, the rotation, or a batch's requests.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CallSubject {
     Deposit(OutPoint),
     Withdrawal(u64),
     Rotation(PublicKey),
+    /// The entries of a batch call, in the call's order.
+    Batch(Vec<CallSubject>),
 }
 
 impl std::fmt::Display for CallSubject {
@@ -111,6 +144,53 @@ impl std::fmt::Display for CallSubject {
             CallSubject::Deposit(o) => write!(f, "deposit {o}"),
             CallSubject::Withdrawal(id) => write!(f, "withdrawal {id}"),
             CallSubject::Rotation(k) => write!(f, "rotation to aggregate key {k}"),
+            // A batch can name 600 requests: the count, the first and the last are enough to
+            // find it in a log.
+            CallSubject::Batch(entries) => match entries.as_slice() {
+                [] => f.write_str("an empty batch"),
+                [one] => write!(f, "a batch of 1: {one}"),
+                [first, .., last] => {
+                    write!(f, "a batch of {}: {first} … {last}", entries.len())
+                }
+            },
+        }
+    }
+}
+
+/// The most entries `complete-deposits-wrapper` takes: its argument is `(list 500 ...)`.
+pub const MAX_BATCH_DEPOSITS: usize = 500;
+/// The most entries `complete-withdrawals` takes: its argument is `(list 600 ...)`.
+pub const MAX_BATCH_WITHDRAWALS: usize = 600;
+/// The most bytes the one list argument of a batch call may serialize to. A stacks-node takes
+/// transactions of up to 2 MiB and Clarity values of up to 1 MiB; a quarter of a MiB keeps a
+/// batch well inside both with room for a 150-key multisig's signatures. Full batches fit under
+/// it even at their largest (an entry is 255 bytes a deposit to a standard principal, 384 to a
+/// 128-character contract name, 301 an accept: 500 × 384 ≈ 192 kB, 600 × 301 ≈ 181 kB), so it
+/// is a guard, binding only with smaller [`BatchLimits::argument_bytes`].
+pub const MAX_BATCH_ARGUMENT_BYTES: usize = 256 * 1024;
+
+/// sbtc-deposit's error for entry `i` of a batch that failed: `(err (+ u303 u10 i))`. The whole
+/// call fails; the entry's own error code is not returned.
+pub const ERR_DEPOSIT_BATCH_ENTRY_BASE: u128 = 313;
+/// sbtc-withdrawal's error for entry `i` of a batch that failed: `(err (+ u507 u10 i))`.
+pub const ERR_WITHDRAWAL_BATCH_ENTRY_BASE: u128 = 517;
+
+/// How [`batch_calls_with`] splits requests into calls. Values above the contracts' list limits
+/// or [`MAX_BATCH_ARGUMENT_BYTES`] are lowered to them (a signer refuses a batch beyond those);
+/// zero counts as one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BatchLimits {
+    pub deposits: usize,
+    pub withdrawals: usize,
+    pub argument_bytes: usize,
+}
+
+impl Default for BatchLimits {
+    fn default() -> Self {
+        BatchLimits {
+            deposits: MAX_BATCH_DEPOSITS,
+            withdrawals: MAX_BATCH_WITHDRAWALS,
+            argument_bytes: MAX_BATCH_ARGUMENT_BYTES,
         }
     }
 }
@@ -155,6 +235,18 @@ pub enum CallRefusal {
     )]
     Mismatch {
         function: &'static str,
+        field: &'static str,
+        ours: String,
+        theirs: String,
+    },
+    #[error(
+        "{function}: entry {entry} ({subject}): {field} is {theirs} in the proposal, {ours} in this signer's view"
+    )]
+    EntryMismatch {
+        function: &'static str,
+        /// 1-based, as a reader counts (the contract's error code uses the 0-based index).
+        entry: usize,
+        subject: String,
         field: &'static str,
         ours: String,
         theirs: String,
@@ -222,6 +314,20 @@ const ACCEPT_ARGS: [&str; 8] = [
     "sweep-txid",
 ];
 const REJECT_ARGS: [&str; 2] = ["request-id", "signer-bitmap"];
+/// The fields of a `complete-withdrawals` entry, in the contract's declaration order.
+const WITHDRAWAL_FIELDS: [&str; 9] = [
+    "request-id",
+    "status",
+    "signer-bitmap",
+    "bitcoin-txid",
+    "output-index",
+    "fee",
+    "burn-hash",
+    "burn-height",
+    "sweep-txid",
+];
+const DEPOSITS_ARGS: [&str; 1] = ["deposits"];
+const WITHDRAWALS_ARGS: [&str; 1] = ["withdrawals"];
 const ROTATE_ARGS: [&str; 3] = [
     "new-keys",
     "new-aggregate-pubkey",
@@ -236,12 +342,80 @@ fn uint(n: impl Into<u128>) -> Value {
     Value::UInt(n.into())
 }
 
+/// `complete-deposit-wrapper`'s arguments, which are also a batch entry's fields.
+fn deposit_args(c: &CompleteDeposit) -> Vec<Value> {
+    vec![
+        buf32(to_clarity_bytes(&c.outpoint.txid)),
+        uint(c.outpoint.vout),
+        uint(c.amount),
+        Value::Principal(c.recipient.clone()),
+        buf32(to_clarity_bytes(&c.burn_hash)),
+        uint(c.burn_height),
+        buf32(to_clarity_bytes(&c.sweep_txid)),
+    ]
+}
+
+/// A deposit's fields in the contract's declaration order (names and values).
+fn deposit_fields(c: &CompleteDeposit) -> Vec<(&'static str, Value)> {
+    DEPOSIT_ARGS.into_iter().zip(deposit_args(c)).collect()
+}
+
+fn deposit_tuple(c: &CompleteDeposit) -> Value {
+    Value::Tuple(
+        deposit_fields(c)
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect(),
+    )
+}
+
+/// A withdrawal entry's fields in the contract's declaration order ([`WITHDRAWAL_FIELDS`]).
+fn withdrawal_fields(w: &WithdrawalOutcome) -> Vec<(&'static str, Value)> {
+    let values = match w {
+        WithdrawalOutcome::Accept(a) => vec![
+            uint(a.request_id),
+            Value::Bool(true),
+            uint(a.signer_bitmap),
+            Value::some(buf32(to_clarity_bytes(&a.bitcoin_txid))),
+            Value::some(uint(a.output_index)),
+            Value::some(uint(a.fee)),
+            buf32(to_clarity_bytes(&a.burn_hash)),
+            uint(a.burn_height),
+            Value::some(buf32(to_clarity_bytes(&a.sweep_txid))),
+        ],
+        WithdrawalOutcome::Reject(r) => vec![
+            uint(r.request_id),
+            Value::Bool(false),
+            uint(r.signer_bitmap),
+            Value::None,
+            Value::None,
+            Value::None,
+            buf32([0; 32]),
+            uint(0u8),
+            Value::None,
+        ],
+    };
+    WITHDRAWAL_FIELDS.into_iter().zip(values).collect()
+}
+
+fn withdrawal_tuple(w: &WithdrawalOutcome) -> Value {
+    Value::Tuple(
+        withdrawal_fields(w)
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect(),
+    )
+}
+
 impl SignerCall {
     pub fn contract_name(&self) -> &'static str {
         match self {
             SignerCall::CompleteDeposit(_) => SBTC_DEPOSIT,
-            SignerCall::AcceptWithdrawal(_) | SignerCall::RejectWithdrawal(_) => SBTC_WITHDRAWAL,
+            SignerCall::AcceptWithdrawal(_)
+            | SignerCall::RejectWithdrawal(_)
+            | SignerCall::CompleteWithdrawals(_) => SBTC_WITHDRAWAL,
             SignerCall::RotateKeys(_) => SBTC_BOOTSTRAP_SIGNERS,
+            SignerCall::CompleteDeposits(_) => SBTC_DEPOSIT,
         }
     }
 
@@ -251,6 +425,8 @@ impl SignerCall {
             SignerCall::AcceptWithdrawal(_) => "accept-withdrawal-request",
             SignerCall::RejectWithdrawal(_) => "reject-withdrawal-request",
             SignerCall::RotateKeys(_) => "rotate-keys-wrapper",
+            SignerCall::CompleteDeposits(_) => "complete-deposits-wrapper",
+            SignerCall::CompleteWithdrawals(_) => "complete-withdrawals",
         }
     }
 
@@ -260,32 +436,70 @@ impl SignerCall {
             SignerCall::AcceptWithdrawal(_) => &ACCEPT_ARGS,
             SignerCall::RejectWithdrawal(_) => &REJECT_ARGS,
             SignerCall::RotateKeys(_) => &ROTATE_ARGS,
+            SignerCall::CompleteDeposits(_) => &DEPOSITS_ARGS,
+            SignerCall::CompleteWithdrawals(_) => &WITHDRAWALS_ARGS,
         }
     }
 
+    /// What the call is about; a batch is [`CallSubject::Batch`] of its entries' subjects.
     pub fn subject(&self) -> CallSubject {
         match self {
             SignerCall::CompleteDeposit(c) => CallSubject::Deposit(c.outpoint),
             SignerCall::AcceptWithdrawal(c) => CallSubject::Withdrawal(c.request_id),
             SignerCall::RejectWithdrawal(c) => CallSubject::Withdrawal(c.request_id),
             SignerCall::RotateKeys(c) => CallSubject::Rotation(c.new_aggregate_key),
+            SignerCall::CompleteDeposits(_) | SignerCall::CompleteWithdrawals(_) => {
+                CallSubject::Batch(self.subjects())
+            }
         }
+    }
+
+    /// Every request or rotation the call settles, in the call's order: one for a single call,
+    /// each entry's for a batch (never a [`CallSubject::Batch`]).
+    pub fn subjects(&self) -> Vec<CallSubject> {
+        match self {
+            SignerCall::CompleteDeposits(ds) => ds
+                .iter()
+                .map(|d| CallSubject::Deposit(d.outpoint))
+                .collect(),
+            SignerCall::CompleteWithdrawals(ws) => ws
+                .iter()
+                .map(|w| CallSubject::Withdrawal(w.request_id()))
+                .collect(),
+            single => vec![single.subject()],
+        }
+    }
+
+    /// Which entry of this batch a failed transaction's `(err uN)` names (0-based), if it names
+    /// one: the batch contracts answer a failed entry with a code per index, and undo the whole
+    /// call.
+    pub fn failed_entry(&self, err_code: u128) -> Option<usize> {
+        let (base, len) = match self {
+            SignerCall::CompleteDeposits(ds) => (ERR_DEPOSIT_BATCH_ENTRY_BASE, ds.len()),
+            SignerCall::CompleteWithdrawals(ws) => (ERR_WITHDRAWAL_BATCH_ENTRY_BASE, ws.len()),
+            _ => return None,
+        };
+        let i = usize::try_from(err_code.checked_sub(base)?).ok()?;
+        (i < len).then_some(i)
     }
 
     /// The arguments, in the contract's order. Txids and block hashes are `(buff 32)` in the
     /// order Bitcoin tools display them (`events::to_clarity_bytes`), as the official signer
     /// sends them and as the contracts compare burn hashes.
+    ///
+    /// A batch has one argument, the list of its entries' tuples (field names as the contract
+    /// declares them). A reject entry carries `none` in the accept-only fields and a zero
+    /// burn hash and height, which the contract does not read: one canonical form, so every
+    /// signer builds the same bytes.
     pub fn args(&self) -> Vec<Value> {
         match self {
-            SignerCall::CompleteDeposit(c) => vec![
-                buf32(to_clarity_bytes(&c.outpoint.txid)),
-                uint(c.outpoint.vout),
-                uint(c.amount),
-                Value::Principal(c.recipient.clone()),
-                buf32(to_clarity_bytes(&c.burn_hash)),
-                uint(c.burn_height),
-                buf32(to_clarity_bytes(&c.sweep_txid)),
-            ],
+            SignerCall::CompleteDeposit(c) => deposit_args(c),
+            SignerCall::CompleteDeposits(ds) => {
+                vec![Value::List(ds.iter().map(deposit_tuple).collect())]
+            }
+            SignerCall::CompleteWithdrawals(ws) => {
+                vec![Value::List(ws.iter().map(withdrawal_tuple).collect())]
+            }
             SignerCall::AcceptWithdrawal(c) => vec![
                 uint(c.request_id),
                 buf32(to_clarity_bytes(&c.bitcoin_txid)),
@@ -322,7 +536,17 @@ impl SignerCall {
     }
 
     /// Reads a contract call as one of the signers' calls, naming what does not fit.
+    ///
+    /// A batch must be a list of 1 to the contract's limit of well-formed tuples, each request at
+    /// most once, in the canonical form [`SignerCall::args`] writes (an accept with every
+    /// optional field set; a reject with none of them and a zero burn block): reading and
+    /// writing a call gives back its bytes, so what a signer checks is what it signs.
     pub fn from_contract_call(call: &ContractCall) -> Result<SignerCall, CallRefusal> {
+        match (call.contract_name.as_str(), call.function_name.as_str()) {
+            (SBTC_DEPOSIT, "complete-deposits-wrapper") => return read_deposits(call),
+            (SBTC_WITHDRAWAL, "complete-withdrawals") => return read_withdrawals(call),
+            _ => {}
+        }
         let unknown = || CallRefusal::UnknownFunction {
             contract: call.contract_name.clone(),
             function: call.function_name.clone(),
@@ -400,6 +624,254 @@ impl SignerCall {
                 })
             }
         })
+    }
+}
+
+/// A value as a refusal quotes it: a hostile proposal's megabyte buffer must not fill the log.
+fn brief(v: &Value) -> String {
+    const MAX: usize = 96;
+    let text = v.to_string();
+    if text.chars().count() <= MAX {
+        return text;
+    }
+    let mut cut: String = text.chars().take(MAX).collect();
+    cut.push('…');
+    cut
+}
+
+/// A batch call's one argument, a list of `1..=max` entries.
+fn batch_list<'a>(
+    call: &'a ContractCall,
+    function: &'static str,
+    name: &str,
+    max: usize,
+) -> Result<&'a [Value], CallRefusal> {
+    let bad = |detail: String| CallRefusal::BadArguments { function, detail };
+    if call.args.len() != 1 {
+        return Err(bad(format!("{} arguments, 1 expected", call.args.len())));
+    }
+    let Value::List(items) = &call.args[0] else {
+        return Err(bad(format!(
+            "argument 1 ({name}) is `{}`, not a list",
+            brief(&call.args[0])
+        )));
+    };
+    if items.is_empty() {
+        return Err(bad("an empty batch: there is nothing to settle".into()));
+    }
+    if items.len() > max {
+        return Err(bad(format!(
+            "{} entries; the contract's list holds at most {max}",
+            items.len()
+        )));
+    }
+    Ok(items)
+}
+
+fn read_deposits(call: &ContractCall) -> Result<SignerCall, CallRefusal> {
+    let function = "complete-deposits-wrapper";
+    let items = batch_list(call, function, "deposits", MAX_BATCH_DEPOSITS)?;
+    let mut seen = std::collections::HashSet::with_capacity(items.len());
+    let mut out = Vec::with_capacity(items.len());
+    for (i, v) in items.iter().enumerate() {
+        let e = Entry::open(function, i, v, &DEPOSIT_ARGS, "deposit")?;
+        let d = CompleteDeposit {
+            outpoint: OutPoint::new(from_clarity_bytes(e.buf32("txid")?), e.uint("vout-index")?),
+            amount: e.uint("amount")?,
+            recipient: e.principal("recipient")?,
+            burn_hash: from_clarity_bytes(e.buf32("burn-hash")?),
+            burn_height: e.uint("burn-height")?,
+            sweep_txid: from_clarity_bytes(e.buf32("sweep-txid")?),
+        };
+        if !seen.insert(d.outpoint) {
+            return Err(CallRefusal::BadArguments {
+                function,
+                detail: format!(
+                    "entry {} repeats deposit {}: the contract would fail the whole batch as a replay",
+                    i + 1,
+                    d.outpoint
+                ),
+            });
+        }
+        out.push(d);
+    }
+    Ok(SignerCall::CompleteDeposits(out))
+}
+
+fn read_withdrawals(call: &ContractCall) -> Result<SignerCall, CallRefusal> {
+    let function = "complete-withdrawals";
+    let items = batch_list(call, function, "withdrawals", MAX_BATCH_WITHDRAWALS)?;
+    let mut seen = std::collections::HashSet::with_capacity(items.len());
+    let mut out = Vec::with_capacity(items.len());
+    for (i, v) in items.iter().enumerate() {
+        let e = Entry::open(function, i, v, &WITHDRAWAL_FIELDS, "withdrawal")?;
+        let request_id: u64 = e.uint("request-id")?;
+        let signer_bitmap: u128 = e.uint("signer-bitmap")?;
+        let accepted = e.boolean("status")?;
+        let bitcoin_txid = e.some_buf32("bitcoin-txid")?;
+        let output_index: Option<u32> = e.some_uint("output-index")?;
+        let fee: Option<u64> = e.some_uint("fee")?;
+        let burn_hash = e.buf32("burn-hash")?;
+        let burn_height: u64 = e.uint("burn-height")?;
+        let sweep_txid = e.some_buf32("sweep-txid")?;
+        let refuse = |why: &str| CallRefusal::BadArguments {
+            function,
+            detail: format!("entry {} (withdrawal {request_id}) {why}", i + 1),
+        };
+        let outcome = if accepted {
+            let (Some(bitcoin_txid), Some(output_index), Some(fee), Some(sweep_txid)) =
+                (bitcoin_txid, output_index, fee, sweep_txid)
+            else {
+                return Err(refuse(
+                    "accepts without all of bitcoin-txid, output-index, fee and sweep-txid: the \
+                     contract would fail the batch",
+                ));
+            };
+            WithdrawalOutcome::Accept(AcceptWithdrawal {
+                request_id,
+                bitcoin_txid: from_clarity_bytes(bitcoin_txid),
+                signer_bitmap,
+                output_index,
+                fee,
+                burn_hash: from_clarity_bytes(burn_hash),
+                burn_height,
+                sweep_txid: from_clarity_bytes(sweep_txid),
+            })
+        } else {
+            if bitcoin_txid.is_some()
+                || output_index.is_some()
+                || fee.is_some()
+                || sweep_txid.is_some()
+                || burn_hash != [0; 32]
+                || burn_height != 0
+            {
+                return Err(refuse(
+                    "rejects but carries accept fields or a burn block; the signers send none \
+                     and zeros there (the contract ignores them)",
+                ));
+            }
+            WithdrawalOutcome::Reject(RejectWithdrawal {
+                request_id,
+                signer_bitmap,
+            })
+        };
+        if !seen.insert(request_id) {
+            return Err(refuse(
+                "is named twice: the contract would fail the whole batch (already processed)",
+            ));
+        }
+        out.push(outcome);
+    }
+    Ok(SignerCall::CompleteWithdrawals(out))
+}
+
+/// One tuple entry of a batch, with exactly the contract's field names.
+struct Entry<'a> {
+    function: &'static str,
+    index: usize,
+    fields: &'a std::collections::BTreeMap<String, Value>,
+}
+
+impl<'a> Entry<'a> {
+    fn open(
+        function: &'static str,
+        index: usize,
+        v: &'a Value,
+        names: &[&str],
+        what: &str,
+    ) -> Result<Entry<'a>, CallRefusal> {
+        match v {
+            Value::Tuple(fields)
+                if fields.len() == names.len() && names.iter().all(|n| fields.contains_key(*n)) =>
+            {
+                Ok(Entry {
+                    function,
+                    index,
+                    fields,
+                })
+            }
+            other => Err(CallRefusal::BadArguments {
+                function,
+                detail: format!(
+                    "entry {} is `{}`, not a {what} tuple of exactly {}",
+                    index + 1,
+                    brief(other),
+                    names.join(", ")
+                ),
+            }),
+        }
+    }
+
+    fn get(&self, name: &str) -> &'a Value {
+        self.fields.get(name).unwrap_or(&Value::None)
+    }
+
+    fn bad(&self, name: &str) -> CallRefusal {
+        CallRefusal::BadArguments {
+            function: self.function,
+            detail: format!(
+                "entry {} field {name} is `{}`, not of the contract's type",
+                self.index + 1,
+                brief(self.get(name))
+            ),
+        }
+    }
+
+    fn buf32(&self, name: &str) -> Result<[u8; 32], CallRefusal> {
+        as_buf32(self.get(name)).ok_or_else(|| self.bad(name))
+    }
+
+    fn uint<T: TryFrom<u128>>(&self, name: &str) -> Result<T, CallRefusal> {
+        as_uint(self.get(name)).ok_or_else(|| self.bad(name))
+    }
+
+    fn boolean(&self, name: &str) -> Result<bool, CallRefusal> {
+        match self.get(name) {
+            Value::Bool(b) => Ok(*b),
+            _ => Err(self.bad(name)),
+        }
+    }
+
+    fn principal(&self, name: &str) -> Result<Principal, CallRefusal> {
+        match self.get(name) {
+            Value::Principal(p) => Ok(p.clone()),
+            _ => Err(self.bad(name)),
+        }
+    }
+
+    /// An `(optional ...)` field: None for `none`, the inner value read by `read` for `some`.
+    fn optional<T>(
+        &self,
+        name: &str,
+        read: impl Fn(&Value) -> Option<T>,
+    ) -> Result<Option<T>, CallRefusal> {
+        match self.get(name) {
+            Value::None => Ok(None),
+            Value::Some(inner) => read(inner).map(Some).ok_or_else(|| self.bad(name)),
+            _ => Err(self.bad(name)),
+        }
+    }
+
+    fn some_buf32(&self, name: &str) -> Result<Option<[u8; 32]>, CallRefusal> {
+        self.optional(name, as_buf32)
+    }
+
+    fn some_uint<T: TryFrom<u128>>(&self, name: &str) -> Result<Option<T>, CallRefusal> {
+        self.optional(name, as_uint)
+    }
+}
+
+fn as_buf32(v: &Value) -> Option<[u8; 32]> {
+    match v {
+        Value::Buffer(b) => b.as_slice().try_into().ok(),
+        _ => None,
+    }
+}
+
+fn as_uint<T: TryFrom<u128>>(v: &Value) -> Option<T> {
+    match v {
+        Value::UInt(n) => T::try_from(*n).ok(),
+        _ => None,
     }
 }
 
@@ -523,6 +995,10 @@ pub async fn check(
     let subject = theirs.subject().to_string();
     let view_err = |e: String| CallRefusal::View(e);
     let rebuilt = match &theirs {
+        SignerCall::CompleteDeposits(_) | SignerCall::CompleteWithdrawals(_) => {
+            check_batch(&theirs, view).await?;
+            return Ok(theirs);
+        }
         SignerCall::CompleteDeposit(c) => view
             .complete_deposit(&c.outpoint)
             .await
@@ -581,6 +1057,132 @@ pub async fn check(
     Ok(theirs)
 }
 
+/// A batch's own rules (at least two entries, ascending order, the size cap), then every entry
+/// rebuilt from `view` and compared field by field; the first entry that differs, is done, or
+/// is unknown to this signer refuses the whole call, by its number and subject.
+async fn check_batch(theirs: &SignerCall, view: &dyn CallView) -> Result<(), CallRefusal> {
+    let function = theirs.function_name();
+    let bad = |detail: String| CallRefusal::BadArguments { function, detail };
+    let subjects = theirs.subjects();
+    if let [only] = subjects.as_slice() {
+        return Err(bad(format!(
+            "a batch of one entry ({only}); the signers send the single call for one request"
+        )));
+    }
+    let key = |s: &CallSubject| match s {
+        CallSubject::Deposit(o) => (Some(*o), 0),
+        CallSubject::Withdrawal(id) => (None, *id),
+        _ => (None, 0),
+    };
+    if let Some(i) = subjects.windows(2).position(|w| key(&w[0]) >= key(&w[1])) {
+        return Err(bad(format!(
+            "entry {} ({}) comes after {}: entries go in ascending order (deposits by outpoint, \
+             withdrawals by request id), as every signer builds them",
+            i + 2,
+            subjects[i + 1],
+            subjects[i]
+        )));
+    }
+    let bytes: usize = theirs.args().iter().map(|a| a.serialize().len()).sum();
+    if bytes > MAX_BATCH_ARGUMENT_BYTES {
+        return Err(bad(format!(
+            "the list is {bytes} bytes, above the signers' cap of {MAX_BATCH_ARGUMENT_BYTES}; \
+             split it into smaller batches"
+        )));
+    }
+    let view_err = CallRefusal::View;
+    match theirs {
+        SignerCall::CompleteDeposits(ds) => {
+            for (i, d) in ds.iter().enumerate() {
+                let subject = CallSubject::Deposit(d.outpoint);
+                let rebuilt = view.complete_deposit(&d.outpoint).await.map_err(view_err)?;
+                let ours = ready(rebuilt, function, i, &subject)?;
+                compare_entry(
+                    function,
+                    i,
+                    &subject,
+                    deposit_fields(&ours),
+                    deposit_fields(d),
+                )?;
+            }
+        }
+        SignerCall::CompleteWithdrawals(ws) => {
+            for (i, w) in ws.iter().enumerate() {
+                let subject = CallSubject::Withdrawal(w.request_id());
+                let ours = match w {
+                    WithdrawalOutcome::Accept(a) => {
+                        let r = view
+                            .accept_withdrawal(a.request_id)
+                            .await
+                            .map_err(view_err)?;
+                        WithdrawalOutcome::Accept(ready(r, function, i, &subject)?)
+                    }
+                    WithdrawalOutcome::Reject(r) => {
+                        let r = view
+                            .reject_withdrawal(r.request_id)
+                            .await
+                            .map_err(view_err)?;
+                        WithdrawalOutcome::Reject(ready(r, function, i, &subject)?)
+                    }
+                };
+                compare_entry(
+                    function,
+                    i,
+                    &subject,
+                    withdrawal_fields(&ours),
+                    withdrawal_fields(w),
+                )?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// What this signer rebuilt for entry `i`, or why it cannot sign the batch.
+fn ready<T>(
+    rebuilt: Rebuilt<T>,
+    function: &str,
+    i: usize,
+    subject: &CallSubject,
+) -> Result<T, CallRefusal> {
+    let subject = || format!("{function} entry {} ({subject})", i + 1);
+    match rebuilt {
+        Rebuilt::Ready(t) => Ok(t),
+        Rebuilt::Done(evidence) => Err(CallRefusal::AlreadyDone {
+            subject: subject(),
+            evidence,
+        }),
+        Rebuilt::Unknown(missing) => Err(CallRefusal::Unknown {
+            subject: subject(),
+            missing,
+        }),
+    }
+}
+
+/// Names the first field where entry `i` of the proposal differs from what this signer rebuilt.
+fn compare_entry(
+    function: &'static str,
+    i: usize,
+    subject: &CallSubject,
+    ours: Vec<(&'static str, Value)>,
+    theirs: Vec<(&'static str, Value)>,
+) -> Result<(), CallRefusal> {
+    for ((field, a), (_, b)) in ours.into_iter().zip(theirs) {
+        if a != b {
+            return Err(CallRefusal::EntryMismatch {
+                function,
+                entry: i + 1,
+                subject: subject.to_string(),
+                field,
+                ours: brief(&a),
+                theirs: brief(&b),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Names the first argument where the proposal differs from what this signer rebuilt.
 fn compare(ours: &SignerCall, theirs: &SignerCall) -> Result<(), CallRefusal> {
     let function = theirs.function_name();
@@ -618,6 +1220,78 @@ impl<T> Rebuilt<T> {
             Rebuilt::Unknown(m) => Rebuilt::Unknown(m),
         }
     }
+}
+
+/// The calls that settle these requests, as the coordinator proposes them and every signer
+/// expects them: [`batch_calls_with`] the contracts' limits.
+pub fn batch_calls(
+    deposits: Vec<CompleteDeposit>,
+    outcomes: Vec<WithdrawalOutcome>,
+) -> Vec<SignerCall> {
+    batch_calls_with(BatchLimits::default(), deposits, outcomes)
+}
+
+/// Splits requests into calls: deposits sorted by outpoint and withdrawals by request id (one
+/// entry per request: a later entry for the same request is dropped, since the contract would
+/// fail the whole batch on it), each kind cut into chunks of at most `limits` entries and
+/// argument bytes; a chunk of two or more becomes one batch call, a chunk of one the single call.
+/// Deposit calls come first, then withdrawal calls, in order.
+pub fn batch_calls_with(
+    limits: BatchLimits,
+    mut deposits: Vec<CompleteDeposit>,
+    mut outcomes: Vec<WithdrawalOutcome>,
+) -> Vec<SignerCall> {
+    let bytes = limits.argument_bytes.clamp(1, MAX_BATCH_ARGUMENT_BYTES);
+    deposits.sort_by_key(|d| d.outpoint);
+    deposits.dedup_by_key(|d| d.outpoint);
+    outcomes.sort_by_key(WithdrawalOutcome::request_id);
+    outcomes.dedup_by_key(|w| w.request_id());
+    let mut calls = Vec::new();
+    let max = limits.deposits.clamp(1, MAX_BATCH_DEPOSITS);
+    for mut chunk in chunks(deposits, max, bytes, |d| deposit_tuple(d).serialize().len()) {
+        calls.push(match chunk.len() {
+            1 => SignerCall::CompleteDeposit(chunk.remove(0)),
+            _ => SignerCall::CompleteDeposits(chunk),
+        });
+    }
+    let max = limits.withdrawals.clamp(1, MAX_BATCH_WITHDRAWALS);
+    for mut chunk in chunks(outcomes, max, bytes, |w| {
+        withdrawal_tuple(w).serialize().len()
+    }) {
+        calls.push(match chunk.len() {
+            1 => chunk.remove(0).into_call(),
+            _ => SignerCall::CompleteWithdrawals(chunk),
+        });
+    }
+    calls
+}
+
+/// Cuts `items` in order into chunks of at most `max` items whose serialized list (5 bytes of
+/// list header plus each item's `size`) stays within `max_bytes`; an item too big alone still
+/// gets a chunk of its own.
+fn chunks<T>(
+    items: Vec<T>,
+    max: usize,
+    max_bytes: usize,
+    size: impl Fn(&T) -> usize,
+) -> Vec<Vec<T>> {
+    const LIST_HEADER: usize = 5;
+    let mut out: Vec<Vec<T>> = Vec::new();
+    let mut current: Vec<T> = Vec::new();
+    let mut bytes = LIST_HEADER;
+    for item in items {
+        let n = size(&item);
+        if !current.is_empty() && (current.len() >= max || bytes + n > max_bytes) {
+            out.push(std::mem::take(&mut current));
+            bytes = LIST_HEADER;
+        }
+        bytes += n;
+        current.push(item);
+    }
+    if !current.is_empty() {
+        out.push(current);
+    }
+    out
 }
 
 #[cfg(test)]
@@ -888,5 +1562,399 @@ mod tests {
                 call
             );
         }
+    }
+
+    fn deposit_at(vout: u32) -> CompleteDeposit {
+        let mut d = deposit();
+        d.outpoint.vout = vout;
+        d.amount = 10_000 + u64::from(vout);
+        d
+    }
+
+    fn accept(id: u64) -> AcceptWithdrawal {
+        AcceptWithdrawal {
+            request_id: id,
+            bitcoin_txid: Txid::from_byte_array([3; 32]),
+            signer_bitmap: 0b10,
+            output_index: 2 + id as u32,
+            fee: 700,
+            burn_hash: BlockHash::from_byte_array([2; 32]),
+            burn_height: 120,
+            sweep_txid: Txid::from_byte_array([3; 32]),
+        }
+    }
+
+    fn reject(id: u64) -> RejectWithdrawal {
+        RejectWithdrawal {
+            request_id: id,
+            signer_bitmap: 0b101,
+        }
+    }
+
+    /// A view for batches: deposits at vout ≥ 10 are swept, vout 1 is completed; withdrawal
+    /// ids below 100 were paid, 100 to 199 are to be rejected, the rest unknown.
+    struct BatchView;
+
+    #[async_trait::async_trait]
+    impl CallView for BatchView {
+        async fn complete_deposit(&self, o: &OutPoint) -> Result<Rebuilt<CompleteDeposit>, String> {
+            Ok(match o.vout {
+                1 => Rebuilt::Done("completed-deposit event in Stacks block 0x0b".into()),
+                v if v >= 10 => Rebuilt::Ready(deposit_at(v)),
+                _ => Rebuilt::Unknown("no sweep of it".into()),
+            })
+        }
+        async fn accept_withdrawal(&self, id: u64) -> Result<Rebuilt<AcceptWithdrawal>, String> {
+            Ok(match id {
+                0..100 => Rebuilt::Ready(accept(id)),
+                _ => Rebuilt::Unknown("no sweep pays it".into()),
+            })
+        }
+        async fn reject_withdrawal(&self, id: u64) -> Result<Rebuilt<RejectWithdrawal>, String> {
+            Ok(match id {
+                100..200 => Rebuilt::Ready(reject(id)),
+                _ => Rebuilt::Unknown("not expired".into()),
+            })
+        }
+        async fn rotate_keys(&self, _: &PublicKey) -> Result<Rebuilt<RotateKeys>, String> {
+            Ok(Rebuilt::Unknown(String::new()))
+        }
+    }
+
+    async fn batch_verdict(call: &SignerCall) -> Result<SignerCall, CallRefusal> {
+        check(&build(&ctx(), call, 1_000), &ctx(), &BatchView).await
+    }
+
+    fn deployer() -> Principal {
+        Principal::Standard {
+            version: 26,
+            hash160: [9; 20],
+        }
+    }
+
+    /// `call` with its one list argument's entries edited by `f`.
+    fn edited(call: &SignerCall, f: impl FnOnce(&mut Vec<Value>)) -> ContractCall {
+        let mut cc = call.to_contract_call(&deployer());
+        if let Value::List(items) = &mut cc.args[0] {
+            f(items);
+        }
+        cc
+    }
+
+    fn set_field(entry: &mut Value, name: &str, v: Value) {
+        if let Value::Tuple(fields) = entry {
+            fields.insert(name.to_string(), v);
+        }
+    }
+
+    fn refusal_text(cc: &ContractCall) -> String {
+        SignerCall::from_contract_call(cc).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn batches_read_back_from_their_contract_calls_byte_for_byte() {
+        let deposits = SignerCall::CompleteDeposits(vec![deposit_at(10), deposit_at(11)]);
+        let withdrawals = SignerCall::CompleteWithdrawals(vec![
+            WithdrawalOutcome::Accept(accept(5)),
+            WithdrawalOutcome::Reject(reject(150)),
+        ]);
+        for call in [deposits, withdrawals] {
+            let cc = call.to_contract_call(&deployer());
+            let read = SignerCall::from_contract_call(&cc).unwrap();
+            assert_eq!(read, call);
+            assert_eq!(read.to_contract_call(&deployer()), cc);
+        }
+        // A reject entry: status false, none in the accept-only fields, a zero burn block.
+        let SignerCall::CompleteWithdrawals(ws) = batch_calls(
+            vec![],
+            vec![
+                WithdrawalOutcome::Reject(reject(150)),
+                WithdrawalOutcome::Accept(accept(5)),
+            ],
+        )
+        .remove(0) else {
+            panic!("two withdrawals make one batch")
+        };
+        assert_eq!(ws[0].request_id(), 5, "sorted by request id");
+        assert_eq!(
+            withdrawal_tuple(&ws[1]).to_string(),
+            "(tuple (bitcoin-txid none) (burn-hash 0x0000000000000000000000000000000000000000000000000000000000000000) \
+             (burn-height u0) (fee none) (output-index none) (request-id u150) (signer-bitmap u5) \
+             (status false) (sweep-txid none))"
+        );
+        let accept_entry = withdrawal_tuple(&ws[0]).to_string();
+        assert!(
+            accept_entry.contains("(fee (some u700))")
+                && accept_entry.contains("(status true)")
+                && accept_entry.contains("(output-index (some u7))"),
+            "{accept_entry}"
+        );
+    }
+
+    #[test]
+    fn a_malformed_batch_is_refused_naming_the_entry_and_field() {
+        let deposits = SignerCall::CompleteDeposits(vec![deposit_at(10), deposit_at(11)]);
+        let withdrawals = SignerCall::CompleteWithdrawals(vec![
+            WithdrawalOutcome::Accept(accept(5)),
+            WithdrawalOutcome::Reject(reject(150)),
+        ]);
+        assert_eq!(
+            refusal_text(&edited(&deposits, |items| items.clear())),
+            "complete-deposits-wrapper: an empty batch: there is nothing to settle"
+        );
+        let long = edited(&deposits, |items| {
+            let first = items[0].clone();
+            items.resize(MAX_BATCH_DEPOSITS + 1, first);
+        });
+        assert_eq!(
+            refusal_text(&long),
+            "complete-deposits-wrapper: 501 entries; the contract's list holds at most 500"
+        );
+        let e = refusal_text(&edited(&deposits, |items| {
+            set_field(&mut items[1], "amount", Value::Int(5))
+        }));
+        assert_eq!(
+            e,
+            "complete-deposits-wrapper: entry 2 field amount is `5`, not of the contract's type"
+        );
+        let e = refusal_text(&edited(&deposits, |items| {
+            set_field(&mut items[0], "txid", Value::Buffer(vec![1; 31]))
+        }));
+        assert!(e.contains("entry 1 field txid"), "{e}");
+        let e = refusal_text(&edited(&deposits, |items| {
+            set_field(&mut items[1], "memo", Value::None)
+        }));
+        assert!(e.contains("entry 2 is `(tuple"), "{e}");
+        assert!(
+            e.contains("not a deposit tuple of exactly txid, vout-index"),
+            "{e}"
+        );
+        let e = refusal_text(&edited(&deposits, |items| items[1] = items[0].clone()));
+        assert!(
+            e.contains("entry 2 repeats deposit") && e.contains(":10"),
+            "{e}"
+        );
+        let mut cc = deposits.to_contract_call(&deployer());
+        cc.args = vec![Value::Buffer(vec![0; 100_000])];
+        let e = refusal_text(&cc);
+        assert!(e.contains("not a list") && e.len() < 300, "{e}");
+
+        let e = refusal_text(&edited(&withdrawals, |items| {
+            set_field(&mut items[0], "fee", Value::None)
+        }));
+        assert!(
+            e.contains("entry 1 (withdrawal 5) accepts without all of"),
+            "{e}"
+        );
+        let e = refusal_text(&edited(&withdrawals, |items| {
+            set_field(&mut items[1], "bitcoin-txid", Value::some(buf32([3; 32])))
+        }));
+        assert!(
+            e.contains("entry 2 (withdrawal 150) rejects but carries"),
+            "{e}"
+        );
+        let e = refusal_text(&edited(&withdrawals, |items| {
+            set_field(&mut items[1], "burn-height", Value::UInt(120))
+        }));
+        assert!(
+            e.contains("entry 2 (withdrawal 150) rejects but carries"),
+            "{e}"
+        );
+        let e = refusal_text(&edited(&withdrawals, |items| {
+            set_field(&mut items[1], "request-id", Value::UInt(5))
+        }));
+        assert!(e.contains("entry 2 (withdrawal 5) is named twice"), "{e}");
+        let e = refusal_text(&edited(&withdrawals, |items| {
+            set_field(&mut items[0], "output-index", Value::some(Value::Int(2)))
+        }));
+        assert!(e.contains("entry 1 field output-index"), "{e}");
+        let e = refusal_text(&edited(&withdrawals, |items| {
+            set_field(&mut items[0], "status", Value::UInt(1))
+        }));
+        assert!(e.contains("entry 1 field status"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn every_entry_of_a_batch_is_rebuilt_and_the_first_difference_is_named() {
+        let good =
+            SignerCall::CompleteDeposits(vec![deposit_at(10), deposit_at(11), deposit_at(12)]);
+        assert_eq!(batch_verdict(&good).await.unwrap(), good);
+        let mixed = SignerCall::CompleteWithdrawals(vec![
+            WithdrawalOutcome::Accept(accept(5)),
+            WithdrawalOutcome::Accept(accept(6)),
+            WithdrawalOutcome::Reject(reject(150)),
+        ]);
+        assert_eq!(batch_verdict(&mixed).await.unwrap(), mixed);
+
+        // Entry 3's amount differs from this signer's view.
+        let mut wrong = vec![deposit_at(10), deposit_at(11), deposit_at(12)];
+        wrong[2].amount += 1;
+        let e = batch_verdict(&SignerCall::CompleteDeposits(wrong))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "complete-deposits-wrapper: entry 3 (deposit {}): amount is u10013 in the \
+                 proposal, u10012 in this signer's view",
+                deposit_at(12).outpoint
+            )
+        );
+        // A completed deposit in the middle: done, by entry.
+        let e = batch_verdict(&SignerCall::CompleteDeposits(vec![
+            deposit_at(1),
+            deposit_at(10),
+        ]))
+        .await
+        .unwrap_err();
+        assert!(
+            matches!(&e, CallRefusal::AlreadyDone { subject, .. } if subject.contains("entry 1 (deposit")),
+            "{e:?}"
+        );
+        // A withdrawal the view would reject, proposed as an accept, and a wrong bitmap.
+        let e = batch_verdict(&SignerCall::CompleteWithdrawals(vec![
+            WithdrawalOutcome::Accept(accept(5)),
+            WithdrawalOutcome::Accept(accept(150)),
+        ]))
+        .await
+        .unwrap_err();
+        assert!(
+            matches!(&e, CallRefusal::Unknown { subject, .. } if subject == "complete-withdrawals entry 2 (withdrawal 150)"),
+            "{e:?}"
+        );
+        let mut bitmap = reject(150);
+        bitmap.signer_bitmap = 0;
+        let e = batch_verdict(&SignerCall::CompleteWithdrawals(vec![
+            WithdrawalOutcome::Accept(accept(5)),
+            WithdrawalOutcome::Reject(bitmap),
+        ]))
+        .await
+        .unwrap_err();
+        assert!(
+            matches!(
+                &e,
+                CallRefusal::EntryMismatch {
+                    entry: 2,
+                    field: "signer-bitmap",
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        // What batch_calls never builds: out of order, or a batch of one.
+        let e = batch_verdict(&SignerCall::CompleteDeposits(vec![
+            deposit_at(11),
+            deposit_at(10),
+        ]))
+        .await
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("entry 2 (deposit") && e.to_string().contains("ascending order"),
+            "{e}"
+        );
+        let e = batch_verdict(&SignerCall::CompleteWithdrawals(vec![
+            WithdrawalOutcome::Reject(reject(150)),
+        ]))
+        .await
+        .unwrap_err();
+        assert!(e.to_string().contains("a batch of one entry"), "{e}");
+    }
+
+    #[test]
+    fn requests_split_into_single_calls_batches_and_chunks() {
+        assert!(batch_calls(vec![], vec![]).is_empty());
+        assert_eq!(
+            batch_calls(vec![deposit_at(10)], vec![]),
+            vec![SignerCall::CompleteDeposit(deposit_at(10))]
+        );
+        assert_eq!(
+            batch_calls(vec![], vec![WithdrawalOutcome::Reject(reject(150))]),
+            vec![SignerCall::RejectWithdrawal(reject(150))]
+        );
+        // Two deposits (given out of order, one twice) and one withdrawal.
+        let calls = batch_calls(
+            vec![deposit_at(12), deposit_at(10), deposit_at(12)],
+            vec![WithdrawalOutcome::Accept(accept(5))],
+        );
+        assert_eq!(
+            calls,
+            vec![
+                SignerCall::CompleteDeposits(vec![deposit_at(10), deposit_at(12)]),
+                SignerCall::AcceptWithdrawal(accept(5)),
+            ]
+        );
+        // 1,201 withdrawals: two full batches of 600, then the single call.
+        let outcomes: Vec<WithdrawalOutcome> = (0..1_201u64)
+            .rev()
+            .map(|id| {
+                if id % 2 == 0 {
+                    WithdrawalOutcome::Accept(accept(id))
+                } else {
+                    WithdrawalOutcome::Reject(reject(id))
+                }
+            })
+            .collect();
+        let calls = batch_calls(vec![], outcomes);
+        assert_eq!(calls.len(), 3);
+        let ids = |c: &SignerCall| -> Vec<u64> {
+            c.subjects()
+                .iter()
+                .map(|s| match s {
+                    CallSubject::Withdrawal(id) => *id,
+                    other => panic!("{other}"),
+                })
+                .collect()
+        };
+        assert_eq!(ids(&calls[0]), (0..600).collect::<Vec<_>>());
+        assert_eq!(ids(&calls[1]), (600..1_200).collect::<Vec<_>>());
+        assert_eq!(calls[2], SignerCall::AcceptWithdrawal(accept(1_200)));
+        // Full batches of accepts (the larger entry) stay under the byte cap, and are valid.
+        let full = &calls[0];
+        let bytes = full.args()[0].serialize().len();
+        assert!(bytes < MAX_BATCH_ARGUMENT_BYTES, "{bytes}");
+        SignerCall::from_contract_call(&full.to_contract_call(&deployer())).unwrap();
+        // A byte cap cuts before the count does.
+        let one = withdrawal_tuple(&WithdrawalOutcome::Accept(accept(1)))
+            .serialize()
+            .len();
+        let limits = BatchLimits {
+            argument_bytes: 5 + 3 * one,
+            ..BatchLimits::default()
+        };
+        let outcomes = (1..=7)
+            .map(|id| WithdrawalOutcome::Accept(accept(id)))
+            .collect();
+        let sizes: Vec<usize> = batch_calls_with(limits, vec![], outcomes)
+            .iter()
+            .map(|c| c.subjects().len())
+            .collect();
+        assert_eq!(sizes, vec![3, 3, 1]);
+    }
+
+    #[test]
+    fn a_failed_batch_names_its_entry_by_the_contracts_code() {
+        let deposits = SignerCall::CompleteDeposits(vec![deposit_at(10), deposit_at(11)]);
+        assert_eq!(deposits.failed_entry(313), Some(0));
+        assert_eq!(deposits.failed_entry(314), Some(1));
+        assert_eq!(deposits.failed_entry(315), None);
+        assert_eq!(
+            deposits.failed_entry(304),
+            None,
+            "the caller check is not an entry"
+        );
+        let withdrawals = SignerCall::CompleteWithdrawals(vec![
+            WithdrawalOutcome::Accept(accept(5)),
+            WithdrawalOutcome::Reject(reject(150)),
+        ]);
+        assert_eq!(withdrawals.failed_entry(518), Some(1));
+        assert_eq!(withdrawals.failed_entry(505), None);
+        assert_eq!(
+            SignerCall::RejectWithdrawal(reject(1)).failed_entry(313),
+            None
+        );
+        assert_eq!(
+            withdrawals.subject().to_string(),
+            "a batch of 2: withdrawal 5 … withdrawal 150"
+        );
     }
 }
