@@ -1672,6 +1672,219 @@ mod tests {
         assert_eq!(r, Err(err(ERR_AGG_PUBKEY_REPLAY)));
     }
 
+    fn deposit_entry(txid: u8, amount: u128, to: &Principal) -> Value {
+        let a = deposit_args(txid, amount, to);
+        Value::tuple([
+            ("txid", a[0].clone()),
+            ("vout-index", a[1].clone()),
+            ("amount", a[2].clone()),
+            ("recipient", a[3].clone()),
+            ("burn-hash", a[4].clone()),
+            ("burn-height", a[5].clone()),
+            ("sweep-txid", a[6].clone()),
+        ])
+    }
+
+    fn withdrawal_entry(id: u128, accept: Option<u128>) -> Value {
+        let some = |v: Value| Value::some(v);
+        Value::tuple([
+            ("request-id", Value::UInt(id)),
+            ("status", Value::Bool(accept.is_some())),
+            ("signer-bitmap", Value::UInt(1)),
+            (
+                "bitcoin-txid",
+                accept.map_or(Value::None, |_| some(Value::Buffer(vec![4; 32]))),
+            ),
+            (
+                "output-index",
+                accept.map_or(Value::None, |_| some(Value::UInt(2))),
+            ),
+            ("fee", accept.map_or(Value::None, |f| some(Value::UInt(f)))),
+            ("burn-hash", Value::Buffer(BURN.to_vec())),
+            ("burn-height", Value::UInt(105)),
+            (
+                "sweep-txid",
+                accept.map_or(Value::None, |_| some(Value::Buffer(vec![4; 32]))),
+            ),
+        ])
+    }
+
+    #[test]
+    fn a_deposit_batch_mints_every_entry_or_none_and_names_the_failed_index() {
+        let keys = [key(1), key(2), key(3)];
+        let s = sbtc(&keys, 2);
+        let signers = s.signer_principal.clone();
+        let (alice, bob) = (user(7), user(8));
+        let c = ctx(signers.clone(), &header);
+        let batch = |entries: Vec<Value>| vec![Value::List(entries)];
+        let sig = public_signature(DEPOSIT, "complete-deposits-wrapper").unwrap();
+        let three = batch(vec![
+            deposit_entry(1, 10_000, &alice),
+            deposit_entry(2, 20_000, &bob),
+            deposit_entry(3, 30_000, &alice),
+        ]);
+        check_args(&sig, &three).unwrap();
+        let mut done = s.clone();
+        let mut prints = Vec::new();
+        let r = done.call_public(
+            &c,
+            DEPOSIT,
+            "complete-deposits-wrapper",
+            &three,
+            &mut prints,
+        );
+        assert_eq!(r, Ok(Value::UInt(3)));
+        assert_eq!(done.balance_available(&alice), 40_000);
+        assert_eq!(done.balance_available(&bob), 20_000);
+        assert_eq!(done.total_supply(), 60_000);
+        let outpoints: Vec<OutPoint> = prints
+            .iter()
+            .map(|(_, v)| match RegistryEvent::from_value(v).unwrap() {
+                RegistryEvent::CompletedDeposit { outpoint, .. } => outpoint,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            outpoints,
+            [1u8, 2, 3].map(|t| OutPoint::new(Txid::from_byte_array([t; 32]), 1))
+        );
+        // Entry 2 (index 1) replays deposit 1: u303 + u10 + 1, whatever the entry's own error.
+        let replay = batch(vec![
+            deposit_entry(4, 10_000, &alice),
+            deposit_entry(1, 10_000, &alice),
+        ]);
+        let r = done.clone().call_public(
+            &c,
+            DEPOSIT,
+            "complete-deposits-wrapper",
+            &replay,
+            &mut prints,
+        );
+        assert_eq!(r, Err(err(314)));
+        let mut dust = batch(vec![deposit_entry(5, 545, &alice)]);
+        let r = s
+            .clone()
+            .call_public(&c, DEPOSIT, "complete-deposits-wrapper", &dust, &mut prints);
+        assert_eq!(r, Err(err(313)));
+        // The caller check comes first and is the plain code.
+        let by_user = ctx(alice.clone(), &header);
+        dust = batch(vec![deposit_entry(6, 1_000, &alice)]);
+        let r = s.clone().call_public(
+            &by_user,
+            DEPOSIT,
+            "complete-deposits-wrapper",
+            &dust,
+            &mut prints,
+        );
+        assert_eq!(r, Err(err(ERR_DEPOSIT_INVALID_CALLER)));
+        assert!(!check_args(&sig, &batch(vec![deposit_entry(1, 1, &alice); 501])).is_ok());
+    }
+
+    #[test]
+    fn a_withdrawal_batch_accepts_and_rejects_or_fails_whole_with_the_index() {
+        let keys = [key(1), key(2), key(3)];
+        let mut s = sbtc(&keys, 2);
+        let signers = s.signer_principal.clone();
+        let alice = user(7);
+        s.ft_mint(false, 100_000, &alice).unwrap();
+        let recipient = WithdrawalRecipient {
+            version: 4,
+            hashbytes: vec![3; 20],
+        };
+        let by_alice = ctx(alice.clone(), &header);
+        let mut prints = Vec::new();
+        for (amount, max_fee) in [(20_000u128, 3_000u128), (30_000, 1_000)] {
+            let args = [
+                Value::UInt(amount),
+                recipient.to_value(),
+                Value::UInt(max_fee),
+            ];
+            s.call_public(
+                &by_alice,
+                WITHDRAWAL,
+                "initiate-withdrawal-request",
+                &args,
+                &mut prints,
+            )
+            .unwrap();
+        }
+        assert_eq!(s.balance_available(&alice), 46_000);
+        let c = ctx(signers, &header);
+        let list = |entries: Vec<Value>| vec![Value::List(entries)];
+        let both = list(vec![
+            withdrawal_entry(1, Some(1_000)),
+            withdrawal_entry(2, None),
+        ]);
+        check_args(
+            &public_signature(WITHDRAWAL, "complete-withdrawals").unwrap(),
+            &both,
+        )
+        .unwrap();
+        let mut done = s.clone();
+        prints.clear();
+        let r = done.call_public(&c, WITHDRAWAL, "complete-withdrawals", &both, &mut prints);
+        assert_eq!(r, Ok(Value::UInt(2)));
+        // 1: 21 000 burned, 2 000 of the max fee back; 2: 31 000 unlocked.
+        assert_eq!(done.balance_available(&alice), 46_000 + 2_000 + 31_000);
+        assert_eq!(done.balance_locked(&alice), 0);
+        let topics: Vec<&str> = prints
+            .iter()
+            .map(|(_, v)| RegistryEvent::from_value(v).unwrap().topic())
+            .collect();
+        assert_eq!(topics, ["withdrawal-accept", "withdrawal-reject"]);
+        // Replaying request 1 as entry 1 of a new batch: u507 + u10 + 0.
+        let r = done.clone().call_public(
+            &c,
+            WITHDRAWAL,
+            "complete-withdrawals",
+            &list(vec![withdrawal_entry(1, None)]),
+            &mut prints,
+        );
+        assert_eq!(r, Err(err(517)));
+        // An accept without its fee fails at its index; a fee above the max too.
+        let mut no_fee = withdrawal_entry(2, Some(1));
+        if let Value::Tuple(f) = &mut no_fee {
+            f.insert("fee".into(), Value::None);
+        }
+        let r = s.clone().call_public(
+            &c,
+            WITHDRAWAL,
+            "complete-withdrawals",
+            &list(vec![withdrawal_entry(1, Some(1)), no_fee]),
+            &mut prints,
+        );
+        assert_eq!(r, Err(err(518)));
+        let r = s.clone().call_public(
+            &c,
+            WITHDRAWAL,
+            "complete-withdrawals",
+            &list(vec![withdrawal_entry(1, Some(3_001))]),
+            &mut prints,
+        );
+        assert_eq!(r, Err(err(517)));
+        // An accept without a sweep txid is the contract's unwrap-panic: a runtime error.
+        let mut no_sweep = withdrawal_entry(1, Some(1));
+        if let Value::Tuple(f) = &mut no_sweep {
+            f.insert("sweep-txid".into(), Value::None);
+        }
+        let r = s.clone().call_public(
+            &c,
+            WITHDRAWAL,
+            "complete-withdrawals",
+            &list(vec![no_sweep]),
+            &mut prints,
+        );
+        assert!(matches!(r, Err(Abort::Runtime(_))), "{r:?}");
+        let r = s.clone().call_public(
+            &by_alice,
+            WITHDRAWAL,
+            "complete-withdrawals",
+            &both,
+            &mut prints,
+        );
+        assert_eq!(r, Err(err(ERR_WITHDRAWAL_INVALID_CALLER)));
+    }
+
     #[test]
     fn arguments_are_type_checked_as_a_node_does() {
         let sig = public_signature(DEPOSIT, "complete-deposit-wrapper").unwrap();
