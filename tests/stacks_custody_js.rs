@@ -3,7 +3,8 @@
 //! (installed by the test command's `npm ci`): the library decodes each with our txid, its
 //! `verifyOrigin` accepts the signatures, every signature recovers (over the presign sighash the
 //! library computes itself) to a key of the set, and the library's own unsigned build from the
-//! set's keys has the same bytes.
+//! set's keys has the same bytes. The batch calls are built by the library a second time from
+//! plain fields (`Cl.list` of `Cl.tuple`), which must give our argument bytes.
 
 mod common;
 mod npm_support;
@@ -14,8 +15,10 @@ use bitcoin::{BlockHash, OutPoint, Txid};
 use sbtc_hsm_signer::chain::stacks::{
     address::{Principal, StacksNetwork},
     contracts::{
-        AcceptWithdrawal, CompleteDeposit, RejectWithdrawal, RotateKeys, SignerCall, SBTC_REGISTRY,
+        batch_calls, AcceptWithdrawal, CompleteDeposit, RejectWithdrawal, RotateKeys, SignerCall,
+        WithdrawalOutcome, SBTC_REGISTRY,
     },
+    events::to_clarity_bytes,
     multisig::{self, SignerAccount},
     transaction::{Payload, SmartContract, SpendingCondition, StacksTransaction},
 };
@@ -50,6 +53,113 @@ fn calls(set: &[PublicKey]) -> Vec<SignerCall> {
         }),
         SignerCall::RotateKeys(RotateKeys::new(set.to_vec(), set[0], 2)),
     ]
+    .into_iter()
+    .chain(batches())
+    .collect()
+}
+
+/// A batch of three deposits (one to a contract) and one of an accept and a reject, as
+/// `batch_calls` makes them.
+fn batches() -> Vec<SignerCall> {
+    let to = |a: &str| Principal::from_address(a).unwrap();
+    let deposit = |t: u8, vout: u32, amount: u64, recipient: Principal| CompleteDeposit {
+        outpoint: OutPoint::new(Txid::from_byte_array([t; 32]), vout),
+        amount,
+        recipient,
+        burn_hash: BlockHash::from_byte_array([0x22; 32]),
+        burn_height: 812,
+        sweep_txid: Txid::from_byte_array([0x33; 32]),
+    };
+    let deposits = vec![
+        deposit(
+            0x12,
+            0,
+            50_000,
+            to("ST2CY5V39NHDPWSXMW9QDT3HC3GD6Q6XX4CFRK9AG"),
+        ),
+        deposit(0x11, 3, 99_000, to(&format!("{DEPLOYER}.a-vault"))),
+        deposit(
+            0x11,
+            1,
+            1_000,
+            to("ST2CY5V39NHDPWSXMW9QDT3HC3GD6Q6XX4CFRK9AG"),
+        ),
+    ];
+    let outcomes = vec![
+        WithdrawalOutcome::Reject(RejectWithdrawal {
+            request_id: 9,
+            signer_bitmap: u128::MAX - 1,
+        }),
+        WithdrawalOutcome::Accept(AcceptWithdrawal {
+            request_id: 7,
+            bitcoin_txid: Txid::from_byte_array([0x33; 32]),
+            signer_bitmap: 0b001,
+            output_index: 2,
+            fee: 1_200,
+            burn_hash: BlockHash::from_byte_array([0x22; 32]),
+            burn_height: 812,
+            sweep_txid: Txid::from_byte_array([0x33; 32]),
+        }),
+    ];
+    let calls = batch_calls(deposits, outcomes);
+    assert!(
+        matches!(
+            calls.as_slice(),
+            [
+                SignerCall::CompleteDeposits(_),
+                SignerCall::CompleteWithdrawals(_)
+            ]
+        ),
+        "{calls:?}"
+    );
+    calls
+}
+
+/// The plain fields `stacks_signed.mjs` builds a batch's argument from with the library.
+fn build_spec(call: &SignerCall) -> Option<serde_json::Value> {
+    let hex32 = |b: [u8; 32]| hex::encode(b);
+    match call {
+        SignerCall::CompleteDeposits(ds) => Some(serde_json::json!({
+            "kind": "deposits",
+            "entries": ds.iter().map(|d| serde_json::json!({
+                "txid": hex32(to_clarity_bytes(&d.outpoint.txid)),
+                "voutIndex": d.outpoint.vout,
+                "amount": d.amount,
+                "recipient": d.recipient.to_string(),
+                "burnHash": hex32(to_clarity_bytes(&d.burn_hash)),
+                "burnHeight": d.burn_height,
+                "sweepTxid": hex32(to_clarity_bytes(&d.sweep_txid)),
+            })).collect::<Vec<_>>(),
+        })),
+        SignerCall::CompleteWithdrawals(ws) => Some(serde_json::json!({
+            "kind": "withdrawals",
+            "entries": ws.iter().map(|w| match w {
+                WithdrawalOutcome::Accept(a) => serde_json::json!({
+                    "requestId": a.request_id,
+                    "status": true,
+                    "signerBitmap": a.signer_bitmap.to_string(),
+                    "bitcoinTxid": hex32(to_clarity_bytes(&a.bitcoin_txid)),
+                    "outputIndex": a.output_index,
+                    "fee": a.fee,
+                    "burnHash": hex32(to_clarity_bytes(&a.burn_hash)),
+                    "burnHeight": a.burn_height,
+                    "sweepTxid": hex32(to_clarity_bytes(&a.sweep_txid)),
+                }),
+                WithdrawalOutcome::Reject(r) => serde_json::json!({
+                    "requestId": r.request_id,
+                    "status": false,
+                    "signerBitmap": r.signer_bitmap.to_string(),
+                    "bitcoinTxid": null,
+                    "outputIndex": null,
+                    "fee": null,
+                    "burnHash": hex32([0; 32]),
+                    "burnHeight": 0,
+                    "sweepTxid": null,
+                }),
+            }).collect::<Vec<_>>(),
+        })),
+        _ => None,
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -67,11 +177,15 @@ async fn a_keystore_a_softhsm2_and_a_mockhsm_signer_sign_every_call_the_library_
     let account = SignerAccount::new(set.clone(), 2).unwrap();
     let deployer = Principal::from_address(DEPLOYER).unwrap();
 
-    let mut payloads: Vec<(Payload, Vec<String>)> = calls(&set)
+    let mut payloads: Vec<(Payload, Vec<String>, Option<serde_json::Value>)> = calls(&set)
         .iter()
         .map(|c| {
             let args = c.args().iter().map(|a| a.to_hex()).collect();
-            (Payload::ContractCall(c.to_contract_call(&deployer)), args)
+            (
+                Payload::ContractCall(c.to_contract_call(&deployer)),
+                args,
+                build_spec(c),
+            )
         })
         .collect();
     // A devnet whose deployer is the bootstrap signers' account deploys from it.
@@ -82,11 +196,12 @@ async fn a_keystore_a_softhsm2_and_a_mockhsm_signer_sign_every_call_the_library_
             clarity_version: Some(3),
         }),
         Vec::new(),
+        None,
     ));
 
     let mut cases = Vec::new();
     let mut expected = Vec::new();
-    for (i, (payload, args)) in payloads.into_iter().enumerate() {
+    for (i, (payload, args, build)) in payloads.into_iter().enumerate() {
         let tx = account.unsigned(StacksNetwork::Testnet, 30 + i as u64, 3_000, payload);
         // Each case is signed by another pair of backends, so each backend signs most of them.
         let pair = [i % 3, (i + 1) % 3];
@@ -105,20 +220,24 @@ async fn a_keystore_a_softhsm2_and_a_mockhsm_signer_sign_every_call_the_library_
             StacksTransaction::deserialize(&signed.serialize()).unwrap(),
             signed
         );
-        cases.push(serde_json::json!({
+        let mut case = serde_json::json!({
             "hex": hex::encode(signed.serialize()),
             "contractAddress": DEPLOYER,
             "args": args,
-        }));
+        });
+        if let Some(build) = build {
+            case["build"] = build;
+        }
+        cases.push(case);
         let mut who: Vec<String> = pair
             .iter()
             .map(|s| hex::encode(set[*s].serialize()))
             .collect();
         who.sort();
-        expected.push((tx, signed, who));
+        expected.push((tx, signed, who, args));
     }
     // One more: the fee raised after signing, which the library must refuse.
-    let (_, signed, _) = &expected[2];
+    let (_, signed, _, _) = &expected[2];
     let mut raised = signed.clone();
     if let SpendingCondition::Multisig(m) = &mut raised.auth {
         m.fee += 1;
@@ -140,7 +259,8 @@ async fn a_keystore_a_softhsm2_and_a_mockhsm_signer_sign_every_call_the_library_
     );
     let answers = answers.as_array().unwrap();
     assert_eq!(answers.len(), expected.len() + 1);
-    for ((tx, signed, who), a) in expected.iter().zip(answers) {
+    let mut batches_built = 0;
+    for ((tx, signed, who, args), a) in expected.iter().zip(answers) {
         let what = match &tx.payload {
             Payload::ContractCall(c) => c.function_name.clone(),
             Payload::SmartContract(_) => "deploy".into(),
@@ -164,7 +284,19 @@ async fn a_keystore_a_softhsm2_and_a_mockhsm_signer_sign_every_call_the_library_
             hex::encode(tx.txid()),
             "{what}: the library's unsigned build"
         );
+        if let Some(theirs) = a["library_args"].as_array() {
+            let theirs: Vec<String> = theirs
+                .iter()
+                .map(|h| format!("0x{}", h.as_str().unwrap().trim_start_matches("0x")))
+                .collect();
+            assert_eq!(&theirs, args, "{what}: the library's Cl.list of Cl.tuple");
+            batches_built += 1;
+        }
     }
+    assert_eq!(
+        batches_built, 2,
+        "both batch calls were built by the library"
+    );
     let last = answers.last().unwrap();
     assert_ne!(
         last["verified"], "ok",
