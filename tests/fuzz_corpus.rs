@@ -475,8 +475,8 @@ async fn write_seed_corpus() {
     }
 }
 
-/// Stacks transactions: the signers' four calls from a 2-of-3 account (one unsigned, the rest
-/// signed), a single-signature deploy and a call with a post condition.
+/// Stacks transactions: the signers' calls, the two batch calls among them, from a 2-of-3 account
+/// (one unsigned, the rest signed), a single-signature deploy and a call with a post condition.
 #[test]
 #[ignore]
 fn write_stacks_seeds() {
@@ -484,7 +484,10 @@ fn write_stacks_seeds() {
     use bitcoin::secp256k1::{Message, Secp256k1, SecretKey};
     use sbtc_hsm_signer::chain::stacks::{
         address::{Principal, StacksNetwork},
-        contracts::{CompleteDeposit, RejectWithdrawal, RotateKeys, SignerCall},
+        contracts::{
+            AcceptWithdrawal, CompleteDeposit, RejectWithdrawal, RotateKeys, SignerCall,
+            WithdrawalOutcome,
+        },
         multisig::SignerAccount,
         transaction::{
             singlesig_signer_hash, Payload, PostCondition, SinglesigCondition, SmartContract,
@@ -504,23 +507,41 @@ fn write_stacks_seeds() {
         )
         .to_vrs()
     };
+    let deposit = |vout: u32| CompleteDeposit {
+        outpoint: bitcoin::OutPoint::new(bitcoin::Txid::from_byte_array([1; 32]), vout),
+        amount: 99_000,
+        recipient: Principal::Standard {
+            version: 26,
+            hash160: [5; 20],
+        },
+        burn_hash: bitcoin::BlockHash::from_byte_array([2; 32]),
+        burn_height: 120,
+        sweep_txid: bitcoin::Txid::from_byte_array([3; 32]),
+    };
     let calls = [
-        SignerCall::CompleteDeposit(CompleteDeposit {
-            outpoint: bitcoin::OutPoint::new(bitcoin::Txid::from_byte_array([1; 32]), 0),
-            amount: 99_000,
-            recipient: Principal::Standard {
-                version: 26,
-                hash160: [5; 20],
-            },
-            burn_hash: bitcoin::BlockHash::from_byte_array([2; 32]),
-            burn_height: 120,
-            sweep_txid: bitcoin::Txid::from_byte_array([3; 32]),
-        }),
+        SignerCall::CompleteDeposit(deposit(0)),
         SignerCall::RejectWithdrawal(RejectWithdrawal {
             request_id: 4,
             signer_bitmap: 0b10,
         }),
         SignerCall::RotateKeys(RotateKeys::new(keys.clone(), keys[0], 2)),
+        SignerCall::CompleteDeposits(vec![deposit(0), deposit(1)]),
+        SignerCall::CompleteWithdrawals(vec![
+            WithdrawalOutcome::Accept(AcceptWithdrawal {
+                request_id: 3,
+                bitcoin_txid: bitcoin::Txid::from_byte_array([3; 32]),
+                signer_bitmap: 0b01,
+                output_index: 2,
+                fee: 700,
+                burn_hash: bitcoin::BlockHash::from_byte_array([2; 32]),
+                burn_height: 120,
+                sweep_txid: bitcoin::Txid::from_byte_array([3; 32]),
+            }),
+            WithdrawalOutcome::Reject(RejectWithdrawal {
+                request_id: 4,
+                signer_bitmap: 0b10,
+            }),
+        ]),
     ];
     for (i, call) in calls.iter().enumerate() {
         let tx = account.unsigned_call(
