@@ -1,8 +1,11 @@
-//! The four contract calls the signers make (CHAIN.md §4, arguments in that order), and the
+//! The contract calls the signers make (CHAIN.md §4, arguments in that order): the four single
+//! calls and the two batch forms (`complete-deposits-wrapper`, `complete-withdrawals`) that settle
+//! a sweep's requests with one multisig signature per signer, split by [`batch_calls`]. And the
 //! checks every signer makes before it adds its signature to one: it reads the proposal, checks
 //! the transaction around it (network, account, threshold, nonce, fee, post conditions), then
-//! rebuilds the call from its own view and compares argument by argument. It never signs what
-//! the coordinator says merely because the coordinator says it; each refusal is named.
+//! rebuilds the call (every entry of a batch) from its own view and compares field by field. It
+//! never signs what the coordinator says merely because the coordinator says it; each refusal is
+//! named.
 
 use bitcoin::secp256k1::PublicKey;
 use bitcoin::{BlockHash, OutPoint, Txid};

@@ -1,7 +1,7 @@
 //! Stacks: principals and addresses ([`address`]), Clarity values ([`clarity`]), the SIP-005
 //! transaction codec and origin check ([`transaction`]), the signers' SIP-027 multisig account
-//! and signing for it in custody ([`multisig`]), the four signers' contract calls and the checks
-//! before signing one ([`contracts`]), the sbtc-registry print events ([`events`]), the
+//! and signing for it in custody ([`multisig`]), the signers' contract calls (single and batch)
+//! and the checks before signing one ([`contracts`]), the sbtc-registry print events ([`events`]), the
 //! stacks-node client ([`client`] trait, [`rpc`] over the node's v2 HTTP API), `[stacks]`
 //! ([`config`]) and the event observer's chain side ([`observer`]: `/new_block` bodies in,
 //! canonical-chain events out).

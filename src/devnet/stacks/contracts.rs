@@ -1777,7 +1777,7 @@ mod tests {
             &mut prints,
         );
         assert_eq!(r, Err(err(ERR_DEPOSIT_INVALID_CALLER)));
-        assert!(!check_args(&sig, &batch(vec![deposit_entry(1, 1, &alice); 501])).is_ok());
+        assert!(check_args(&sig, &batch(vec![deposit_entry(1, 1, &alice); 501])).is_err());
     }
 
     #[test]
