@@ -106,6 +106,14 @@ fn devnet_forms_a_verified_threshold_key_signs_the_batch_and_leaves_no_process()
         ),
         "{out}"
     );
+    // The peg's first tenure: the bootstrap rotate-keys-wrapper, signed by a threshold of the
+    // signers' multisig over the peer links, mined by the Stacks node.
+    assert!(
+        out.contains(
+            "stacks: rotate-keys-wrapper signed by the signers' multisig registered the key in the sBTC registry"
+        ),
+        "{out}"
+    );
 
     // Every signer agrees on the key, and its shares were verified.
     for i in 0..3 {

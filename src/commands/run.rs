@@ -51,6 +51,10 @@ pub struct Run {
     /// Exit once the session is over instead of serving until a signal (the devnet uses this).
     #[arg(long)]
     exit_when_done: bool,
+    /// After the DKG session, run the peg: one tenure per Bitcoin block (the registry's key,
+    /// sweeps, Stacks calls) until Ctrl-C or SIGTERM. Needs [bitcoin] and [stacks].
+    #[arg(long)]
+    peg: bool,
 }
 
 impl Run {
@@ -117,6 +121,7 @@ impl Run {
             None => None,
         };
         let opts = RunOptions {
+            peg: self.peg,
             chain_tip_from_node: bitcoin.is_some() && self.chain_tip.is_none(),
             threshold: self.threshold,
             demo_batch: self.demo_batch,

@@ -1,10 +1,15 @@
-//! Coordination: what signers say to each other above the round arithmetic. Today the adapter
+//! Coordination: what signers say to each other above the round arithmetic: the adapter
 //! between the peer links and the rounds ([`peer_transport`]), the round messages' wire form
-//! ([`wire`]) and the DKG decision statement; the request decider, coordinator tenures,
-//! signer-side checks of proposals and rotation come with the chain layer.
+//! ([`wire`]), the DKG decision statement, the tenure's proposals and answers ([`proposal`]),
+//! the signers' Stacks calls ([`stacks_calls`]) and the store-backed view every signer rebuilds
+//! them from ([`call_view`]).
 
+pub mod call_view;
 pub mod decision;
 pub mod peer_transport;
+pub mod proposal;
+pub mod stacks_calls;
+pub mod tenure;
 pub mod wire;
 
 pub use decision::{DecisionVerdict, DkgDecision};

@@ -97,6 +97,14 @@ impl PeerTransport {
         &self.node
     }
 
+    /// A new tenure: messages sent from now on carry this tip.
+    pub fn set_tip(&mut self, tip: BlockHash, height: u64) {
+        self.tip = ChainTip {
+            height,
+            block_hash: Bytes::copy_from_slice(tip.as_byte_array()),
+        };
+    }
+
     pub fn chain_tip(&self) -> ChainTip {
         self.tip.clone()
     }

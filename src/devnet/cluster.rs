@@ -37,7 +37,8 @@ pub enum DevnetBackend {
 struct Children(Vec<(u32, Child)>);
 
 impl Children {
-    /// SIGTERM first (a clean shutdown), then SIGKILL for any still running after a grace period.
+    /// SIGTERM first (a clean shutdown: a signer finishes its tenure and writes its result),
+    /// then SIGKILL for any still running after 15 s.
     fn stop_all(&mut self) {
         for (_, child) in &mut self.0 {
             if matches!(child.try_wait(), Ok(None)) {
@@ -48,7 +49,7 @@ impl Children {
                     .status();
             }
         }
-        let deadline = Instant::now() + Duration::from_secs(3);
+        let deadline = Instant::now() + Duration::from_secs(15);
         while Instant::now() < deadline
             && self
                 .0
@@ -404,7 +405,7 @@ pub async fn run(opts: ClusterOptions) -> Result<ExitCode, Box<dyn std::error::E
             .arg(&s.result)
             .arg("--nonce-ledger")
             .arg(s.result.with_file_name("nonce-ledger"))
-            .arg("--exit-when-done")
+            .arg("--peg")
             .arg("--migrate")
             .args(opts.postgres.is_none().then_some("--ephemeral"))
             .stdin(Stdio::null())
@@ -429,21 +430,32 @@ pub async fn run(opts: ClusterOptions) -> Result<ExitCode, Box<dyn std::error::E
     }
     fs::write(work.join("pids"), &pids)?;
 
-    // 3. Wait for every signer to finish its session (bounded), or for a signal.
+    // 3. Drive the chains as miners would: a block whenever a signer put a transaction in a
+    // mempool, until the sBTC registry names the signers' new key (the DKG, its verification and
+    // the bootstrap rotate-keys-wrapper are done). Bounded by --timeout, or a signal.
     let timeout = Duration::from_secs(opts.timeout);
-    let waited = tokio::select! {
-        r = wait_all(&mut children, timeout) => Some(r),
+    let mut registered = None;
+    let driven = tokio::select! {
+        r = drive_until_registered(&regtest, &stacks, &mut children, timeout) => Some(r),
         _ = shutdown.wait() => None,
     };
-    let failure = match waited {
+    let failure = match driven {
         None => {
             eprintln!("signal received; stopping the signers");
             children.stop_all();
             return Ok(ExitCode::from(130));
         }
-        Some(Ok(())) => None,
+        Some(Ok(peg)) => {
+            registered = Some(peg.aggregate_key.clone());
+            println!(
+                "stacks: the registry names the aggregate key {} after {} Bitcoin blocks ({} ms)",
+                peg.aggregate_key, peg.blocks_mined, peg.elapsed_ms
+            );
+            None
+        }
         Some(Err(e)) => Some(e),
     };
+    // The signers stop on SIGTERM, finishing what they are doing, and write their results.
     children.stop_all();
     if let Some((signer, why)) = failure {
         if let Some(s) = signer.and_then(|i| signers.get(i as usize)) {
@@ -453,7 +465,15 @@ pub async fn run(opts: ClusterOptions) -> Result<ExitCode, Box<dyn std::error::E
     }
 
     // 4. Check the results here, independently of the signers.
-    let code = report(&signers, opts.batch, &work, &tip, &identities, t)?;
+    let code = report(
+        &signers,
+        opts.batch,
+        &work,
+        &tip,
+        &identities,
+        t,
+        registered.as_deref(),
+    )?;
     stacks.stop().await;
     regtest.stop().await;
     Ok(code)
@@ -612,33 +632,68 @@ fn cli_keys(
 }
 
 /// Waits until every child exited successfully; fails at the first failure or at the timeout.
-async fn wait_all(children: &mut Children, timeout: Duration) -> Result<(), (Option<u32>, String)> {
-    let deadline = Instant::now() + timeout;
+/// What the devnet saw the peg do.
+struct PegProgress {
+    aggregate_key: String,
+    blocks_mined: u32,
+    elapsed_ms: u128,
+}
+
+/// The registry's current aggregate key on the devnet's Stacks node, if it names one.
+fn registered_key(stacks: &StacksNode) -> Option<String> {
+    use crate::chain::stacks::clarity::Value;
+    match stacks.read_only("sbtc-registry", "get-current-aggregate-pubkey", &[]) {
+        Ok(Value::Buffer(b)) if b.len() == 33 => Some(hex::encode(b)),
+        _ => None,
+    }
+}
+
+/// Mines a Bitcoin block (and so a Stacks block) whenever a mempool holds something, until the
+/// registry names a key; fails when a signer exits or after `timeout`.
+async fn drive_until_registered(
+    regtest: &RegtestNode,
+    stacks: &StacksNode,
+    children: &mut Children,
+    timeout: Duration,
+) -> Result<PegProgress, (Option<u32>, String)> {
+    let start = Instant::now();
+    let mut blocks_mined = 0;
     loop {
-        let mut running = 0;
         for (i, child) in &mut children.0 {
-            match child.try_wait() {
-                Ok(None) => running += 1,
-                Ok(Some(status)) if status.success() => {}
-                Ok(Some(status)) => {
-                    return Err((Some(*i), format!("signer {i} exited with {status}")));
-                }
-                Err(e) => return Err((Some(*i), format!("cannot wait for signer {i}: {e}"))),
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err((Some(*i), format!("signer {i} exited early with {status}")));
             }
         }
-        if running == 0 {
-            return Ok(());
+        if let Some(key) = registered_key(stacks) {
+            return Ok(PegProgress {
+                aggregate_key: key,
+                blocks_mined,
+                elapsed_ms: start.elapsed().as_millis(),
+            });
         }
-        if Instant::now() >= deadline {
+        let waiting = stacks.with_state(|s| !s.mempool.is_empty())
+            || regtest.with_state(|s| !s.mempool.is_empty());
+        if waiting {
+            regtest.mine(1);
+            blocks_mined += 1;
+            if let Err(e) = stacks.sync().await {
+                return Err((
+                    None,
+                    format!("the Stacks node did not follow the block: {e}"),
+                ));
+            }
+        }
+        if start.elapsed() >= timeout {
             return Err((
                 None,
                 format!(
-                    "{running} signers still running after {}s (--timeout)",
+                    "the sBTC registry names no signers' key after {}s (--timeout): the DKG, its \
+                     verification or the rotate-keys call did not finish",
                     timeout.as_secs()
                 ),
             ));
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
 
@@ -649,6 +704,7 @@ fn report(
     tip: &bitcoin::BlockHash,
     identities: &[secp256k1::PublicKey],
     threshold: u32,
+    registered: Option<&str>,
 ) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let mut results = Vec::with_capacity(signers.len());
     for s in signers {
@@ -720,6 +776,28 @@ fn report(
     let key_bytes = hex::decode(&first.aggregate_key)?;
     let aggregate = secp256k1::PublicKey::from_slice(&key_bytes)?;
     println!("aggregate key: {}", first.aggregate_key);
+    let rotations: usize = results
+        .iter()
+        .filter_map(|r| r.peg.as_ref())
+        .map(|p| {
+            p.stacks_submitted
+                .iter()
+                .filter(|(f, _)| f == "rotate-keys-wrapper")
+                .count()
+        })
+        .sum();
+    if registered == Some(first.aggregate_key.as_str()) && rotations >= 1 {
+        println!(
+            "stacks: rotate-keys-wrapper signed by the signers' multisig registered the key in the sBTC registry"
+        );
+    } else {
+        eprintln!(
+            "the sBTC registry names {} and the signers submitted {rotations} rotations; expected {}",
+            registered.unwrap_or("no key"),
+            first.aggregate_key
+        );
+        ok = false;
+    }
     if verified == results.len() {
         println!(
             "DKG verification: verified by all {} signers (Bitcoin Core's script verifier accepted a taproot key spend of the new key)",

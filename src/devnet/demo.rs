@@ -185,6 +185,9 @@ pub struct RunResult {
     /// The sBTC registry as this signer read it at start, when `[stacks]` is configured.
     #[serde(default)]
     pub stacks: Option<StacksReading>,
+    /// What the peg did (`run --peg`).
+    #[serde(default)]
+    pub peg: Option<crate::coordination::tenure::PegReport>,
 }
 
 pub fn kind_name(kind: SpendKind) -> &'static str {

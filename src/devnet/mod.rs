@@ -8,4 +8,4 @@ pub mod regtest;
 pub mod session;
 pub mod stacks;
 
-pub use session::{run_session, wait_for_peers, SessionParams};
+pub use session::{run_session, wait_for_peers, SessionParams, SessionState};

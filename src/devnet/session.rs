@@ -44,6 +44,20 @@ pub struct SessionParams {
     pub deposit_sink: Option<crate::api::DepositSink>,
     /// What this signer read from the sBTC registry at start (`[stacks]`), for the result file.
     pub stacks: Option<super::demo::StacksReading>,
+    /// The node runs the peg after this session: a signer leaves the session at the
+    /// coordinator's `Done` and hands its links and shares on ([`SessionState`]).
+    pub peg: bool,
+}
+
+/// What the peg takes over from the DKG session: the links, this signer's shares of the key and
+/// the coordinator of the session's tip.
+pub struct SessionState {
+    pub transport: PeerTransport,
+    pub signer: BatchSigner,
+    pub ctx: SignerContext,
+    pub public: Arc<crate::signing::PublicShares>,
+    pub aggregate_key: AggregateKey,
+    pub coordinator: u32,
 }
 
 /// This signer's part of the newest verified DKG of `set`, from storage: what lets a restarted
@@ -127,8 +141,11 @@ fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// Runs the session; returns this signer's result.
-pub async fn run_session(node: Arc<PeerNode>, p: SessionParams) -> Result<RunResult, SessionError> {
+/// Runs the session; returns this signer's result and what the peg takes over.
+pub async fn run_session(
+    node: Arc<PeerNode>,
+    p: SessionParams,
+) -> Result<(RunResult, SessionState), SessionError> {
     let connect = wait_for_peers(&node, p.connect_timeout).await?;
     let me_key = node.identity();
     // The one signer set: the peer links admit exactly these keys, and the rounds number them.
@@ -245,6 +262,7 @@ pub async fn run_session(node: Arc<PeerNode>, p: SessionParams) -> Result<RunRes
         signatures_verified: 0,
         custody_calls: Default::default(),
         stacks: p.stacks.clone(),
+        peg: None,
     };
 
     if me == coordinator {
@@ -311,7 +329,15 @@ pub async fn run_session(node: Arc<PeerNode>, p: SessionParams) -> Result<RunRes
         )
         .await?;
     }
-    Ok(result)
+    let state = SessionState {
+        transport,
+        signer,
+        ctx,
+        public,
+        aggregate_key,
+        coordinator,
+    };
+    Ok((result, state))
 }
 
 /// The coordinator's DKG verification: a taproot key spend signed by every signer and checked by
@@ -410,7 +436,7 @@ async fn serve(
             Incoming::Round(env) => {
                 if matches!(env.msg.as_ref(), RoundMessage::Done) {
                     if env.from == coordinator {
-                        if p.exit_when_done {
+                        if p.exit_when_done || p.peg {
                             break;
                         }
                         tracing::info!("the coordinator ended its session; serving rounds until the node stops");

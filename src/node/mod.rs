@@ -37,6 +37,9 @@ pub struct RunOptions {
     /// Who must sign the demo batch.
     pub demo_participation: crate::signing::Participation,
     pub exit_when_done: bool,
+    /// After the DKG session, run the peg (tenures, Stacks calls) until a signal; needs
+    /// `[bitcoin]` and `[stacks]`.
+    pub peg: bool,
 }
 
 /// The node's view of Bitcoin: its bitcoind client and `[bitcoin]`, and `[api]` (deposit
@@ -132,7 +135,13 @@ async fn start_bitcoin(
     bitcoin: &BitcoinParts,
     storage: Arc<dyn Storage>,
     stop: tokio_util::sync::CancellationToken,
-) -> Result<((bitcoin::BlockHash, u64), tokio::task::JoinHandle<()>), NodeError> {
+) -> Result<
+    (
+        (bitcoin::BlockHash, u64),
+        tokio::sync::mpsc::Receiver<crate::chain::bitcoin::observer::TipChange>,
+    ),
+    NodeError,
+> {
     let info =
         crate::chain::bitcoin::rpc::check_network(bitcoin.client.as_ref(), bitcoin.config.network)
             .await?;
@@ -146,16 +155,14 @@ async fn start_bitcoin(
         Ok(_) => {}
         Err(e) => eprintln!("warning: block observer: first poll failed: {e}; retrying"),
     }
-    let (changes, mut seen) = tokio::sync::mpsc::channel(16);
+    let (changes, seen) = tokio::sync::mpsc::channel(16);
     let interval = bitcoin.config.poll_interval();
-    let task = tokio::spawn(async move {
-        let drain = async move { while seen.recv().await.is_some() {} };
-        tokio::join!(
-            observer.run(interval, changes, stop.cancelled_owned()),
-            drain
-        );
+    tokio::spawn(async move {
+        observer
+            .run(interval, changes, stop.cancelled_owned())
+            .await
     });
-    Ok(((info.best_block_hash, info.blocks), task))
+    Ok(((info.best_block_hash, info.blocks), seen))
 }
 
 pub type NodeError = Box<dyn std::error::Error + Send + Sync>;
@@ -190,9 +197,14 @@ pub async fn run(
     let _stop_on_exit = stop_tasks.clone().drop_guard();
     let mut chain_height = 0;
     let mut stacks_reading = None;
+    let mut tips = None;
+    if opts.peg && bitcoin.as_ref().and_then(|b| b.stacks.as_ref()).is_none() {
+        return Err("run --peg needs [bitcoin] and [stacks] in the config".into());
+    }
     if let Some(bitcoin) = &bitcoin {
-        let ((tip, height), _observer) =
+        let ((tip, height), seen) =
             start_bitcoin(bitcoin, storage.clone(), stop_tasks.clone()).await?;
+        tips = Some(seen);
         if opts.chain_tip_from_node {
             opts.chain_tip = tip;
             chain_height = height;
@@ -231,6 +243,7 @@ pub async fn run(
         exit_when_done: opts.exit_when_done,
         deposit_sink: None,
         stacks: stacks_reading,
+        peg: opts.peg,
     };
     let mut params = params;
     let mut api = None;
@@ -266,6 +279,7 @@ pub async fn run(
     };
     let mut coordinated = false;
     let mut finished = None;
+    let mut peg_ran = false;
     let code = match outcome {
         None => {
             eprintln!("signal received; shutting down");
@@ -279,7 +293,7 @@ pub async fn run(
             eprintln!("error: session failed: {e}");
             ExitCode::FAILURE
         }
-        Some(Ok(result)) => {
+        Some(Ok((mut result, state))) => {
             eprintln!(
                 "session done: aggregate key {} ({}), {} demo signatures",
                 result.aggregate_key,
@@ -299,11 +313,40 @@ pub async fn run(
             } else {
                 ExitCode::FAILURE
             };
+            let stacks = bitcoin.as_ref().and_then(|b| b.stacks.clone());
+            match (opts.peg, code == ExitCode::SUCCESS, stacks, tips.take()) {
+                (true, true, Some(stacks), Some(tips)) => {
+                    result.peg = Some(
+                        run_peg(
+                            &keys,
+                            &storage,
+                            &node,
+                            stacks,
+                            state,
+                            tips,
+                            &opts,
+                            &mut shutdown,
+                        )
+                        .await,
+                    );
+                    peg_ran = true;
+                }
+                (true, false, ..) => {
+                    eprintln!("error: the key is not verified; the peg does not start");
+                }
+                (_, _, _, rest) => tips = rest,
+            }
             finished = Some(result);
             code
         }
     };
-    if !opts.exit_when_done {
+    if let Some(mut tips) = tips.take() {
+        // Nobody follows the tips: keep the observer's queue from filling.
+        tokio::spawn(async move { while tips.recv().await.is_some() {} });
+    }
+    if peg_ran {
+        // The signal that stopped the peg stops the node.
+    } else if !opts.exit_when_done {
         eprintln!("serving; stop with Ctrl-C or SIGTERM");
         shutdown.wait().await;
     } else if coordinated {
@@ -330,6 +373,58 @@ pub async fn run(
         write_atomically(path, &serde_json::to_vec_pretty(&result)?)?;
     }
     Ok(code)
+}
+
+/// Runs the peg on the session's links and shares until a signal.
+#[allow(clippy::too_many_arguments)]
+async fn run_peg(
+    keys: &Keys,
+    storage: &Arc<dyn Storage>,
+    node: &Arc<PeerNode>,
+    stacks: StacksParts,
+    state: devnet::SessionState,
+    tips: tokio::sync::mpsc::Receiver<crate::chain::bitcoin::observer::TipChange>,
+    opts: &RunOptions,
+    shutdown: &mut Shutdown,
+) -> crate::coordination::tenure::PegReport {
+    use crate::coordination::{stacks_calls::StacksSide, tenure};
+    let peg = tenure::Peg::new(
+        tenure::PegParams {
+            keys: keys.clone(),
+            storage: storage.clone(),
+            node: node.clone(),
+            stacks: StacksSide {
+                client: stacks.client,
+                settings: stacks.settings,
+            },
+            phase_timeout: opts.phase_timeout,
+        },
+        state.transport,
+        state.signer,
+        state.aggregate_key,
+        state.coordinator,
+    );
+    eprintln!("peg: following the Bitcoin tip; stop with Ctrl-C or SIGTERM");
+    let stop = tokio_util::sync::CancellationToken::new();
+    let run = peg.run(tips, stop.clone());
+    tokio::pin!(run);
+    let report = tokio::select! {
+        report = &mut run => report,
+        _ = shutdown.wait() => {
+            eprintln!("signal received; the peg finishes what it is doing and stops");
+            stop.cancel();
+            run.await
+        }
+    };
+    eprintln!(
+        "peg stopped: {} tips, {} tenures led, {} Stacks calls submitted, {} proposals signed, {} refused",
+        report.tips_seen,
+        report.tenures_led,
+        report.stacks_submitted.len(),
+        report.proposals_signed,
+        report.refusal_count
+    );
+    report
 }
 
 /// Stops the peer mesh, then signs the audit log's head: the last custody operation of the run.

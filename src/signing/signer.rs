@@ -93,6 +93,25 @@ impl BatchSigner {
         self.ctx.me
     }
 
+    /// A new tenure: `coordinator` (picked by the new chain tip) drives rounds from now on.
+    /// Rounds the previous coordinator opened are dropped: their nonces never get a share.
+    pub fn set_coordinator(&mut self, coordinator: SignerIndex) {
+        if coordinator != self.coordinator {
+            self.pending.clear();
+            self.coordinator = coordinator;
+        }
+    }
+
+    pub fn coordinator(&self) -> SignerIndex {
+        self.coordinator
+    }
+
+    /// Replaces the policy that decides which sighashes this signer signs (the node's tenure
+    /// approver after the DKG session).
+    pub fn set_approver(&mut self, approver: Arc<dyn Approver>) {
+        self.approver = approver;
+    }
+
     pub fn public(&self) -> &Arc<PublicShares> {
         &self.public
     }

@@ -1,0 +1,597 @@
+//! The peg: one tenure per Bitcoin block (CHAIN.md section 6). Every signer follows the
+//! canonical tip its own block observer stores; the coordinator the tip picks proposes, every
+//! other signer rebuilds each proposal from its own view and answers with its signature or a
+//! named refusal. Nothing a coordinator says is trusted: a proposal only names what to do.
+//!
+//! One task per signer runs [`Peg::run`]: it owns the peer links' receiving end (rounds and
+//! signed statements), this signer's shares of the current key, and its tenure state. A tenure
+//! it coordinates runs inline; the messages that arrive meanwhile and are not for it wait in a
+//! queue, so nothing is lost and no two tenures of one signer overlap.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bitcoin::{secp256k1::PublicKey, BlockHash};
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::call_view::StoreCallView;
+use super::proposal::{self, Answer, Proposal};
+use super::stacks_calls::StacksSide;
+use super::{Incoming, PeerTransport, ReceivedStatement};
+use crate::chain::bitcoin::observer::TipChange;
+use crate::chain::stacks::{
+    contracts::{RotateKeys, SignerCall},
+    transaction::StacksTransaction,
+};
+use crate::keys::{AggregateKey, Keys};
+use crate::peer::{message::StatementKind, PeerNode};
+use crate::signing::{
+    Approver, BatchSigner, DkgId, RoundMessage, SighashRequest, SignerIndex, SignerSet, Transport,
+};
+use crate::storage::{self, BitcoinBlock, Storage};
+
+/// What the signer agreed to sign in the current tenure: exactly the sighashes of the
+/// proposals it rebuilt and accepted (and recorded in its no-equivocation guard). Cleared at
+/// every new tip.
+#[derive(Default)]
+pub struct TenureApprover {
+    allowed: Mutex<HashSet<SighashRequest>>,
+}
+
+impl TenureApprover {
+    pub fn allow(&self, requests: impl IntoIterator<Item = SighashRequest>) {
+        if let Ok(mut allowed) = self.allowed.lock() {
+            allowed.extend(requests);
+        }
+    }
+
+    pub fn clear(&self) {
+        if let Ok(mut allowed) = self.allowed.lock() {
+            allowed.clear();
+        }
+    }
+}
+
+#[async_trait]
+impl Approver for TenureApprover {
+    async fn approve(&self, _: SignerIndex, _: DkgId, sighashes: &[SighashRequest]) -> Vec<bool> {
+        match self.allowed.lock() {
+            Ok(allowed) => sighashes.iter().map(|s| allowed.contains(s)).collect(),
+            Err(_) => vec![false; sighashes.len()],
+        }
+    }
+}
+
+/// What the peg did, for the signer's result file and the devnet's summary.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct PegReport {
+    /// Tips this signer saw, and of those, the tenures it coordinated.
+    pub tips_seen: u64,
+    pub tenures_led: u64,
+    /// Stacks transactions this signer submitted as coordinator: `(function, txid)`.
+    pub stacks_submitted: Vec<(String, String)>,
+    /// Proposals this signer answered with its signature.
+    pub proposals_signed: u64,
+    /// Proposals this signer refused, with why (the first 100).
+    pub refusals: Vec<String>,
+    pub refusal_count: u64,
+}
+
+/// What a signer needs to run the peg.
+pub struct PegParams {
+    pub keys: Keys,
+    pub storage: Arc<dyn Storage>,
+    pub node: Arc<PeerNode>,
+    pub stacks: StacksSide,
+    /// How long a coordinator waits for answers, and a signer for a tip it has not seen yet.
+    pub phase_timeout: Duration,
+}
+
+/// One signer's peg task.
+pub struct Peg {
+    p: PegParams,
+    transport: PeerTransport,
+    signer: BatchSigner,
+    approver: Arc<TenureApprover>,
+    set: Arc<SignerSet>,
+    me: SignerIndex,
+    identity: PublicKey,
+    aggregate_key: AggregateKey,
+    tip: Option<BitcoinBlock>,
+    coordinator: SignerIndex,
+    /// Messages that arrived while a tenure waited for something else.
+    queue: VecDeque<Incoming>,
+    /// The Stacks nonce the next call of this tenure takes, once one was submitted.
+    next_nonce: Option<(BlockHash, u64)>,
+    report: PegReport,
+}
+
+/// What woke the loop.
+enum Event {
+    Stop,
+    Tip(Option<TipChange>),
+    Message(Option<Incoming>),
+}
+
+async fn next_message(
+    queue: &mut VecDeque<Incoming>,
+    transport: &mut PeerTransport,
+) -> Option<Incoming> {
+    match queue.pop_front() {
+        Some(m) => Some(m),
+        None => transport.recv_any().await,
+    }
+}
+
+impl Peg {
+    /// Takes over from the DKG session: its links, this signer's shares of `aggregate_key`
+    /// (verified), and the signer that answers rounds.
+    pub fn new(
+        p: PegParams,
+        transport: PeerTransport,
+        mut signer: BatchSigner,
+        aggregate_key: AggregateKey,
+        coordinator: SignerIndex,
+    ) -> Peg {
+        let approver = Arc::new(TenureApprover::default());
+        signer.set_approver(approver.clone());
+        let set = p.node.signer_set();
+        let me = transport.me();
+        let identity = p.node.identity();
+        Peg {
+            p,
+            transport,
+            signer,
+            approver,
+            set,
+            me,
+            identity,
+            aggregate_key,
+            tip: None,
+            coordinator,
+            queue: VecDeque::new(),
+            next_nonce: None,
+            report: PegReport::default(),
+        }
+    }
+
+    /// Runs tenures until `stop`, or until the links or the observer stop.
+    pub async fn run(
+        mut self,
+        mut tips: mpsc::Receiver<TipChange>,
+        stop: CancellationToken,
+    ) -> PegReport {
+        // The first tenure is on the tip the signer stands on now.
+        match self.p.storage.get_bitcoin_canonical_tip().await {
+            Ok(Some(tip)) => self.on_tip(tip).await,
+            Ok(None) => tracing::warn!("no stored Bitcoin tip yet; waiting for the observer"),
+            Err(e) => tracing::error!(error = %e, "cannot read the stored Bitcoin tip"),
+        }
+        loop {
+            let event = tokio::select! {
+                _ = stop.cancelled() => Event::Stop,
+                change = tips.recv() => Event::Tip(change),
+                msg = next_message(&mut self.queue, &mut self.transport) => Event::Message(msg),
+            };
+            match event {
+                Event::Stop => break,
+                Event::Tip(None) => {
+                    tracing::warn!("the block observer stopped; the peg stops");
+                    break;
+                }
+                Event::Tip(Some(mut change)) => {
+                    // Tips that queued up during a tenure: only the newest matters.
+                    while let Ok(newer) = tips.try_recv() {
+                        change = newer;
+                    }
+                    self.on_tip(change.tip).await;
+                }
+                Event::Message(None) => {
+                    tracing::warn!("the peer links stopped; the peg stops");
+                    break;
+                }
+                Event::Message(Some(m)) => self.on_message(m).await,
+            }
+        }
+        self.report
+    }
+
+    fn tip_hash(&self) -> Option<BlockHash> {
+        self.tip.as_ref().map(|t| t.hash)
+    }
+
+    /// A new canonical tip: a new tenure, and its coordinator.
+    async fn on_tip(&mut self, tip: BitcoinBlock) {
+        if self.tip_hash() == Some(tip.hash) {
+            return;
+        }
+        self.report.tips_seen += 1;
+        self.transport.set_tip(tip.hash, tip.height);
+        self.coordinator = self.set.coordinator_for(&tip.hash);
+        self.signer.set_coordinator(self.coordinator);
+        self.approver.clear();
+        tracing::info!(
+            tip = %tip.hash,
+            height = tip.height,
+            coordinator = self.coordinator,
+            "new tenure"
+        );
+        self.tip = Some(tip.clone());
+        if self.coordinator == self.me {
+            self.report.tenures_led += 1;
+            self.lead_tenure(&tip).await;
+            sign_head(&self.p.keys, &format!("end of the tenure at {}", tip.hash)).await;
+        }
+    }
+
+    /// This signer coordinates the tenure at `tip`.
+    async fn lead_tenure(&mut self, tip: &BitcoinBlock) {
+        self.wait_for_stacks_node(tip).await;
+        if let Err(why) = self.register_key(tip).await {
+            tracing::warn!(%why, "the aggregate key is not registered on Stacks yet");
+        }
+    }
+
+    /// Stacks work reads the Stacks node's view of Bitcoin: wait (bounded) until it has
+    /// processed `tip`, so the nonce and the registry it reports are this tenure's.
+    async fn wait_for_stacks_node(&self, tip: &BitcoinBlock) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match self.p.stacks.client.get_info().await {
+                Ok(info) if info.burn_block_height >= tip.height => return,
+                Ok(_) | Err(_) if Instant::now() >= deadline => {
+                    tracing::warn!(
+                        height = tip.height,
+                        "the stacks-node has not processed this Bitcoin block after 10 s; going on"
+                    );
+                    return;
+                }
+                _ => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+    }
+
+    /// The bootstrap rotation: until the registry names this set's verified key, the
+    /// coordinator proposes rotate-keys-wrapper to it.
+    async fn register_key(&mut self, tip: &BitcoinBlock) -> Result<(), String> {
+        let ours = self.aggregate_key.public_key();
+        let current = self
+            .p
+            .stacks
+            .client
+            .get_current_aggregate_pubkey(&self.p.stacks.settings.deployer)
+            .await
+            .map_err(|e| e.to_string())?;
+        if current == Some(ours) {
+            return Ok(());
+        }
+        let threshold = u16::try_from(self.set.threshold())
+            .map_err(|_| "the threshold does not fit in 16 bits".to_string())?;
+        let call =
+            SignerCall::RotateKeys(RotateKeys::new(self.set.keys().to_vec(), ours, threshold));
+        self.propose_stacks_call(tip, call).await.map(|_| ())
+    }
+
+    /// The coordinator's Stacks call: build, sign its own part, collect a threshold of
+    /// signatures, assemble, submit. Returns the submitted transaction's txid (hex).
+    async fn propose_stacks_call(
+        &mut self,
+        tip: &BitcoinBlock,
+        call: SignerCall,
+    ) -> Result<String, String> {
+        let stacks = self.p.stacks.clone();
+        let account = stacks.account().await?;
+        let mut nonce = stacks.confirmed_nonce(&account).await?;
+        if let Some((at, next)) = self.next_nonce {
+            if at == tip.hash {
+                nonce = nonce.max(next);
+            }
+        }
+        let tx = stacks.build(account.clone(), nonce, &call).await?;
+        let view = self.call_view();
+        let (_, own) = stacks
+            .check_and_sign(&self.p.keys, &self.identity, &view, &tx)
+            .await
+            .map_err(|why| format!("this coordinator refuses its own call: {why}"))?;
+        let payload = Proposal::StacksCall {
+            tip: tip.hash.to_string(),
+            tx: hex::encode(tx.serialize()),
+        }
+        .to_bytes();
+        let round = proposal::round_id(&payload);
+        let envelope = self
+            .p
+            .node
+            .signed_statement(
+                StatementKind::Proposal,
+                self.transport.chain_tip(),
+                round,
+                payload.into(),
+            )
+            .await
+            .map_err(|e| format!("cannot sign the proposal: {e}"))?;
+        let down = self
+            .transport
+            .broadcast_envelope(crate::peer::message::encode(&envelope))
+            .await;
+        if !down.is_empty() {
+            tracing::warn!(?down, "the Stacks call proposal did not reach every signer");
+        }
+        let threshold = usize::from(account.threshold());
+        let mut signatures = vec![own];
+        let mut signed_by: HashSet<SignerIndex> = HashSet::from([self.me]);
+        let deadline = Instant::now() + self.p.phase_timeout;
+        let mut later = VecDeque::new();
+        let signed = loop {
+            if signatures.len() >= threshold {
+                match account.assemble(&tx, &signatures) {
+                    Ok(signed) => break Ok(signed),
+                    Err(e) => tracing::warn!(error = %e, "signatures do not assemble yet"),
+                }
+            }
+            let received = tokio::time::timeout_at(
+                deadline,
+                next_message(&mut self.queue, &mut self.transport),
+            )
+            .await;
+            let statement = match received {
+                Err(_) => {
+                    break Err(format!(
+                        "{} of {threshold} signatures after {} s",
+                        signatures.len(),
+                        self.p.phase_timeout.as_secs()
+                    ))
+                }
+                Ok(None) => break Err("the peer links stopped".into()),
+                Ok(Some(Incoming::Statement(s)))
+                    if s.kind == StatementKind::Ack && s.round_id == round =>
+                {
+                    s
+                }
+                Ok(Some(other)) => {
+                    later.push_back(other);
+                    continue;
+                }
+            };
+            match Answer::from_bytes(&statement.payload) {
+                Ok(Answer::StacksSignature { signature, .. }) => {
+                    let sig = hex::decode(&signature)
+                        .ok()
+                        .and_then(|b| <[u8; 65]>::try_from(b).ok());
+                    match sig {
+                        Some(sig) if signed_by.insert(statement.from) => signatures.push(sig),
+                        Some(_) => {}
+                        None => tracing::warn!(
+                            from = statement.from,
+                            "an answer's signature is not 65 bytes of hex; ignored"
+                        ),
+                    }
+                }
+                Ok(Answer::Refused { reason }) => {
+                    tracing::warn!(from = statement.from, %reason, "a signer refused the Stacks call")
+                }
+                Ok(other) => tracing::warn!(
+                    from = statement.from,
+                    ?other,
+                    "an answer of the wrong kind for a Stacks call; ignored"
+                ),
+                Err(e) => tracing::warn!(from = statement.from, error = %e, "an unreadable answer"),
+            }
+        };
+        self.queue.extend(later);
+        let signed = signed?;
+        let txid = self
+            .p
+            .stacks
+            .client
+            .submit_transaction(&signed)
+            .await
+            .map_err(|e| format!("the stacks-node refused the transaction: {e}"))?;
+        let txid_hex = hex::encode(txid.0);
+        tracing::info!(
+            function = call.function_name(),
+            subject = %call.subject(),
+            txid = %txid_hex,
+            nonce,
+            fee = signed.auth.fee(),
+            "Stacks call submitted"
+        );
+        self.next_nonce = Some((tip.hash, nonce + 1));
+        if let Err(e) = self
+            .p
+            .storage
+            .write_stacks_transaction(&storage::StacksTransaction {
+                txid: storage::StacksTxid(txid.0),
+                kind: call.function_name().to_string(),
+                nonce,
+                raw: signed.serialize(),
+                bitcoin_chain_tip: tip.hash,
+            })
+            .await
+        {
+            tracing::warn!(error = %e, "the submitted Stacks transaction was not stored");
+        }
+        self.report
+            .stacks_submitted
+            .push((call.function_name().to_string(), txid_hex.clone()));
+        Ok(txid_hex)
+    }
+
+    fn call_view(&self) -> StoreCallView {
+        StoreCallView {
+            storage: self.p.storage.clone(),
+            stacks: self.p.stacks.clone(),
+        }
+    }
+
+    async fn on_message(&mut self, m: Incoming) {
+        match m {
+            Incoming::Round(env) => {
+                if matches!(env.msg.as_ref(), RoundMessage::Done) {
+                    return;
+                }
+                if let Some(reply) = self.signer.handle(env.from, &env.msg).await {
+                    let round_ended = matches!(reply, RoundMessage::ShareResponse(_));
+                    if let Err(e) = self.transport.send(env.from, Arc::new(reply)).await {
+                        tracing::warn!(error = %e, "reply not delivered");
+                    }
+                    if round_ended {
+                        sign_head(&self.p.keys, "end of a signing round").await;
+                    }
+                }
+            }
+            Incoming::Statement(s) => match s.kind {
+                StatementKind::Proposal => self.on_proposal(s).await,
+                StatementKind::Ack => {
+                    tracing::debug!(from = s.from, "a late answer to an earlier proposal")
+                }
+                StatementKind::Decision => {
+                    tracing::debug!(from = s.from, "a DKG decision after the session; ignored")
+                }
+            },
+        }
+    }
+
+    /// A proposal: only the coordinator of this signer's tip may make one, on that tip.
+    async fn on_proposal(&mut self, s: ReceivedStatement) {
+        let answer = match self.judge_proposal(&s).await {
+            Ok(answer) => answer,
+            Err(reason) => {
+                tracing::warn!(from = s.from, %reason, "refusing the coordinator's proposal");
+                self.report.refusal_count += 1;
+                if self.report.refusals.len() < 100 {
+                    self.report.refusals.push(reason.clone());
+                }
+                Answer::Refused { reason }
+            }
+        };
+        if matches!(answer, Answer::StacksSignature { .. }) {
+            self.report.proposals_signed += 1;
+        }
+        let Ok(round) = <[u8; 32]>::try_from(s.round_id.as_slice()) else {
+            return;
+        };
+        let envelope = match self
+            .p
+            .node
+            .signed_statement(
+                StatementKind::Ack,
+                self.transport.chain_tip(),
+                round,
+                answer.to_bytes().into(),
+            )
+            .await
+        {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot sign the answer");
+                return;
+            }
+        };
+        let Some(key) = self.set.key(s.from) else {
+            return;
+        };
+        if let Err(e) = self
+            .p
+            .node
+            .send_encoded(key, crate::peer::message::encode(&envelope))
+            .await
+        {
+            tracing::warn!(to = s.from, error = %e, "the answer was not delivered");
+        }
+    }
+
+    async fn judge_proposal(&mut self, s: &ReceivedStatement) -> Result<Answer, String> {
+        if s.round_id.as_slice() != proposal::round_id(&s.payload) {
+            return Err("the proposal's round id is not the hash of its payload".into());
+        }
+        let proposal = Proposal::from_bytes(&s.payload).map_err(|e| e.to_string())?;
+        let tip = proposal
+            .tip()
+            .ok_or_else(|| "the proposal names no readable tip".to_string())?;
+        self.catch_up_to(tip).await?;
+        if s.from != self.coordinator {
+            return Err(format!(
+                "signer {} proposed, but the coordinator of tip {tip} is signer {}",
+                s.from, self.coordinator
+            ));
+        }
+        match proposal {
+            Proposal::StacksCall { tx, .. } => {
+                let bytes =
+                    hex::decode(&tx).map_err(|_| "the transaction is not hex".to_string())?;
+                let tx = StacksTransaction::deserialize(&bytes)
+                    .map_err(|e| format!("the transaction does not decode: {e}"))?;
+                let view = self.call_view();
+                let (call, signature) = self
+                    .p
+                    .stacks
+                    .check_and_sign(&self.p.keys, &self.identity, &view, &tx)
+                    .await?;
+                tracing::info!(
+                    function = call.function_name(),
+                    subject = %call.subject(),
+                    "signed the coordinator's Stacks call"
+                );
+                Ok(Answer::StacksSignature {
+                    txid: hex::encode(tx.txid()),
+                    signature: hex::encode(signature),
+                })
+            }
+            Proposal::Sweep { .. } => {
+                Err("sweep proposals are not served by this signer version".into())
+            }
+        }
+    }
+
+    /// A proposal on a tip this signer has not processed yet: its observer may be a poll
+    /// behind. Wait (bounded) for the tip to be stored and canonical, then take it.
+    async fn catch_up_to(&mut self, tip: BlockHash) -> Result<(), String> {
+        if self.tip_hash() == Some(tip) {
+            return Ok(());
+        }
+        let deadline = Instant::now() + self.p.phase_timeout.min(Duration::from_secs(10));
+        loop {
+            match self.p.storage.get_bitcoin_canonical_tip().await {
+                Ok(Some(stored)) if stored.hash == tip => {
+                    if self.set.coordinator_for(&stored.hash) == self.me {
+                        return Err(format!(
+                            "this signer coordinates the tenure at {tip}, and did not propose this"
+                        ));
+                    }
+                    // Someone else's tenure: take the tip without leading it.
+                    self.report.tips_seen += 1;
+                    self.transport.set_tip(stored.hash, stored.height);
+                    self.coordinator = self.set.coordinator_for(&stored.hash);
+                    self.signer.set_coordinator(self.coordinator);
+                    self.approver.clear();
+                    self.tip = Some(stored);
+                    return Ok(());
+                }
+                Ok(_) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(200)).await
+                }
+                Ok(_) => {
+                    return Err(format!(
+                        "the proposal is for tip {tip}, and this signer's canonical tip is {}",
+                        self.tip_hash()
+                            .map_or_else(|| "unknown".to_string(), |h| h.to_string())
+                    ))
+                }
+                Err(e) => return Err(format!("cannot read this signer's tip: {e}")),
+            }
+        }
+    }
+}
+
+/// Signs the audit log's head; a failure is logged (the next head signature covers it).
+async fn sign_head(keys: &Keys, reason: &str) {
+    if let Err(e) = keys.sign_audit_head(reason).await {
+        tracing::warn!(error = %e, reason, "the audit log's head was not signed");
+    }
+}
