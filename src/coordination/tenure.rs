@@ -108,8 +108,13 @@ pub struct Peg {
     queue: VecDeque<Incoming>,
     /// The Stacks nonce the next call of this tenure takes, once one was submitted.
     next_nonce: Option<(BlockHash, u64)>,
+    /// Proposals answered since the tip last moved.
+    answers_this_tenure: u32,
     report: PegReport,
 }
+
+/// Most proposals one signer answers per tenure (a tenure makes a handful).
+pub const MAX_ANSWERS_PER_TENURE: u32 = 32;
 
 /// What woke the loop.
 enum Event {
@@ -156,6 +161,7 @@ impl Peg {
             coordinator,
             queue: VecDeque::new(),
             next_nonce: None,
+            answers_this_tenure: 0,
             report: PegReport::default(),
         }
     }
@@ -215,6 +221,7 @@ impl Peg {
         self.coordinator = self.set.coordinator_for(&tip.hash);
         self.signer.set_coordinator(self.coordinator);
         self.approver.clear();
+        self.answers_this_tenure = 0;
         tracing::info!(
             tip = %tip.hash,
             height = tip.height,
@@ -459,14 +466,20 @@ impl Peg {
 
     /// A proposal: only the coordinator of this signer's tip may make one, on that tip.
     async fn on_proposal(&mut self, s: ReceivedStatement) {
+        // Only the coordinator of the tip a proposal names gets an answer (a signed statement,
+        // so a custody operation), and at most MAX_ANSWERS_PER_TENURE of them: a member cannot
+        // make this signer sign for every message it sends.
+        if let Err(reason) = self.may_answer(&s) {
+            tracing::warn!(from = s.from, %reason, "proposal dropped without an answer");
+            self.count_refusal(reason);
+            return;
+        }
+        self.answers_this_tenure += 1;
         let answer = match self.judge_proposal(&s).await {
             Ok(answer) => answer,
             Err(reason) => {
                 tracing::warn!(from = s.from, %reason, "refusing the coordinator's proposal");
-                self.report.refusal_count += 1;
-                if self.report.refusals.len() < 100 {
-                    self.report.refusals.push(reason.clone());
-                }
+                self.count_refusal(reason.clone());
                 Answer::Refused { reason }
             }
         };
@@ -506,10 +519,39 @@ impl Peg {
         }
     }
 
-    async fn judge_proposal(&mut self, s: &ReceivedStatement) -> Result<Answer, String> {
+    fn count_refusal(&mut self, reason: String) {
+        self.report.refusal_count += 1;
+        if self.report.refusals.len() < 100 {
+            self.report.refusals.push(reason);
+        }
+    }
+
+    /// The checks before any answer: a payload that reads, its round id, and a sender that
+    /// coordinates the tip it names.
+    fn may_answer(&self, s: &ReceivedStatement) -> Result<(), String> {
+        if self.answers_this_tenure >= MAX_ANSWERS_PER_TENURE {
+            return Err(format!(
+                "more than {MAX_ANSWERS_PER_TENURE} proposals in one tenure"
+            ));
+        }
         if s.round_id.as_slice() != proposal::round_id(&s.payload) {
             return Err("the proposal's round id is not the hash of its payload".into());
         }
+        let proposal = Proposal::from_bytes(&s.payload).map_err(|e| e.to_string())?;
+        let tip = proposal
+            .tip()
+            .ok_or_else(|| "the proposal names no readable tip".to_string())?;
+        let coordinator = self.set.coordinator_for(&tip);
+        if s.from != coordinator {
+            return Err(format!(
+                "signer {} proposed on tip {tip}, whose coordinator is signer {coordinator}",
+                s.from
+            ));
+        }
+        Ok(())
+    }
+
+    async fn judge_proposal(&mut self, s: &ReceivedStatement) -> Result<Answer, String> {
         let proposal = Proposal::from_bytes(&s.payload).map_err(|e| e.to_string())?;
         let tip = proposal
             .tip()
@@ -570,6 +612,7 @@ impl Peg {
                     self.coordinator = self.set.coordinator_for(&stored.hash);
                     self.signer.set_coordinator(self.coordinator);
                     self.approver.clear();
+                    self.answers_this_tenure = 0;
                     self.tip = Some(stored);
                     return Ok(());
                 }
