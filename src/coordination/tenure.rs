@@ -211,11 +211,9 @@ impl Peg {
         self.tip.as_ref().map(|t| t.hash)
     }
 
-    /// A new canonical tip: a new tenure, and its coordinator.
-    async fn on_tip(&mut self, tip: BitcoinBlock) {
-        if self.tip_hash() == Some(tip.hash) {
-            return;
-        }
+    /// Takes `tip` as this signer's tenure: its coordinator drives rounds from now on, and
+    /// nothing approved under the previous tip stays approved.
+    fn enter_tip(&mut self, tip: BitcoinBlock) {
         self.report.tips_seen += 1;
         self.transport.set_tip(tip.hash, tip.height);
         self.coordinator = self.set.coordinator_for(&tip.hash);
@@ -228,7 +226,15 @@ impl Peg {
             coordinator = self.coordinator,
             "new tenure"
         );
-        self.tip = Some(tip.clone());
+        self.tip = Some(tip);
+    }
+
+    /// A new canonical tip: a new tenure, and its coordinator.
+    async fn on_tip(&mut self, tip: BitcoinBlock) {
+        if self.tip_hash() == Some(tip.hash) {
+            return;
+        }
+        self.enter_tip(tip.clone());
         if self.coordinator == self.me {
             self.report.tenures_led += 1;
             self.lead_tenure(&tip).await;
@@ -607,13 +613,7 @@ impl Peg {
                         ));
                     }
                     // Someone else's tenure: take the tip without leading it.
-                    self.report.tips_seen += 1;
-                    self.transport.set_tip(stored.hash, stored.height);
-                    self.coordinator = self.set.coordinator_for(&stored.hash);
-                    self.signer.set_coordinator(self.coordinator);
-                    self.approver.clear();
-                    self.answers_this_tenure = 0;
-                    self.tip = Some(stored);
+                    self.enter_tip(stored);
                     return Ok(());
                 }
                 Ok(_) if Instant::now() < deadline => {
