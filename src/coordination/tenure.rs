@@ -475,13 +475,16 @@ impl Peg {
         // Only the coordinator of the tip a proposal names gets an answer (a signed statement,
         // so a custody operation), and at most MAX_ANSWERS_PER_TENURE of them: a member cannot
         // make this signer sign for every message it sends.
-        if let Err(reason) = self.may_answer(&s) {
-            tracing::warn!(from = s.from, %reason, "proposal dropped without an answer");
-            self.count_refusal(reason);
-            return;
-        }
+        let (proposal, tip) = match self.may_answer(&s) {
+            Ok(read) => read,
+            Err(reason) => {
+                tracing::warn!(from = s.from, %reason, "proposal dropped without an answer");
+                self.count_refusal(reason);
+                return;
+            }
+        };
         self.answers_this_tenure += 1;
-        let answer = match self.judge_proposal(&s).await {
+        let answer = match self.judge_proposal(proposal, tip).await {
             Ok(answer) => answer,
             Err(reason) => {
                 tracing::warn!(from = s.from, %reason, "refusing the coordinator's proposal");
@@ -533,8 +536,8 @@ impl Peg {
     }
 
     /// The checks before any answer: a payload that reads, its round id, and a sender that
-    /// coordinates the tip it names.
-    fn may_answer(&self, s: &ReceivedStatement) -> Result<(), String> {
+    /// coordinates the tip it names. Returns the proposal and that tip.
+    fn may_answer(&self, s: &ReceivedStatement) -> Result<(Proposal, BlockHash), String> {
         if self.answers_this_tenure >= MAX_ANSWERS_PER_TENURE {
             return Err(format!(
                 "more than {MAX_ANSWERS_PER_TENURE} proposals in one tenure"
@@ -554,21 +557,17 @@ impl Peg {
                 s.from
             ));
         }
-        Ok(())
+        Ok((proposal, tip))
     }
 
-    async fn judge_proposal(&mut self, s: &ReceivedStatement) -> Result<Answer, String> {
-        let proposal = Proposal::from_bytes(&s.payload).map_err(|e| e.to_string())?;
-        let tip = proposal
-            .tip()
-            .ok_or_else(|| "the proposal names no readable tip".to_string())?;
+    /// Rebuilds what a proposal from the coordinator of `tip` asks for, on that tip (the
+    /// sender was checked by [`Peg::may_answer`]; `catch_up_to` makes `tip` this signer's).
+    async fn judge_proposal(
+        &mut self,
+        proposal: Proposal,
+        tip: BlockHash,
+    ) -> Result<Answer, String> {
         self.catch_up_to(tip).await?;
-        if s.from != self.coordinator {
-            return Err(format!(
-                "signer {} proposed, but the coordinator of tip {tip} is signer {}",
-                s.from, self.coordinator
-            ));
-        }
         match proposal {
             Proposal::StacksCall { tx, .. } => {
                 let bytes =
