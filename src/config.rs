@@ -27,6 +27,9 @@ pub struct Config {
     /// `[stacks]`: the stacks-node and the sBTC deployment (see `chain::stacks::config`); the
     /// event observer is served on `[api]`'s listener.
     pub stacks: Option<crate::chain::stacks::StacksConfig>,
+    /// `[sweep]`: how sweeps are built and judged (see `coordination::sweep_config`).
+    #[serde(default)]
+    pub sweep: crate::coordination::sweep_config::SweepConfig,
 }
 
 #[derive(Debug, thiserror::Error)]

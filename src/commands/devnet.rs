@@ -20,6 +20,10 @@ pub struct Devnet {
     /// Sighashes in the demo batch.
     #[arg(long, default_value_t = 20)]
     batch: usize,
+    /// Deposits the built-in depositor makes once the key is registered, the way the `sbtc`
+    /// wallet library does; the signers sweep them and mint sBTC. 0: stop after registering.
+    #[arg(long, default_value_t = 0)]
+    deposits: usize,
     /// Where to put keystores, configs, logs and results (must be empty or absent); default: a
     /// new directory under the system temp dir.
     #[arg(long)]
@@ -53,6 +57,7 @@ impl Devnet {
             backend: self.backend,
             postgres: self.postgres,
             pkcs11_module: self.pkcs11_module,
+            deposits: self.deposits,
         })
         .await
     }

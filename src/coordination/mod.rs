@@ -7,8 +7,10 @@
 pub mod call_view;
 pub mod decision;
 pub mod peer_transport;
+pub mod peg_utxo;
 pub mod proposal;
 pub mod stacks_calls;
+pub mod sweep_config;
 pub mod tenure;
 pub mod wire;
 

@@ -37,6 +37,16 @@ pub enum DevnetBackend {
 struct Children(Vec<(u32, Child)>);
 
 impl Children {
+    /// Err naming the first signer that exited.
+    fn check_alive(&mut self) -> Result<(), (Option<u32>, String)> {
+        for (i, child) in &mut self.0 {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err((Some(*i), format!("signer {i} exited early with {status}")));
+            }
+        }
+        Ok(())
+    }
+
     /// SIGTERM first (a clean shutdown: a signer finishes its tenure and writes its result),
     /// then SIGKILL for any still running after 15 s.
     fn stop_all(&mut self) {
@@ -85,6 +95,8 @@ struct SignerFiles {
     log: PathBuf,
     result: PathBuf,
     port: u16,
+    /// The deposit API and Stacks event observer.
+    api_port: u16,
     identity: String,
 }
 
@@ -146,7 +158,7 @@ fn config_text(
     bitcoin: &str,
     storage_url: &str,
     dir: &Path,
-    port: u16,
+    (port, api_port): (u16, u16),
     bootstrap: &[(String, u16)],
     max_message_bytes: usize,
 ) -> Result<String, Box<dyn std::error::Error>> {
@@ -158,6 +170,7 @@ fn config_text(
     t.push_str(custody);
     t.push_str(bitcoin);
     writeln!(t, "[storage]\nurl = {}", toml_str(storage_url))?;
+    writeln!(t, "[api]\nlisten = \"127.0.0.1:{api_port}\"")?;
     writeln!(t, "[peer]\nlisten = \"127.0.0.1:{port}\"")?;
     writeln!(t, "cert_path = {}", path_str(&dir.join("peer-cert.der"))?)?;
     writeln!(t, "max_message_bytes = {max_message_bytes}")?;
@@ -209,6 +222,8 @@ pub struct ClusterOptions {
     pub backend: DevnetBackend,
     pub postgres: Option<String>,
     pub pkcs11_module: PathBuf,
+    /// Deposits the built-in depositor makes once the key is registered (0: none).
+    pub deposits: usize,
 }
 
 /// Runs the devnet to the end; the exit code says whether every check passed.
@@ -247,7 +262,9 @@ pub async fn run(opts: ClusterOptions) -> Result<ExitCode, Box<dyn std::error::E
 
     // 1. Keys: a keystore per signer (made in-process through the custody API) or a SoftHSM2
     // token per signer (keys made by `keys generate` in a child that sees its token dir).
-    let ports = free_ports(n)?;
+    // Peer ports, then API ports, from one call so no two are the same.
+    let all_ports = free_ports(2 * n)?;
+    let (ports, api_ports) = all_ports.split_at(n as usize);
     let setup = Instant::now();
     let mut signers = Vec::with_capacity(n as usize);
     for (i, port) in ports.iter().enumerate() {
@@ -290,6 +307,7 @@ pub async fn run(opts: ClusterOptions) -> Result<ExitCode, Box<dyn std::error::E
             result: dir.join("result.json"),
             dir,
             port: *port,
+            api_port: api_ports[i],
             identity,
         });
     }
@@ -354,6 +372,11 @@ pub async fn run(opts: ClusterOptions) -> Result<ExitCode, Box<dyn std::error::E
         super::stacks::multisig_principal(StacksNetwork::Testnet, &sorted, t as u16);
     stacks_options.balances = vec![(signers_principal.clone(), 100_000_000)];
     stacks_options.poll_interval = Duration::from_millis(500);
+    // Each signer's event observer: stacks-node's [[events_observer]], on the signer's API.
+    stacks_options.observers = signers
+        .iter()
+        .map(|s| format!("http://127.0.0.1:{}", s.api_port))
+        .collect();
     let stacks = StacksNode::start(stacks_options).await?;
     if *stacks.deployer() != signers_principal {
         return Err(format!(
@@ -379,7 +402,7 @@ pub async fn run(opts: ClusterOptions) -> Result<ExitCode, Box<dyn std::error::E
                 &bitcoin_section,
                 &s.storage_url,
                 &s.dir,
-                s.port,
+                (s.port, s.api_port),
                 &bootstrap,
                 max_message_bytes,
             )?,
@@ -455,6 +478,41 @@ pub async fn run(opts: ClusterOptions) -> Result<ExitCode, Box<dyn std::error::E
         }
         Some(Err(e)) => Some(e),
     };
+    // 4. The peg: a donation, the depositor's deposits, sweeps and mints, as miners mine.
+    let mut peg_summary = None;
+    let failure = match (failure, registered.as_deref()) {
+        (None, Some(key)) if opts.deposits > 0 => {
+            let key = crate::keys::AggregateKey::from_slice(&hex::decode(key)?)?;
+            let apis: Vec<String> = signers
+                .iter()
+                .map(|s| format!("http://127.0.0.1:{}", s.api_port))
+                .collect();
+            println!(
+                "peg: donating {} to the signers' key-path address, then {} deposits through the signers' deposit APIs",
+                super::peg_run::DONATION,
+                opts.deposits
+            );
+            let children_ref = &mut children;
+            let alive = move || children_ref.check_alive();
+            let driven = tokio::select! {
+                r = super::peg_run::run(&regtest, &stacks, &key, &apis, opts.deposits, timeout, alive) => Some(r),
+                _ = shutdown.wait() => None,
+            };
+            match driven {
+                None => {
+                    eprintln!("signal received; stopping the signers");
+                    children.stop_all();
+                    return Ok(ExitCode::from(130));
+                }
+                Some(Ok(summary)) => {
+                    peg_summary = Some(summary);
+                    None
+                }
+                Some(Err(e)) => Some(e),
+            }
+        }
+        (failure, _) => failure,
+    };
     // The signers stop on SIGTERM, finishing what they are doing, and write their results.
     children.stop_all();
     if let Some((signer, why)) = failure {
@@ -464,7 +522,11 @@ pub async fn run(opts: ClusterOptions) -> Result<ExitCode, Box<dyn std::error::E
         return Err(format!("{why}; logs are in {}", work.display()).into());
     }
 
-    // 4. Check the results here, independently of the signers.
+    // 5. Check the results here, independently of the signers.
+    let peg_ok = match &peg_summary {
+        Some(summary) => print_peg_summary(summary, &stacks, opts.deposits),
+        None => true,
+    };
     let code = report(
         &signers,
         opts.batch,
@@ -476,7 +538,76 @@ pub async fn run(opts: ClusterOptions) -> Result<ExitCode, Box<dyn std::error::E
     )?;
     stacks.stop().await;
     regtest.stop().await;
-    Ok(code)
+    Ok(if peg_ok { code } else { ExitCode::FAILURE })
+}
+
+/// Prints what the peg did, read back from the chains; false when a deposit was not minted.
+fn print_peg_summary(
+    summary: &super::peg_run::PegSummary,
+    stacks: &StacksNode,
+    made: usize,
+) -> bool {
+    if let Some(d) = &summary.donation {
+        println!("peg: donation {d} started the signers' UTXO");
+    }
+    for s in &summary.sweeps {
+        println!(
+            "peg: sweep {} in block {}: {} inputs, {} vB, fee {} sats ({:.1} sat/vB)",
+            s.txid,
+            s.height,
+            s.inputs,
+            s.vsize,
+            s.fee.to_sat(),
+            s.fee.to_sat() as f64 / s.vsize.max(1) as f64
+        );
+    }
+    let minted = summary.minted.len();
+    println!(
+        "peg: {minted} of {made} deposits swept and minted as sBTC ({} Bitcoin blocks, {:.1} s)",
+        summary.blocks_mined,
+        summary.elapsed.as_secs_f64()
+    );
+    let mut recipients: std::collections::BTreeMap<&str, (usize, u128)> = Default::default();
+    for m in &summary.minted {
+        let e = recipients.entry(m.deposit.recipient.as_str()).or_default();
+        e.0 += 1;
+        e.1 += m.minted;
+    }
+    let mut balances_ok = true;
+    for (who, (count, total)) in &recipients {
+        let balance = super::peg_run::balance(stacks, who);
+        println!(
+            "peg: {who} received {total} sBTC sats from {count} deposits (sbtc-token balance {})",
+            balance.map_or("unreadable".to_string(), |b| b.to_string())
+        );
+        if balance != Some(*total) {
+            balances_ok = false;
+        }
+    }
+    if let (Some(fast), Some(slow)) = (
+        summary
+            .minted
+            .iter()
+            .map(|m| m.mint_height - m.deposit.height)
+            .min(),
+        summary
+            .minted
+            .iter()
+            .map(|m| m.mint_height - m.deposit.height)
+            .max(),
+    ) {
+        let secs: Vec<f64> = summary
+            .minted
+            .iter()
+            .map(|m| m.elapsed.as_secs_f64())
+            .collect();
+        let max_secs = secs.iter().copied().fold(0.0, f64::max);
+        println!("peg: deposit to mint: {fast} to {slow} Bitcoin blocks, at most {max_secs:.1} s");
+    }
+    for p in &summary.pending {
+        eprintln!("peg: deposit {} of {} was NOT minted", p.outpoint, p.amount);
+    }
+    minted == made && balances_ok
 }
 
 /// Creates a fresh database for signer `i` on the server of `admin_url`; returns its URL.
@@ -530,7 +661,7 @@ async fn keystore_keys(
         "",
         "memory",
         dir,
-        0,
+        (0, 0),
         &[],
         1 << 20,
     )?)?;
@@ -599,7 +730,7 @@ fn cli_keys(
     let config = dir.join("keys.toml");
     fs::write(
         &config,
-        config_text(custody_section, "", "memory", dir, 0, &[], 1 << 20)?,
+        config_text(custody_section, "", "memory", dir, (0, 0), &[], 1 << 20)?,
     )?;
     let exe = std::env::current_exe()?;
     let mut identity = None;

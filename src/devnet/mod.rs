@@ -4,6 +4,8 @@
 
 pub mod cluster;
 pub mod demo;
+pub mod depositor;
+pub mod peg_run;
 pub mod regtest;
 pub mod session;
 pub mod stacks;

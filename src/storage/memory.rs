@@ -339,6 +339,42 @@ impl DbRead for MemoryStore {
             .collect())
     }
 
+    async fn get_signer_transactions(
+        &self,
+        tip: &BlockHash,
+        window: u32,
+    ) -> Result<Vec<(ObservedTransaction, BitcoinBlock)>> {
+        let s = self.state();
+        let mut out = Vec::new();
+        for hash in s.window(tip, window) {
+            let Some(block) = s.bitcoin_blocks.get(&hash) else {
+                continue;
+            };
+            let mut txids: Vec<Txid> = s
+                .txids_by_block
+                .get(&hash)
+                .into_iter()
+                .flatten()
+                .copied()
+                .collect();
+            txids.sort();
+            txids.dedup();
+            for txid in txids {
+                if let Some(o) = s.observed.get(&txid) {
+                    if matches!(o.kind, ObservedKind::Sweep | ObservedKind::Donation) {
+                        out.push((o.clone(), block.clone()));
+                    }
+                }
+            }
+        }
+        out.sort_by(|a, b| {
+            a.1.height
+                .cmp(&b.1.height)
+                .then(a.0.txid().cmp(&b.0.txid()))
+        });
+        Ok(out)
+    }
+
     async fn get_deposit_submission(
         &self,
         outpoint: &OutPoint,

@@ -136,6 +136,15 @@ pub trait DbRead: Send + Sync {
     /// The observed transactions among `txids` (unknown ones are left out).
     async fn get_observed_transactions(&self, txids: &[Txid]) -> Result<Vec<ObservedTransaction>>;
 
+    /// The signers' own transactions (sweeps and donations) confirmed in `tip` or its
+    /// `window - 1` ancestors, with the block that confirmed each, lowest block first (in one
+    /// block, by txid: callers order a chain of sweeps by what spends what).
+    async fn get_signer_transactions(
+        &self,
+        tip: &BlockHash,
+        window: u32,
+    ) -> Result<Vec<(ObservedTransaction, BitcoinBlock)>>;
+
     async fn get_deposit_submission(
         &self,
         outpoint: &OutPoint,

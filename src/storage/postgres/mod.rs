@@ -1119,6 +1119,45 @@ impl DbRead for PgStore {
         .await
     }
 
+    async fn get_signer_transactions(
+        &self,
+        tip: &BlockHash,
+        window: u32,
+    ) -> Result<Vec<(ObservedTransaction, BitcoinBlock)>> {
+        if window == 0 {
+            return Ok(Vec::new());
+        }
+        let sql = format!(
+            "{WINDOW_CTE}
+             SELECT ot.kind::TEXT AS kind, ot.tx, b.block_hash, b.block_height, b.parent_hash
+               FROM chain
+               JOIN sbtc_signer.bitcoin_blocks b ON b.block_hash = chain.block_hash
+               JOIN sbtc_signer.bitcoin_transactions bt ON bt.block_hash = chain.block_hash
+               JOIN sbtc_signer.observed_transactions ot ON ot.txid = bt.txid
+              WHERE ot.kind IN ('sweep', 'donation')
+              ORDER BY b.block_height, ot.txid"
+        );
+        let sql = sql.as_str();
+        self.run("get_signer_transactions", |c| async move {
+            let rows = query!(
+                c,
+                sql,
+                &[&tip.as_byte_array().as_slice(), &i64::from(window)]
+            );
+            rows.iter()
+                .map(|r| {
+                    let kind: String = r.get_as("kind")?;
+                    let observed = ObservedTransaction {
+                        kind: ObservedKind::parse(&kind).ok_or_else(|| corrupt("kind"))?,
+                        tx: transaction(r, "tx")?,
+                    };
+                    Ok((observed, bitcoin_block(r)?))
+                })
+                .collect()
+        })
+        .await
+    }
+
     async fn get_deposit_submission(
         &self,
         op: &OutPoint,
