@@ -1362,7 +1362,7 @@ mod tests {
 
     #[test]
     fn replacement_fee_pays_for_the_old_package_and_its_own_relay() {
-        let mut p = SweepParams::new(*b"T3", FeeRate::from_sat_per_vb_unchecked(10), key(1));
+        let mut p = SweepParams::new(*b"T3", FeeRate::from_sat_per_vb_u32(10), key(1));
         assert_eq!(fee_for(&p, 0, 200), 2_000);
         p.replaces = Some(Replaced {
             fee: Amount::from_sat(3_000),
@@ -1377,7 +1377,7 @@ mod tests {
             fee: Amount::from_sat(3_000),
             vsize: 100,
         });
-        p.fee_rate = FeeRate::from_sat_per_vb_unchecked(2);
+        p.fee_rate = FeeRate::from_sat_per_vb_u32(2);
         assert_eq!(fee_for(&p, 0, 1_000), 30_000);
     }
 }
