@@ -71,8 +71,7 @@ pub fn encode(ids: &[u64]) -> Vec<u8> {
         let last = *members.last().expect("a segment has at least its start");
         let grown = segment_bytes(start, id);
         let now = segment_bytes(start, last);
-        let extend_cost =
-            (grown - now) + (leb128_len(grown as u64) as u64 - leb128_len(now as u64) as u64);
+        let extend_cost = (grown - now) + (leb128_len(grown) as u64 - leb128_len(now) as u64);
         let new_cost = leb128_len(id - last - 1) as u64 + leb128_len(1) as u64 + 1;
         if extend_cost <= new_cost {
             members.push(id);
