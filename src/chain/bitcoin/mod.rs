@@ -4,8 +4,10 @@
 pub mod client;
 pub mod config;
 pub mod deposit;
+pub mod idpack;
 pub mod observer;
 pub mod rpc;
+pub mod sweep;
 
 pub use client::{BitcoinClient, Error, ErrorKind};
 pub use config::BitcoinConfig;
