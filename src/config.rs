@@ -30,6 +30,10 @@ pub struct Config {
     /// `[sweep]`: how sweeps are built and judged (see `coordination::sweep_config`).
     #[serde(default)]
     pub sweep: crate::coordination::sweep_config::SweepConfig,
+    /// `[policy]`: what this signer's request decider accepts (see `coordination::policy`);
+    /// every field has a default.
+    #[serde(default)]
+    pub policy: crate::coordination::PolicyConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +80,7 @@ impl Config {
                 ));
             }
         }
+        config.policy.validate().map_err(|e| e.to_string())?;
         if let Some(stacks) = &config.stacks {
             let Some(bitcoin) = &config.bitcoin else {
                 return Err(
@@ -233,6 +238,21 @@ mod tests {
                 path.display()
             );
         }
+    }
+
+    #[test]
+    fn policy_defaults_parse_and_typos_or_contradictions_are_errors() {
+        let c = Config::parse("").unwrap();
+        assert_eq!(c.policy, crate::coordination::PolicyConfig::default());
+        let c = Config::parse("[policy]\ndeposit_max_sats = 5_000_000\npeg_cap_sats = 100_000_000\n")
+            .unwrap();
+        assert_eq!(c.policy.deposit_max_sats, Some(5_000_000));
+        assert_eq!(c.policy.deposit_min_sats, 10_000);
+        let err = Config::parse("[policy]\ndeposit_max = 5\n").unwrap_err();
+        assert!(err.contains("deposit_max"), "{err}");
+        let err = Config::parse("[policy]\ndeposit_min_sats = 20_000\ndeposit_max_sats = 15_000\n")
+            .unwrap_err();
+        assert!(err.contains("[policy] deposit_max_sats"), "{err}");
     }
 
     #[test]

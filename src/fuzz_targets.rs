@@ -92,6 +92,9 @@ pub fn peer_envelope(data: &[u8]) -> bool {
         Some(Body::Decision(s)) => {
             let _ = DkgDecision::from_bytes(&s.payload);
         }
+        Some(Body::Votes(s)) => {
+            let _ = crate::coordination::votes::BlockVotes::from_bytes(&s.payload);
+        }
         Some(Body::Proposal(_) | Body::Ack(_) | Body::Deposit(_)) | None => {}
     }
     true

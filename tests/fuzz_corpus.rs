@@ -219,6 +219,7 @@ fn statement(kind: StatementKind, round_id: [u8; 32], payload: Bytes) -> Vec<u8>
         StatementKind::Proposal => Body::Proposal(statement),
         StatementKind::Ack => Body::Ack(statement),
         StatementKind::Decision => Body::Decision(statement),
+        StatementKind::Votes => Body::Votes(statement),
     };
     message::encode(&message::Envelope {
         version: message::VERSION,

@@ -3,7 +3,7 @@
 //! Round messages travel typed (protobuf, [`wire`]) as the body of a peer `Round` envelope (the
 //! link authenticates them), stamped with this node's chain tip and a round id. The sender index
 //! the rounds see is derived from the identity key the TLS handshake proved, never from the
-//! message. Signed statements (proposals, acks, decisions) arriving on the same links are kept
+//! message. Signed statements (proposals, acks, decisions, votes) arriving on the same links are kept
 //! aside for the node.
 
 use bitcoin::{hashes::Hash as _, BlockHash};
@@ -186,6 +186,7 @@ impl PeerTransport {
                 Some(Body::Proposal(s)) => (StatementKind::Proposal, s),
                 Some(Body::Ack(s)) => (StatementKind::Ack, s),
                 Some(Body::Decision(s)) => (StatementKind::Decision, s),
+                Some(Body::Votes(s)) => (StatementKind::Votes, s),
                 Some(Body::Deposit(_)) | None => continue,
             };
             return Some(Incoming::Statement(ReceivedStatement {

@@ -466,6 +466,11 @@ impl Peg {
                 StatementKind::Decision => {
                     tracing::debug!(from = s.from, "a DKG decision after the session; ignored")
                 }
+                // Placeholder so the new statement kind compiles; the lead's wiring hands these
+                // to `Decider::record_peer_votes`.
+                StatementKind::Votes => {
+                    tracing::debug!(from = s.from, "peer votes; not yet handed to the decider")
+                }
             },
         }
     }

@@ -21,6 +21,8 @@ pub enum StatementKind {
     Proposal = 1,
     Ack = 2,
     Decision = 3,
+    /// A signer's votes on the pending requests at one tip (`coordination::votes`).
+    Votes = 4,
 }
 
 impl StatementKind {
@@ -29,6 +31,7 @@ impl StatementKind {
             StatementKind::Proposal => "proposal",
             StatementKind::Ack => "ack",
             StatementKind::Decision => "decision",
+            StatementKind::Votes => "votes",
         }
     }
 }
@@ -101,7 +104,7 @@ pub fn opaque_payload(env: &Envelope) -> Option<&Bytes> {
     }
 }
 
-/// A proposal, ack or decision, signed with the identity key under `label` through `custody`.
+/// A proposal, ack, decision or votes statement, signed with the identity key under `label` through `custody`.
 pub async fn signed(
     custody: &dyn Custody,
     label: &KeyLabel,
@@ -130,6 +133,7 @@ pub async fn signed(
             StatementKind::Proposal => Body::Proposal(statement),
             StatementKind::Ack => Body::Ack(statement),
             StatementKind::Decision => Body::Decision(statement),
+            StatementKind::Votes => Body::Votes(statement),
         }),
     })
 }
@@ -159,6 +163,7 @@ pub fn decode(bytes: Bytes, sender: &secp256k1::PublicKey) -> Result<Envelope, I
         Some(Body::Proposal(s)) => (StatementKind::Proposal, s),
         Some(Body::Ack(s)) => (StatementKind::Ack, s),
         Some(Body::Decision(s)) => (StatementKind::Decision, s),
+        Some(Body::Votes(s)) => (StatementKind::Votes, s),
     };
     let rsv: [u8; 65] = statement
         .signature

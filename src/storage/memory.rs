@@ -114,6 +114,32 @@ impl State {
     }
 
     /// `tip` and up to `window - 1` ancestors that the store knows.
+    /// Withdrawals made in Stacks blocks anchored in the window, sorted by id; without the
+    /// ones a recorded sweep paid when `unpaid_only`.
+    fn withdrawals_in_window(
+        &self,
+        tip: &BlockHash,
+        window: u32,
+        unpaid_only: bool,
+    ) -> Vec<WithdrawalRequest> {
+        let mut out = Vec::new();
+        for block in self.window(tip, window) {
+            for stacks in self.stacks_by_anchor.get(&block).into_iter().flatten() {
+                for id in self.withdrawals_by_block.get(stacks).into_iter().flatten() {
+                    if unpaid_only && self.swept_withdrawals.contains(id) {
+                        continue;
+                    }
+                    if let Some(w) = self.withdrawals.get(id) {
+                        out.push(w.clone());
+                    }
+                }
+            }
+        }
+        out.sort_by_key(|w| w.request_id);
+        out.dedup_by_key(|w| w.request_id);
+        out
+    }
+
     fn window(&self, tip: &BlockHash, window: u32) -> Vec<BlockHash> {
         let mut out = Vec::new();
         let mut next = self.bitcoin_blocks.get(tip);
@@ -263,23 +289,15 @@ impl DbRead for MemoryStore {
         tip: &BlockHash,
         window: u32,
     ) -> Result<Vec<WithdrawalRequest>> {
-        let s = self.state();
-        let mut out = Vec::new();
-        for block in s.window(tip, window) {
-            for stacks in s.stacks_by_anchor.get(&block).into_iter().flatten() {
-                for id in s.withdrawals_by_block.get(stacks).into_iter().flatten() {
-                    if s.swept_withdrawals.contains(id) {
-                        continue;
-                    }
-                    if let Some(w) = s.withdrawals.get(id) {
-                        out.push(w.clone());
-                    }
-                }
-            }
-        }
-        out.sort_by_key(|w| w.request_id);
-        out.dedup_by_key(|w| w.request_id);
-        Ok(out)
+        Ok(self.state().withdrawals_in_window(tip, window, true))
+    }
+
+    async fn get_withdrawal_requests_in_window(
+        &self,
+        tip: &BlockHash,
+        window: u32,
+    ) -> Result<Vec<WithdrawalRequest>> {
+        Ok(self.state().withdrawals_in_window(tip, window, false))
     }
 
     async fn get_withdrawal_votes(&self, request_id: u64) -> Result<Vec<WithdrawalVote>> {

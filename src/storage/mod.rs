@@ -91,6 +91,14 @@ pub trait DbRead: Send + Sync {
         window: u32,
     ) -> Result<Vec<WithdrawalRequest>>;
 
+    /// Withdrawal requests made in Stacks blocks anchored to `tip` or its `window - 1`
+    /// ancestors, paid or not, sorted by request id (the rolling withdrawal cap sums them).
+    async fn get_withdrawal_requests_in_window(
+        &self,
+        tip: &BlockHash,
+        window: u32,
+    ) -> Result<Vec<WithdrawalRequest>>;
+
     async fn get_withdrawal_votes(&self, request_id: u64) -> Result<Vec<WithdrawalVote>>;
 
     async fn get_dkg_shares(&self, aggregate_key: &AggregateKey)

@@ -982,6 +982,33 @@ impl DbRead for PgStore {
         .await
     }
 
+    async fn get_withdrawal_requests_in_window(
+        &self,
+        tip: &BlockHash,
+        window: u32,
+    ) -> Result<Vec<WithdrawalRequest>> {
+        if window == 0 {
+            return Ok(Vec::new());
+        }
+        let sql = format!(
+            "{WINDOW_CTE}
+             SELECT DISTINCT wr.* FROM chain
+               JOIN sbtc_signer.stacks_blocks sb ON sb.bitcoin_anchor = chain.block_hash
+               JOIN sbtc_signer.withdrawal_requests wr ON wr.block_hash = sb.block_hash
+              ORDER BY wr.request_id"
+        );
+        let sql = sql.as_str();
+        self.run("get_withdrawal_requests_in_window", |c| async move {
+            let rows = query!(
+                c,
+                sql,
+                &[&tip.as_byte_array().as_slice(), &i64::from(window)]
+            );
+            rows.iter().map(withdrawal).collect()
+        })
+        .await
+    }
+
     async fn get_withdrawal_votes(&self, request_id: u64) -> Result<Vec<WithdrawalVote>> {
         self.run("get_withdrawal_votes", |c| async move {
             let id = i64_of(request_id, "request_id")?;
