@@ -110,6 +110,11 @@ impl Run {
                 config: c.clone(),
                 api: config.api.clone(),
                 stacks,
+                sweep: config.sweep.resolve(c.network)?,
+                policy: {
+                    config.policy.validate()?;
+                    config.policy.clone()
+                },
             }),
             None if config.api.is_some() => {
                 return Err(

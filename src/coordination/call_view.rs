@@ -15,11 +15,14 @@ use crate::chain::stacks::{
 use crate::storage::{DkgSharesStatus, Storage};
 
 use super::stacks_calls::StacksSide;
+use super::sweeps;
 
 /// This signer's view: its storage (DKG shares, sweeps, registry events) and its stacks-node.
 pub struct StoreCallView {
     pub storage: Arc<dyn Storage>,
     pub stacks: StacksSide,
+    /// The sweeps' OP_RETURN magic (`[sweep] magic`).
+    pub magic: [u8; 2],
 }
 
 #[async_trait]
@@ -37,9 +40,26 @@ impl CallView for StoreCallView {
                 done.txid, done.block_height
             )));
         }
-        Ok(Rebuilt::Unknown(
-            "this signer has no confirmed sweep of it".into(),
-        ))
+        let tip = self
+            .storage
+            .get_bitcoin_canonical_tip()
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| "this signer has no Bitcoin tip yet".to_string())?;
+        let Some(sweep) = sweeps::sweep_spending(self.storage.as_ref(), &tip, outpoint).await?
+        else {
+            return Ok(Rebuilt::Unknown(
+                "this signer has no confirmed sweep of it".into(),
+            ));
+        };
+        let calls = sweeps::completions_of(self.storage.as_ref(), &sweep, self.magic, false).await?;
+        Ok(match calls.into_iter().find(|c| c.outpoint == *outpoint) {
+            Some(call) => Rebuilt::Ready(call),
+            None => Rebuilt::Unknown(format!(
+                "sweep {} spends it, and this signer holds no deposit request for it",
+                sweep.txid
+            )),
+        })
     }
 
     async fn accept_withdrawal(

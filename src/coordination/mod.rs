@@ -14,6 +14,7 @@ pub mod policy;
 pub mod proposal;
 pub mod stacks_calls;
 pub mod sweep_config;
+pub mod sweeps;
 pub mod tenure;
 pub mod votes;
 pub mod wire;

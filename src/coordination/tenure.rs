@@ -20,8 +20,12 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::call_view::StoreCallView;
+use super::decider::{DecideContext, Decider};
+use super::peg_utxo;
 use super::proposal::{self, Answer, Proposal};
 use super::stacks_calls::StacksSide;
+use super::sweeps::{self, Named, SweepSide};
+use super::votes::{self, BlockVotes};
 use super::{Incoming, PeerTransport, ReceivedStatement};
 use crate::chain::bitcoin::observer::TipChange;
 use crate::chain::stacks::{
@@ -30,8 +34,11 @@ use crate::chain::stacks::{
 };
 use crate::keys::{AggregateKey, Keys};
 use crate::peer::{message::StatementKind, PeerNode};
+use crate::chain::bitcoin::sweep::SweepPackage;
+use crate::chain::stacks::contracts::batch_calls;
 use crate::signing::{
-    Approver, BatchSigner, DkgId, RoundMessage, SighashRequest, SignerIndex, SignerSet, Transport,
+    Approver, BatchCoordinator, BatchSigner, DkgId, Participation, PublicShares, RoundMessage,
+    SighashRequest, SignerContext, SignerIndex, SignerSet, Transport,
 };
 use crate::storage::{self, BitcoinBlock, Storage};
 
@@ -77,6 +84,13 @@ pub struct PegReport {
     pub stacks_submitted: Vec<(String, String)>,
     /// Proposals this signer answered with its signature.
     pub proposals_signed: u64,
+    /// Sweeps this signer broadcast as coordinator: txids.
+    pub sweeps_broadcast: Vec<String>,
+    /// Sweeps this signer rebuilt and accepted (as coordinator or signer): txids.
+    pub sweeps_accepted: u64,
+    /// Vote statements this signer sent, and peers' ballots it stored.
+    pub votes_sent: u64,
+    pub peer_votes_stored: u64,
     /// Proposals this signer refused, with why (the first 100).
     pub refusals: Vec<String>,
     pub refusal_count: u64,
@@ -90,6 +104,18 @@ pub struct PegParams {
     pub stacks: StacksSide,
     /// How long a coordinator waits for answers, and a signer for a tip it has not seen yet.
     pub phase_timeout: Duration,
+    pub sweeps: SweepSide,
+    pub decider: Arc<Decider>,
+}
+
+/// What the peg takes over from the DKG session.
+pub struct PegStart {
+    pub transport: PeerTransport,
+    pub signer: BatchSigner,
+    pub ctx: SignerContext,
+    pub public: Arc<PublicShares>,
+    pub aggregate_key: AggregateKey,
+    pub coordinator: SignerIndex,
 }
 
 /// One signer's peg task.
@@ -97,6 +123,7 @@ pub struct Peg {
     p: PegParams,
     transport: PeerTransport,
     signer: BatchSigner,
+    batch: Option<BatchCoordinator>,
     approver: Arc<TenureApprover>,
     set: Arc<SignerSet>,
     me: SignerIndex,
@@ -110,8 +137,13 @@ pub struct Peg {
     next_nonce: Option<(BlockHash, u64)>,
     /// Proposals answered since the tip last moved.
     answers_this_tenure: u32,
+    /// Signers whose votes on the current tip arrived.
+    votes_from: HashSet<SignerIndex>,
     report: PegReport,
 }
+
+/// How long a coordinator waits for its peers' votes on a new tip before it proposes.
+pub const VOTES_WAIT: Duration = Duration::from_secs(3);
 
 /// Most proposals one signer answers per tenure (a tenure makes a handful).
 pub const MAX_ANSWERS_PER_TENURE: u32 = 32;
@@ -136,13 +168,22 @@ async fn next_message(
 impl Peg {
     /// Takes over from the DKG session: its links, this signer's shares of `aggregate_key`
     /// (verified), and the signer that answers rounds.
-    pub fn new(
-        p: PegParams,
-        transport: PeerTransport,
-        mut signer: BatchSigner,
-        aggregate_key: AggregateKey,
-        coordinator: SignerIndex,
-    ) -> Peg {
+    pub fn new(p: PegParams, start: PegStart) -> Peg {
+        let PegStart {
+            transport,
+            mut signer,
+            ctx,
+            public,
+            aggregate_key,
+            coordinator,
+        } = start;
+        let batch = match BatchCoordinator::new(ctx, public) {
+            Ok(b) => Some(b),
+            Err(e) => {
+                tracing::error!(error = %e, "this signer cannot coordinate signing rounds; it will not lead sweeps");
+                None
+            }
+        };
         let approver = Arc::new(TenureApprover::default());
         signer.set_approver(approver.clone());
         let set = p.node.signer_set();
@@ -152,6 +193,7 @@ impl Peg {
             p,
             transport,
             signer,
+            batch,
             approver,
             set,
             me,
@@ -162,6 +204,7 @@ impl Peg {
             queue: VecDeque::new(),
             next_nonce: None,
             answers_this_tenure: 0,
+            votes_from: HashSet::new(),
             report: PegReport::default(),
         }
     }
@@ -220,6 +263,7 @@ impl Peg {
         self.signer.set_coordinator(self.coordinator);
         self.approver.clear();
         self.answers_this_tenure = 0;
+        self.votes_from.clear();
         tracing::info!(
             tip = %tip.hash,
             height = tip.height,
@@ -235,6 +279,7 @@ impl Peg {
             return;
         }
         self.enter_tip(tip.clone());
+        self.vote_on(&tip).await;
         if self.coordinator == self.me {
             self.report.tenures_led += 1;
             self.lead_tenure(&tip).await;
@@ -247,7 +292,400 @@ impl Peg {
         self.wait_for_stacks_node(tip).await;
         if let Err(why) = self.register_key(tip).await {
             tracing::warn!(%why, "the aggregate key is not registered on Stacks yet");
+            return;
         }
+        if let Err(why) = self.complete_deposits(tip).await {
+            tracing::warn!(%why, "the swept deposits were not completed in this tenure");
+        }
+        if let Err(why) = self.lead_sweep(tip).await {
+            tracing::warn!(%why, "no sweep in this tenure");
+        }
+    }
+
+    /// Every signer, at every tip: votes on each pending request and sends all its ballots in
+    /// one signed statement (one custody operation, however many requests; none when there is
+    /// nothing to vote on).
+    async fn vote_on(&mut self, tip: &BitcoinBlock) {
+        let verified_keys = match sweeps::verified_keys(self.p.storage.as_ref()).await {
+            Ok(k) => k,
+            Err(why) => {
+                tracing::warn!(%why, "no votes on this tip");
+                return;
+            }
+        };
+        let peg_balance = match peg_utxo::find(self.p.storage.as_ref(), &tip.hash, &verified_keys).await
+        {
+            Ok(found) => found.map_or(bitcoin::Amount::ZERO, |f| f.amount()),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the peg UTXO; no votes on this tip");
+                return;
+            }
+        };
+        let ctx = DecideContext {
+            tip: tip.clone(),
+            peg_balance,
+            verified_keys,
+        };
+        let votes = match self.p.decider.decide(&ctx).await {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!(error = %e, "the request decider failed; no votes on this tip");
+                return;
+            }
+        };
+        if votes.ballots() == 0 {
+            return;
+        }
+        let envelope =
+            match votes::signed_statement(&self.p.node, self.transport.chain_tip(), &votes).await {
+                Ok(e) => e,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot sign this tip's votes");
+                    return;
+                }
+            };
+        let down = self
+            .transport
+            .broadcast_envelope(crate::peer::message::encode(&envelope))
+            .await;
+        if !down.is_empty() {
+            tracing::warn!(?down, "this tip's votes did not reach every signer");
+        }
+        self.report.votes_sent += 1;
+        tracing::info!(
+            tip = %tip.hash,
+            deposits = votes.deposits.len(),
+            withdrawals = votes.withdrawals.len(),
+            "votes sent"
+        );
+    }
+
+    /// A peer's votes: stored for the requests this signer knows.
+    async fn on_votes(&mut self, s: ReceivedStatement) {
+        let Some(key) = self.set.key(s.from).copied() else {
+            return;
+        };
+        let votes = match BlockVotes::from_statement(&s) {
+            Ok(v) => v,
+            Err(reason) => {
+                tracing::warn!(from = s.from, %reason, "unreadable votes dropped");
+                self.count_refusal(format!("votes from signer {}: {reason}", s.from));
+                return;
+            }
+        };
+        if Some(votes.tip) == self.tip_hash() {
+            self.votes_from.insert(s.from);
+        }
+        match self.p.decider.record_peer_votes(key, &votes).await {
+            Ok(n) => self.report.peer_votes_stored += n as u64,
+            Err(e) => tracing::warn!(from = s.from, error = %e, "a peer's votes were not stored"),
+        }
+    }
+
+    /// Waits (bounded) until a threshold of the set voted on this tip, handling the votes that
+    /// arrive and keeping every other message for later.
+    async fn collect_votes(&mut self) {
+        let needed = (self.set.threshold() as usize).saturating_sub(1);
+        let deadline = Instant::now() + VOTES_WAIT.min(self.p.phase_timeout);
+        let mut later = VecDeque::new();
+        while self.votes_from.len() < needed {
+            match tokio::time::timeout_at(
+                deadline,
+                next_message(&mut self.queue, &mut self.transport),
+            )
+            .await
+            {
+                Ok(Some(Incoming::Statement(s))) if s.kind == StatementKind::Votes => {
+                    self.on_votes(s).await
+                }
+                Ok(Some(other)) => later.push_back(other),
+                Ok(None) | Err(_) => break,
+            }
+        }
+        self.queue.extend(later);
+    }
+
+    /// The coordinator's Stacks side of confirmed sweeps: every swept deposit without its
+    /// completed-deposit event, in as few batch calls as fit.
+    async fn complete_deposits(&mut self, tip: &BitcoinBlock) -> Result<(), String> {
+        let completions =
+            sweeps::pending_completions(self.p.storage.as_ref(), tip, self.p.sweeps.settings.magic)
+                .await?;
+        if completions.is_empty() {
+            return Ok(());
+        }
+        tracing::info!(deposits = completions.len(), "completing swept deposits on Stacks");
+        for call in batch_calls(completions, Vec::new()) {
+            self.propose_stacks_call(tip, call).await?;
+        }
+        Ok(())
+    }
+
+    /// The coordinator's sweep: the deposits a threshold voted to accept, on this signer's peg
+    /// UTXO, at its own fee rate; proposed, rebuilt by every signer, signed in one batch,
+    /// checked, broadcast.
+    async fn lead_sweep(&mut self, tip: &BitcoinBlock) -> Result<(), String> {
+        self.collect_votes().await;
+        let threshold = self.set.threshold() as usize;
+        let accepted = self
+            .p
+            .decider
+            .accepted_deposits(tip, self.set.keys(), threshold)
+            .await
+            .map_err(|e| format!("cannot read the accepted deposits: {e}"))?;
+        if accepted.is_empty() {
+            return Ok(());
+        }
+        let keys = sweeps::verified_keys(self.p.storage.as_ref()).await?;
+        let peg = peg_utxo::find(self.p.storage.as_ref(), &tip.hash, &keys)
+            .await
+            .map_err(|e| format!("cannot read the peg UTXO: {e}"))?
+            .ok_or_else(|| {
+                format!(
+                    "{} deposits wait, and the signers have no UTXO yet: donate to the signers' key-path script {}",
+                    accepted.len(),
+                    peg_utxo::signers_script(&self.aggregate_key)
+                )
+            })?;
+        if let Some(decision) = self
+            .p
+            .storage
+            .get_spend_decision(&peg.outpoint)
+            .await
+            .map_err(|e| format!("cannot read the guard's record of {}: {e}", peg.outpoint))?
+        {
+            return Err(format!(
+                "the peg UTXO {} is already spent by sweep {}, which has not confirmed",
+                peg.outpoint, decision.txid
+            ));
+        }
+        let rate = self.p.sweeps.own_fee_rate().await?;
+        let deposits: Vec<storage::DepositRequest> = accepted.into_iter().map(|(d, _)| d).collect();
+        let planned = self
+            .p
+            .sweeps
+            .package(&peg, &deposits, &[], rate, &self.aggregate_key);
+        for e in &planned.excluded {
+            tracing::info!(request = ?e.request, reason = %e.reason, "left out of this sweep");
+        }
+        let mut named: Vec<String> = planned
+            .txs
+            .iter()
+            .flat_map(|p| p.deposits.iter().map(|(d, _)| d.outpoint.to_string()))
+            .collect();
+        if named.is_empty() {
+            return Ok(());
+        }
+        named.sort();
+        let fee_rate_sat_per_kwu = rate.to_sat_per_kwu();
+        let read = Named::read(&peg.outpoint.to_string(), &named, &[], fee_rate_sat_per_kwu)?;
+        // The coordinator holds itself to what every signer checks.
+        let package = self.accept_sweep(tip, &read).await?;
+        let txids: Vec<String> = package.txs.iter().map(|p| p.txid().to_string()).collect();
+        let payload = Proposal::Sweep {
+            tip: tip.hash.to_string(),
+            peg: peg.outpoint.to_string(),
+            deposits: named,
+            withdrawals: Vec::new(),
+            fee_rate_sat_per_kwu,
+        }
+        .to_bytes();
+        let round = proposal::round_id(&payload);
+        self.broadcast_proposal(round, payload).await?;
+        let accepted_by = self.collect_sweep_acks(round, &txids).await?;
+        tracing::info!(signers = accepted_by + 1, txs = txids.len(), "the sweep package is accepted");
+        // A tenure stops when the tip moves.
+        match self.p.storage.get_bitcoin_canonical_tip().await {
+            Ok(Some(now)) if now.hash == tip.hash => {}
+            Ok(now) => {
+                return Err(format!(
+                    "the tip moved to {} before signing; the tenure stops",
+                    now.map_or_else(|| "none".to_string(), |b| b.hash.to_string())
+                ))
+            }
+            Err(e) => return Err(format!("cannot read the tip: {e}")),
+        }
+        let requests: Vec<SighashRequest> =
+            package.txs.iter().flat_map(|p| p.sighashes()).collect();
+        let batch = self
+            .batch
+            .as_ref()
+            .ok_or("this signer cannot coordinate signing rounds")?;
+        let signed = batch
+            .sign(
+                &mut self.signer,
+                &mut self.transport,
+                &requests,
+                Participation::Threshold,
+            )
+            .await
+            .map_err(|e| format!("signing the sweep failed: {e}"))?;
+        sign_head(&self.p.keys, "end of a sweep signing round").await;
+        let by_sighash: std::collections::HashMap<[u8; 32], _> = signed
+            .signatures
+            .iter()
+            .map(|s| (s.request.sighash, s.signature))
+            .collect();
+        for plan in &package.txs {
+            let sigs = plan
+                .sighashes()
+                .iter()
+                .map(|r| by_sighash.get(&r.sighash).copied())
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(|| format!("sweep {} lacks a signature", plan.txid()))?;
+            let tx = plan
+                .finalize(&sigs)
+                .map_err(|e| format!("sweep {} does not finalize: {e}", plan.txid()))?;
+            let txid = self
+                .p
+                .sweeps
+                .bitcoin
+                .send_raw_transaction(&tx)
+                .await
+                .map_err(|e| format!("bitcoind refused sweep {}: {e}", plan.txid()))?;
+            tracing::info!(
+                %txid,
+                deposits = plan.deposits.len(),
+                fee = plan.fee.to_sat(),
+                vsize = plan.vsize,
+                "sweep broadcast"
+            );
+            self.report.sweeps_broadcast.push(txid.to_string());
+        }
+        Ok(())
+    }
+
+    /// Rebuilds a sweep from this signer's own view, records it in the no-equivocation guard
+    /// and the store, and allows its sighashes for this tenure.
+    async fn accept_sweep(
+        &mut self,
+        tip: &BitcoinBlock,
+        named: &Named,
+    ) -> Result<SweepPackage, String> {
+        let package = self
+            .p
+            .sweeps
+            .rebuild(
+                self.p.storage.as_ref(),
+                &self.identity,
+                tip,
+                &self.aggregate_key,
+                named,
+                self.p.decider.policy().deposit_window_blocks,
+            )
+            .await?;
+        for plan in &package.txs {
+            let decision = self
+                .p
+                .storage
+                .guard_spend(&plan.spend_intent())
+                .await
+                .map_err(|e| format!("the no-equivocation guard failed: {e}"))?;
+            if let Some(refusal) = decision.refusal() {
+                return Err(format!(
+                    "the no-equivocation guard refuses sweep {}: {refusal}",
+                    plan.txid()
+                ));
+            }
+        }
+        for plan in &package.txs {
+            let record = storage::SweepTransaction {
+                txid: plan.txid(),
+                signers_prevout: plan.peg_in.outpoint,
+                deposits: plan.deposits.iter().map(|(d, _)| d.outpoint).collect(),
+                withdrawals: Vec::new(),
+                fee: plan.fee,
+                chain_tip: tip.hash,
+            };
+            self.p
+                .storage
+                .write_sweep_transaction(&record)
+                .await
+                .map_err(|e| format!("cannot store sweep {}: {e}", plan.txid()))?;
+            self.approver.allow(plan.sighashes());
+        }
+        self.report.sweeps_accepted += 1;
+        Ok(package)
+    }
+
+    async fn broadcast_proposal(&mut self, round: [u8; 32], payload: Vec<u8>) -> Result<(), String> {
+        let envelope = self
+            .p
+            .node
+            .signed_statement(
+                StatementKind::Proposal,
+                self.transport.chain_tip(),
+                round,
+                payload.into(),
+            )
+            .await
+            .map_err(|e| format!("cannot sign the proposal: {e}"))?;
+        let down = self
+            .transport
+            .broadcast_envelope(crate::peer::message::encode(&envelope))
+            .await;
+        if !down.is_empty() {
+            tracing::warn!(?down, "the proposal did not reach every signer");
+        }
+        Ok(())
+    }
+
+    /// Waits for threshold − 1 peers to accept the sweep with exactly `txids`.
+    async fn collect_sweep_acks(&mut self, round: [u8; 32], txids: &[String]) -> Result<usize, String> {
+        let needed = (self.set.threshold() as usize).saturating_sub(1);
+        let mut accepted: HashSet<SignerIndex> = HashSet::new();
+        let deadline = Instant::now() + self.p.phase_timeout;
+        let mut later = VecDeque::new();
+        let result = loop {
+            if accepted.len() >= needed {
+                break Ok(accepted.len());
+            }
+            let received = tokio::time::timeout_at(
+                deadline,
+                next_message(&mut self.queue, &mut self.transport),
+            )
+            .await;
+            let statement = match received {
+                Err(_) => {
+                    break Err(format!(
+                        "{} of {needed} signers accepted the sweep after {} s",
+                        accepted.len(),
+                        self.p.phase_timeout.as_secs()
+                    ))
+                }
+                Ok(None) => break Err("the peer links stopped".into()),
+                Ok(Some(Incoming::Statement(s)))
+                    if s.kind == StatementKind::Ack && s.round_id.as_slice() == round =>
+                {
+                    s
+                }
+                Ok(Some(Incoming::Statement(s))) if s.kind == StatementKind::Votes => {
+                    self.on_votes(s).await;
+                    continue;
+                }
+                Ok(Some(other)) => {
+                    later.push_back(other);
+                    continue;
+                }
+            };
+            match Answer::from_bytes(&statement.payload) {
+                Ok(Answer::SweepAccepted { txids: theirs }) if theirs == txids => {
+                    accepted.insert(statement.from);
+                }
+                Ok(Answer::SweepAccepted { txids: theirs }) => tracing::warn!(
+                    from = statement.from,
+                    ?theirs,
+                    "a signer built different sweep transactions"
+                ),
+                Ok(Answer::Refused { reason }) => {
+                    tracing::warn!(from = statement.from, %reason, "a signer refused the sweep")
+                }
+                Ok(other) => tracing::warn!(from = statement.from, ?other, "an answer of the wrong kind for a sweep"),
+                Err(e) => tracing::warn!(from = statement.from, error = %e, "an unreadable answer"),
+            }
+        };
+        self.queue.extend(later);
+        result
     }
 
     /// Stacks work reads the Stacks node's view of Bitcoin: wait (bounded) until it has
@@ -255,17 +693,29 @@ impl Peg {
     async fn wait_for_stacks_node(&self, tip: &BitcoinBlock) {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            match self.p.stacks.client.get_info().await {
-                Ok(info) if info.burn_block_height >= tip.height => return,
-                Ok(_) | Err(_) if Instant::now() >= deadline => {
-                    tracing::warn!(
-                        height = tip.height,
-                        "the stacks-node has not processed this Bitcoin block after 10 s; going on"
-                    );
-                    return;
-                }
-                _ => tokio::time::sleep(Duration::from_millis(200)).await,
+            let node_ready = matches!(
+                self.p.stacks.client.get_info().await,
+                Ok(info) if info.burn_block_height >= tip.height
+            );
+            // And its events: the Stacks block on this Bitcoin block reached this signer's
+            // event observer, so what is already done on Stacks reads as done.
+            let events_ready = node_ready
+                && matches!(
+                    self.p.storage.get_stacks_canonical_tip().await,
+                    Ok(Some(b)) if b.bitcoin_anchor_height >= tip.height
+                );
+            if events_ready {
+                return;
             }
+            if Instant::now() >= deadline {
+                tracing::warn!(
+                    height = tip.height,
+                    node_ready,
+                    "the stacks-node or its events have not reached this Bitcoin block after 10 s; going on"
+                );
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
 
@@ -439,6 +889,7 @@ impl Peg {
         StoreCallView {
             storage: self.p.storage.clone(),
             stacks: self.p.stacks.clone(),
+            magic: self.p.sweeps.settings.magic,
         }
     }
 
@@ -466,11 +917,7 @@ impl Peg {
                 StatementKind::Decision => {
                     tracing::debug!(from = s.from, "a DKG decision after the session; ignored")
                 }
-                // Placeholder so the new statement kind compiles; the lead's wiring hands these
-                // to `Decider::record_peer_votes`.
-                StatementKind::Votes => {
-                    tracing::debug!(from = s.from, "peer votes; not yet handed to the decider")
-                }
+                StatementKind::Votes => self.on_votes(s).await,
             },
         }
     }
@@ -497,7 +944,10 @@ impl Peg {
                 Answer::Refused { reason }
             }
         };
-        if matches!(answer, Answer::StacksSignature { .. }) {
+        if matches!(
+            answer,
+            Answer::StacksSignature { .. } | Answer::SweepAccepted { .. }
+        ) {
             self.report.proposals_signed += 1;
         }
         let Ok(round) = <[u8; 32]>::try_from(s.round_id.as_slice()) else {
@@ -595,8 +1045,27 @@ impl Peg {
                     signature: hex::encode(signature),
                 })
             }
-            Proposal::Sweep { .. } => {
-                Err("sweep proposals are not served by this signer version".into())
+            Proposal::Sweep {
+                peg,
+                deposits,
+                withdrawals,
+                fee_rate_sat_per_kwu,
+                ..
+            } => {
+                let named = Named::read(&peg, &deposits, &withdrawals, fee_rate_sat_per_kwu)?;
+                let tip = self
+                    .tip
+                    .clone()
+                    .ok_or_else(|| "this signer has no tip".to_string())?;
+                let package = self.accept_sweep(&tip, &named).await?;
+                tracing::info!(
+                    txs = package.txs.len(),
+                    deposits = named.deposits.len(),
+                    "accepted the coordinator's sweep"
+                );
+                Ok(Answer::SweepAccepted {
+                    txids: package.txs.iter().map(|p| p.txid().to_string()).collect(),
+                })
             }
         }
     }
@@ -617,7 +1086,8 @@ impl Peg {
                         ));
                     }
                     // Someone else's tenure: take the tip without leading it.
-                    self.enter_tip(stored);
+                    self.enter_tip(stored.clone());
+                    self.vote_on(&stored).await;
                     return Ok(());
                 }
                 Ok(_) if Instant::now() < deadline => {

@@ -51,6 +51,10 @@ pub struct BitcoinParts {
     pub api: Option<crate::api::ApiConfig>,
     /// `[stacks]`: it needs `[bitcoin]`, so it lives here.
     pub stacks: Option<StacksParts>,
+    /// `[sweep]`, resolved for the network.
+    pub sweep: crate::coordination::sweep_config::SweepSettings,
+    /// `[policy]`, validated.
+    pub policy: crate::coordination::PolicyConfig,
 }
 
 /// The node's view of Stacks: its stacks-node client and `[stacks]` checked against
@@ -316,11 +320,15 @@ pub async fn run(
             let stacks = bitcoin.as_ref().and_then(|b| b.stacks.clone());
             match (opts.peg, code == ExitCode::SUCCESS, stacks, tips.take()) {
                 (true, true, Some(stacks), Some(tips)) => {
+                    let Some(bitcoin) = bitcoin.as_ref() else {
+                        return Err("run --peg needs [bitcoin]".into());
+                    };
                     result.peg = Some(
                         run_peg(
                             &keys,
                             &storage,
                             &node,
+                            bitcoin,
                             stacks,
                             state,
                             tips,
@@ -381,6 +389,7 @@ async fn run_peg(
     keys: &Keys,
     storage: &Arc<dyn Storage>,
     node: &Arc<PeerNode>,
+    bitcoin: &BitcoinParts,
     stacks: StacksParts,
     state: devnet::SessionState,
     tips: tokio::sync::mpsc::Receiver<crate::chain::bitcoin::observer::TipChange>,
@@ -388,6 +397,20 @@ async fn run_peg(
     shutdown: &mut Shutdown,
 ) -> crate::coordination::tenure::PegReport {
     use crate::coordination::{stacks_calls::StacksSide, tenure};
+    let blocklist = match bitcoin.policy.blocklist() {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("error: [policy] blocklist: {e}; the peg does not start");
+            return tenure::PegReport::default();
+        }
+    };
+    let decider = Arc::new(crate::coordination::Decider::new(
+        storage.clone(),
+        bitcoin.policy.clone(),
+        blocklist,
+        bitcoin.config.network,
+        node.identity(),
+    ));
     let peg = tenure::Peg::new(
         tenure::PegParams {
             keys: keys.clone(),
@@ -398,11 +421,20 @@ async fn run_peg(
                 settings: stacks.settings,
             },
             phase_timeout: opts.phase_timeout,
+            sweeps: crate::coordination::sweeps::SweepSide {
+                bitcoin: bitcoin.client.clone(),
+                settings: bitcoin.sweep.clone(),
+            },
+            decider,
         },
-        state.transport,
-        state.signer,
-        state.aggregate_key,
-        state.coordinator,
+        tenure::PegStart {
+            transport: state.transport,
+            signer: state.signer,
+            ctx: state.ctx,
+            public: state.public,
+            aggregate_key: state.aggregate_key,
+            coordinator: state.coordinator,
+        },
     );
     eprintln!("peg: following the Bitcoin tip; stop with Ctrl-C or SIGTERM");
     let stop = tokio_util::sync::CancellationToken::new();
