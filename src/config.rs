@@ -244,8 +244,9 @@ mod tests {
     fn policy_defaults_parse_and_typos_or_contradictions_are_errors() {
         let c = Config::parse("").unwrap();
         assert_eq!(c.policy, crate::coordination::PolicyConfig::default());
-        let c = Config::parse("[policy]\ndeposit_max_sats = 5_000_000\npeg_cap_sats = 100_000_000\n")
-            .unwrap();
+        let c =
+            Config::parse("[policy]\ndeposit_max_sats = 5_000_000\npeg_cap_sats = 100_000_000\n")
+                .unwrap();
         assert_eq!(c.policy.deposit_max_sats, Some(5_000_000));
         assert_eq!(c.policy.deposit_min_sats, 10_000);
         let err = Config::parse("[policy]\ndeposit_max = 5\n").unwrap_err();

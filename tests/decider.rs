@@ -9,8 +9,8 @@ mod storage_support;
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use bitcoin::{
-    hashes::Hash as _, secp256k1::PublicKey, Amount, BlockHash, Network, OutPoint, ScriptBuf,
-    Txid, WPubkeyHash,
+    hashes::Hash as _, secp256k1::PublicKey, Amount, BlockHash, Network, OutPoint, ScriptBuf, Txid,
+    WPubkeyHash,
 };
 use bytes::Bytes;
 use rand::{Rng, SeedableRng};
@@ -28,9 +28,8 @@ use sbtc_hsm_signer::{
     peer::message::{ChainTip, StatementKind},
     signing::SignerSet,
     storage::{
-        memory::MemoryStore, BitcoinBlock, DepositRequest, StacksBlock,
-        StacksBlockHash, StacksTxid, Storage, SweepTransaction, WithdrawalPayment,
-        WithdrawalRequest,
+        memory::MemoryStore, BitcoinBlock, DepositRequest, StacksBlock, StacksBlockHash,
+        StacksTxid, Storage, SweepTransaction, WithdrawalPayment, WithdrawalRequest,
     },
 };
 
@@ -70,7 +69,6 @@ both_stores!(
     the_rolling_cap_counts_paid_and_accepted_withdrawals_in_its_window,
     threshold_and_bitmap_come_from_the_stored_votes_of_the_set,
     a_deposit_whose_lock_time_runs_out_leaves_the_accepted_set,
-
 );
 
 fn bh(height: u64) -> BlockHash {
@@ -279,7 +277,9 @@ fn assert_undecided(v: &Verdict, words: &[&str]) {
     }
 }
 
-async fn each_deposit_rule_refuses_with_a_readable_reason_and_votes_are_stored(store: Arc<dyn Storage>) {
+async fn each_deposit_rule_refuses_with_a_readable_reason_and_votes_are_stored(
+    store: Arc<dyn Storage>,
+) {
     let store = chain(store).await;
     let me = key(1);
     let policy = PolicyConfig {
@@ -335,18 +335,30 @@ async fn each_deposit_rule_refuses_with_a_readable_reason_and_votes_are_stored(s
     assert_eq!((votes.tip, votes.height), (bh(TIP), TIP));
     assert!(deposit_verdict(&votes, good).is_accept());
     assert!(deposit_verdict(&votes, just_in_time).is_accept());
-    assert_reject(deposit_verdict(&votes, small), &["9999 sat", "minimum", "deposit_min_sats"]);
-    assert_reject(deposit_verdict(&votes, big), &["1000001 sat", "deposit_max_sats"]);
+    assert_reject(
+        deposit_verdict(&votes, small),
+        &["9999 sat", "minimum", "deposit_min_sats"],
+    );
+    assert_reject(
+        deposit_verdict(&votes, big),
+        &["1000001 sat", "deposit_max_sats"],
+    );
     assert_reject(
         deposit_verdict(&votes, expiring),
         &["lock time about to expire", &format!("height {}", TIP + 3)],
     );
     assert_reject(deposit_verdict(&votes, blocked), &["blocklist"]);
     assert_reject(deposit_verdict(&votes, no_fee), &["max fee is 0"]);
-    assert_undecided(deposit_verdict(&votes, unverified), &["not among", "verified"]);
+    assert_undecided(
+        deposit_verdict(&votes, unverified),
+        &["not among", "verified"],
+    );
     assert!(votes.deposits.iter().all(|b| b.outpoint != future));
     // Sorted by outpoint, as the encoding requires.
-    assert!(votes.deposits.windows(2).all(|w| w[0].outpoint < w[1].outpoint));
+    assert!(votes
+        .deposits
+        .windows(2)
+        .all(|w| w[0].outpoint < w[1].outpoint));
 
     // Accepts and rejects are stored under this signer's key; an abstention is no vote.
     let mine = |op: OutPoint| {
@@ -367,7 +379,9 @@ async fn each_deposit_rule_refuses_with_a_readable_reason_and_votes_are_stored(s
     assert!(mine(unverified).await.is_none());
 }
 
-async fn the_peg_cap_fills_in_outpoint_order_and_counts_earlier_acceptances(store: Arc<dyn Storage>) {
+async fn the_peg_cap_fills_in_outpoint_order_and_counts_earlier_acceptances(
+    store: Arc<dyn Storage>,
+) {
     let store = chain(store).await;
     let me = key(1);
     let policy = PolicyConfig {
@@ -414,7 +428,14 @@ async fn each_withdrawal_rule_refuses_with_a_readable_reason(store: Arc<dyn Stor
     withdrawal(&store, 5, 100_000, TIP - 5, payout(5)).await;
     withdrawal(&store, 6, 100_000, TIP - 17, payout(6)).await;
     withdrawal(&store, 7, 100_000, TIP - 18, payout(7)).await;
-    withdrawal(&store, 8, 100_000, old_enough - 1, ScriptBuf::from_bytes(vec![0x51])).await;
+    withdrawal(
+        &store,
+        8,
+        100_000,
+        old_enough - 1,
+        ScriptBuf::from_bytes(vec![0x51]),
+    )
+    .await;
     // Expired (24 blocks): not pending at this tip at all.
     withdrawal(&store, 9, 100_000, TIP - 24, payout(9)).await;
 
@@ -422,14 +443,20 @@ async fn each_withdrawal_rule_refuses_with_a_readable_reason(store: Arc<dyn Stor
     let votes = d.decide(&ctx(TIP, 0)).await.unwrap();
     assert!(withdrawal_verdict(&votes, 1).is_accept());
     assert_reject(withdrawal_verdict(&votes, 2), &["546 sat", "dust"]);
-    assert_reject(withdrawal_verdict(&votes, 3), &["500001 sat", "withdrawal_max_sats"]);
+    assert_reject(
+        withdrawal_verdict(&votes, 3),
+        &["500001 sat", "withdrawal_max_sats"],
+    );
     assert_reject(
         withdrawal_verdict(&votes, 4),
         &[&payout_address(0xee), "blocklist"],
     );
     assert_undecided(withdrawal_verdict(&votes, 5), &["not 6 blocks old yet"]);
     assert!(withdrawal_verdict(&votes, 6).is_accept());
-    assert_reject(withdrawal_verdict(&votes, 7), &["18 blocks old", "expire at 24"]);
+    assert_reject(
+        withdrawal_verdict(&votes, 7),
+        &["18 blocks old", "expire at 24"],
+    );
     assert_reject(withdrawal_verdict(&votes, 8), &["not a standard"]);
     assert!(votes.withdrawals.iter().all(|b| b.request_id != 9));
 
@@ -465,7 +492,9 @@ async fn each_withdrawal_rule_refuses_with_a_readable_reason(store: Arc<dyn Stor
     assert_eq!(chosen, vec![1, 5]);
 }
 
-async fn the_rolling_cap_counts_paid_and_accepted_withdrawals_in_its_window(store: Arc<dyn Storage>) {
+async fn the_rolling_cap_counts_paid_and_accepted_withdrawals_in_its_window(
+    store: Arc<dyn Storage>,
+) {
     let store = chain(store).await;
     let me = key(1);
     let policy = PolicyConfig {
@@ -498,7 +527,10 @@ async fn the_rolling_cap_counts_paid_and_accepted_withdrawals_in_its_window(stor
     withdrawal(&store, 4, 30_000, TIP - 6, payout(4)).await;
     let d = decider(&store, policy, me);
     let votes = d.decide(&ctx(TIP, 0)).await.unwrap();
-    assert!(withdrawal_verdict(&votes, 3).is_accept(), "60k + 30k fits 100k");
+    assert!(
+        withdrawal_verdict(&votes, 3).is_accept(),
+        "60k + 30k fits 100k"
+    );
     assert_undecided(
         withdrawal_verdict(&votes, 4),
         &["rolling cap", "last 50 blocks", "120000 sat", "100000 sat"],
@@ -544,8 +576,16 @@ async fn threshold_and_bitmap_come_from_the_stored_votes_of_the_set(store: Arc<d
         .record_peer_votes(
             set[0],
             &peer(
-                vec![(x, Verdict::Accept), (y, Verdict::reject("too big for me")), (unknown, Verdict::Accept)],
-                vec![(7, Verdict::Accept), (8, Verdict::Accept), (99, Verdict::Accept)],
+                vec![
+                    (x, Verdict::Accept),
+                    (y, Verdict::reject("too big for me")),
+                    (unknown, Verdict::Accept),
+                ],
+                vec![
+                    (7, Verdict::Accept),
+                    (8, Verdict::Accept),
+                    (99, Verdict::Accept),
+                ],
             ),
         )
         .await
@@ -615,8 +655,17 @@ async fn a_deposit_whose_lock_time_runs_out_leaves_the_accepted_set(store: Arc<d
     .store(&store)
     .await;
     d.decide(&ctx(TIP, 0)).await.unwrap();
-    assert_eq!(d.accepted_deposits(&block(TIP), &[me], 1).await.unwrap().len(), 1);
-    let later = d.accepted_deposits(&block(TIP + 5), &[me], 1).await.unwrap();
+    assert_eq!(
+        d.accepted_deposits(&block(TIP), &[me], 1)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    let later = d
+        .accepted_deposits(&block(TIP + 5), &[me], 1)
+        .await
+        .unwrap();
     assert!(later.is_empty(), "{later:?} still offers {op}");
 }
 
@@ -656,7 +705,10 @@ fn decoding_refuses_what_an_encoder_would_not_write() {
     // Two ballots for one deposit, and ballots out of order.
     let mut dup = votes.clone();
     dup.deposits[1].outpoint = dup.deposits[0].outpoint;
-    assert!(dup.to_bytes().is_err(), "the encoder refuses duplicates too");
+    assert!(
+        dup.to_bytes().is_err(),
+        "the encoder refuses duplicates too"
+    );
     let mut raw = bytes.clone();
     // Make the second outpoint's vout 0, equal to the first.
     let second_vout = 4 + 32 + 8 + 4 + (32 + 4 + 1) + 32;
@@ -715,7 +767,10 @@ fn ten_thousand_ballots_fit_one_peer_message() {
             .collect(),
         withdrawals: vec![],
     };
-    assert!(votes.to_bytes().is_err(), "2.4 MB of reasons is over the limit");
+    assert!(
+        votes.to_bytes().is_err(),
+        "2.4 MB of reasons is over the limit"
+    );
     let mut fitted = votes.clone();
     fitted.fit_reasons();
     let bytes = fitted.to_bytes().unwrap();
@@ -821,7 +876,10 @@ async fn votes_travel_in_one_signed_statement_and_a_peer_stores_them() {
             .await
             .unwrap();
         assert_eq!(
-            accepted.iter().map(|(d, m)| (d.outpoint, *m)).collect::<Vec<_>>(),
+            accepted
+                .iter()
+                .map(|(d, m)| (d.outpoint, *m))
+                .collect::<Vec<_>>(),
             vec![(outpoints[0], 0)]
         );
         let paid = deciders[1]

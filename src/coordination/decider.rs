@@ -12,6 +12,10 @@
 //! that depend on the tip's height (a deposit's lock time, a withdrawal's age window) are checked
 //! again by [`Decider::accepted_deposits`] and [`Decider::accepted_withdrawals`] at the tip they
 //! are asked about, so an old acceptance never carries a request past them.
+//!
+//! Left to the sweep's builder, which knows the package: the fee assessed to each request
+//! (≤ min(max fee, amount), amount − fee above dust) and that a deposit is still unspent on the
+//! node (this store knows only the sweeps it recorded).
 
 use std::{
     collections::HashSet,
@@ -30,7 +34,9 @@ use super::{
 use crate::{
     chain::bitcoin::deposit::{parse_deposit_leaf, parse_reclaim_leaf},
     keys::AggregateKey,
-    storage::{self, BitcoinBlock, DepositRequest, DepositVote, Storage, WithdrawalRequest, WithdrawalVote},
+    storage::{
+        self, BitcoinBlock, DepositRequest, DepositVote, Storage, WithdrawalRequest, WithdrawalVote,
+    },
 };
 
 /// Blocks a sweep needs, beyond the tip, before a deposit's reclaim path opens (the official
@@ -118,13 +124,21 @@ impl Decider {
     /// (withdrawals first, then deposits in outpoint order); every vote is stored regardless.
     pub async fn decide(&self, ctx: &DecideContext) -> Result<BlockVotes, DecideError> {
         let mut votes = BlockVotes::empty(ctx.tip.hash, ctx.tip.height);
-        votes.deposits = self.decide_deposits(ctx).await?;
+        let deposits = self.decide_deposits(ctx).await?;
         votes.withdrawals = self.decide_withdrawals(ctx).await?;
-        for b in &votes.deposits {
-            if let Some(vote) = self.own_deposit_vote(b, ctx).await? {
-                self.storage.write_deposit_vote(&vote).await?;
+        for (b, can_sign) in &deposits {
+            if !matches!(b.verdict, Verdict::Undecided(_)) {
+                self.storage
+                    .write_deposit_vote(&DepositVote {
+                        outpoint: b.outpoint,
+                        signer: self.me,
+                        can_accept: b.verdict.is_accept(),
+                        can_sign: *can_sign,
+                    })
+                    .await?;
             }
         }
+        votes.deposits = deposits.into_iter().map(|(b, _)| b).collect();
         for b in &votes.withdrawals {
             if !matches!(b.verdict, Verdict::Undecided(_)) {
                 self.storage
@@ -163,29 +177,12 @@ impl Decider {
         Ok(votes)
     }
 
-    /// This signer's stored vote for a deposit ballot: `can_sign` says it holds shares for the
-    /// key that locks it (a rejection may still come with it).
-    async fn own_deposit_vote(
+    /// Each ballot with whether this signer holds shares for the key that locks the deposit
+    /// (stored as the vote's `can_sign`, a rejection included).
+    async fn decide_deposits(
         &self,
-        ballot: &DepositBallot,
         ctx: &DecideContext,
-    ) -> Result<Option<DepositVote>, DecideError> {
-        if matches!(ballot.verdict, Verdict::Undecided(_)) {
-            return Ok(None);
-        }
-        let can_sign = match self.storage.get_deposit_request(&ballot.outpoint).await? {
-            Some(d) => locked_to(&d, &ctx.verified_keys),
-            None => false,
-        };
-        Ok(Some(DepositVote {
-            outpoint: ballot.outpoint,
-            signer: self.me,
-            can_accept: ballot.verdict.is_accept(),
-            can_sign,
-        }))
-    }
-
-    async fn decide_deposits(&self, ctx: &DecideContext) -> Result<Vec<DepositBallot>, DecideError> {
+    ) -> Result<Vec<(DepositBallot, bool)>, DecideError> {
         let pending = self
             .storage
             .get_pending_deposit_requests(&ctx.tip.hash, self.policy.deposit_window_blocks)
@@ -217,10 +214,13 @@ impl Decider {
                     _ => peg = after.unwrap_or(Amount::MAX),
                 }
             }
-            ballots.push(DepositBallot {
-                outpoint: d.outpoint,
-                verdict,
-            });
+            ballots.push((
+                DepositBallot {
+                    outpoint: d.outpoint,
+                    verdict,
+                },
+                locked_to(d, &ctx.verified_keys),
+            ));
         }
         Ok(ballots)
     }
@@ -278,9 +278,8 @@ impl Decider {
                 d.recipient
             )));
         }
-        match self.lock_time_left(d, &ctx.tip).await? {
-            Err(verdict) => return Ok(verdict),
-            Ok(()) => {}
+        if let Err(verdict) = self.lock_time_left(d, &ctx.tip).await? {
+            return Ok(verdict);
         }
         if !locked_to(d, &ctx.verified_keys) {
             return Ok(Verdict::undecided(format!(
@@ -301,7 +300,10 @@ impl Decider {
             Ok(r) => r,
             Err(e) => return Ok(Err(Verdict::reject(format!("reclaim script: {e}")))),
         };
-        let Some(confirmed) = self.confirmation_height(&tip.hash, &d.outpoint.txid).await? else {
+        let Some(confirmed) = self
+            .confirmation_height(&tip.hash, &d.outpoint.txid)
+            .await?
+        else {
             return Ok(Err(Verdict::undecided(format!(
                 "not confirmed on the chain of tip {}",
                 tip.hash
@@ -371,7 +373,8 @@ impl Decider {
             .get_withdrawal_requests_in_window(&tip.hash, window)
             .await?
         {
-            if !unpaid.contains(&w.request_id) || self.voted_accept_withdrawal(w.request_id).await? {
+            if !unpaid.contains(&w.request_id) || self.voted_accept_withdrawal(w.request_id).await?
+            {
                 committed.insert(w.request_id);
                 rolling = rolling.checked_add(w.amount).unwrap_or(Amount::MAX);
             }
@@ -489,7 +492,12 @@ impl Decider {
             if matches!(b.verdict, Verdict::Undecided(_)) {
                 continue;
             }
-            if self.storage.get_deposit_request(&b.outpoint).await?.is_none() {
+            if self
+                .storage
+                .get_deposit_request(&b.outpoint)
+                .await?
+                .is_none()
+            {
                 ignored += 1;
                 continue;
             }

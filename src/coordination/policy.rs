@@ -94,7 +94,10 @@ impl PolicyConfig {
         money("deposit_max_sats", self.deposit_max_sats)?;
         money("peg_cap_sats", self.peg_cap_sats)?;
         money("withdrawal_max_sats", self.withdrawal_max_sats)?;
-        money("rolling_withdrawal_cap_sats", self.rolling_withdrawal_cap_sats)?;
+        money(
+            "rolling_withdrawal_cap_sats",
+            self.rolling_withdrawal_cap_sats,
+        )?;
         if self.deposit_min_sats <= DUST_LIMIT.to_sat() {
             return Err(field(
                 "deposit_min_sats",
@@ -312,13 +315,20 @@ mod tests {
             ..Default::default()
         };
         let err = p.validate().unwrap_err().to_string();
-        assert!(err.contains("deposit_max_sats") && err.contains("deposit_min_sats"), "{err}");
+        assert!(
+            err.contains("deposit_max_sats") && err.contains("deposit_min_sats"),
+            "{err}"
+        );
         let p = PolicyConfig {
             withdrawal_max_sats: Some(2_000_000),
             rolling_withdrawal_cap_sats: Some(1_000_000),
             ..Default::default()
         };
-        assert!(p.validate().unwrap_err().to_string().contains("withdrawal_max_sats"));
+        assert!(p
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("withdrawal_max_sats"));
         let p = PolicyConfig {
             deposit_min_sats: 546,
             ..Default::default()

@@ -201,7 +201,11 @@ impl BlockVotes {
                 self.ballots()
             ));
         }
-        if let Some(w) = self.deposits.windows(2).find(|w| w[0].outpoint >= w[1].outpoint) {
+        if let Some(w) = self
+            .deposits
+            .windows(2)
+            .find(|w| w[0].outpoint >= w[1].outpoint)
+        {
             return bad(format!(
                 "deposit ballots not sorted and unique at {}",
                 w[1].outpoint
@@ -280,7 +284,9 @@ impl BlockVotes {
             let request_id = u64::from_be_bytes(r.array("withdrawal request id")?);
             if let Some(prev) = withdrawals.last() {
                 if prev.request_id == request_id {
-                    return malformed(format!("withdrawal ballot {i} repeats request {request_id}"));
+                    return malformed(format!(
+                        "withdrawal ballot {i} repeats request {request_id}"
+                    ));
                 }
                 if prev.request_id > request_id {
                     return malformed(format!(
