@@ -52,7 +52,8 @@ impl CallView for StoreCallView {
                 "this signer has no confirmed sweep of it".into(),
             ));
         };
-        let calls = sweeps::completions_of(self.storage.as_ref(), &sweep, self.magic, false).await?;
+        let calls =
+            sweeps::completions_of(self.storage.as_ref(), &sweep, self.magic, false).await?;
         Ok(match calls.into_iter().find(|c| c.outpoint == *outpoint) {
             Some(call) => Rebuilt::Ready(call),
             None => Rebuilt::Unknown(format!(

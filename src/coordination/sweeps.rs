@@ -217,7 +217,7 @@ pub async fn verified_keys(storage: &dyn Storage) -> Result<Vec<AggregateKey>, S
         .filter(|s| s.shares.status == crate::storage::DkgSharesStatus::Verified)
         .map(|s| (s.created_at, s.shares.aggregate_key))
         .collect();
-    keys.sort_by(|a, b| b.0.cmp(&a.0));
+    keys.sort_by_key(|k| std::cmp::Reverse(k.0));
     Ok(keys.into_iter().map(|(_, k)| k).collect())
 }
 
@@ -268,14 +268,13 @@ pub async fn completions_of(
         .map_err(|e| format!("sweep {} does not read as a sweep: {e}", sweep.txid))?;
     let mut deposits = Vec::new();
     for op in &parsed.deposits {
-        match storage
+        // An input this signer never accepted as a deposit has nothing to complete.
+        if let Some(request) = storage
             .get_deposit_request(op)
             .await
             .map_err(|e| format!("cannot read deposit {op}: {e}"))?
         {
-            Some(request) => deposits.push(request),
-            // An input this signer never accepted as a deposit: nothing to complete.
-            None => {}
+            deposits.push(request);
         }
     }
     if deposits.is_empty() {
@@ -290,7 +289,11 @@ pub async fn completions_of(
         .map_err(|e| format!("cannot read the peg UTXO sweep {} spent: {e}", sweep.txid))?
         .into_iter()
         .next()
-        .and_then(|o| o.tx.output.get(parsed.peg_in.vout as usize).map(|o| o.value))
+        .and_then(|o| {
+            o.tx.output
+                .get(parsed.peg_in.vout as usize)
+                .map(|o| o.value)
+        })
         .ok_or_else(|| {
             format!(
                 "sweep {} spends the peg UTXO {}, which this signer did not observe",
@@ -309,9 +312,12 @@ pub async fn completions_of(
         {
             continue;
         }
-        let fee = split
-            .deposit(&request.outpoint)
-            .ok_or_else(|| format!("sweep {} assesses no fee to {}", sweep.txid, request.outpoint))?;
+        let fee = split.deposit(&request.outpoint).ok_or_else(|| {
+            format!(
+                "sweep {} assesses no fee to {}",
+                sweep.txid, request.outpoint
+            )
+        })?;
         let minted = request.amount.checked_sub(fee).unwrap_or(Amount::ZERO);
         let recipient = Principal::from_str(&request.recipient).map_err(|e| {
             format!(

@@ -28,14 +28,14 @@ use super::sweeps::{self, Named, SweepSide};
 use super::votes::{self, BlockVotes};
 use super::{Incoming, PeerTransport, ReceivedStatement};
 use crate::chain::bitcoin::observer::TipChange;
+use crate::chain::bitcoin::sweep::SweepPackage;
+use crate::chain::stacks::contracts::batch_calls;
 use crate::chain::stacks::{
     contracts::{RotateKeys, SignerCall},
     transaction::StacksTransaction,
 };
 use crate::keys::{AggregateKey, Keys};
 use crate::peer::{message::StatementKind, PeerNode};
-use crate::chain::bitcoin::sweep::SweepPackage;
-use crate::chain::stacks::contracts::batch_calls;
 use crate::signing::{
     Approver, BatchCoordinator, BatchSigner, DkgId, Participation, PublicShares, RoundMessage,
     SighashRequest, SignerContext, SignerIndex, SignerSet, Transport,
@@ -313,14 +313,14 @@ impl Peg {
                 return;
             }
         };
-        let peg_balance = match peg_utxo::find(self.p.storage.as_ref(), &tip.hash, &verified_keys).await
-        {
-            Ok(found) => found.map_or(bitcoin::Amount::ZERO, |f| f.amount()),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read the peg UTXO; no votes on this tip");
-                return;
-            }
-        };
+        let peg_balance =
+            match peg_utxo::find(self.p.storage.as_ref(), &tip.hash, &verified_keys).await {
+                Ok(found) => found.map_or(bitcoin::Amount::ZERO, |f| f.amount()),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the peg UTXO; no votes on this tip");
+                    return;
+                }
+            };
         let ctx = DecideContext {
             tip: tip.clone(),
             peg_balance,
@@ -414,7 +414,10 @@ impl Peg {
         if completions.is_empty() {
             return Ok(());
         }
-        tracing::info!(deposits = completions.len(), "completing swept deposits on Stacks");
+        tracing::info!(
+            deposits = completions.len(),
+            "completing swept deposits on Stacks"
+        );
         for call in batch_calls(completions, Vec::new()) {
             self.propose_stacks_call(tip, call).await?;
         }
@@ -493,7 +496,11 @@ impl Peg {
         let round = proposal::round_id(&payload);
         self.broadcast_proposal(round, payload).await?;
         let accepted_by = self.collect_sweep_acks(round, &txids).await?;
-        tracing::info!(signers = accepted_by + 1, txs = txids.len(), "the sweep package is accepted");
+        tracing::info!(
+            signers = accepted_by + 1,
+            txs = txids.len(),
+            "the sweep package is accepted"
+        );
         // A tenure stops when the tip moves.
         match self.p.storage.get_bitcoin_canonical_tip().await {
             Ok(Some(now)) if now.hash == tip.hash => {}
@@ -608,7 +615,11 @@ impl Peg {
         Ok(package)
     }
 
-    async fn broadcast_proposal(&mut self, round: [u8; 32], payload: Vec<u8>) -> Result<(), String> {
+    async fn broadcast_proposal(
+        &mut self,
+        round: [u8; 32],
+        payload: Vec<u8>,
+    ) -> Result<(), String> {
         let envelope = self
             .p
             .node
@@ -631,7 +642,11 @@ impl Peg {
     }
 
     /// Waits for threshold − 1 peers to accept the sweep with exactly `txids`.
-    async fn collect_sweep_acks(&mut self, round: [u8; 32], txids: &[String]) -> Result<usize, String> {
+    async fn collect_sweep_acks(
+        &mut self,
+        round: [u8; 32],
+        txids: &[String],
+    ) -> Result<usize, String> {
         let needed = (self.set.threshold() as usize).saturating_sub(1);
         let mut accepted: HashSet<SignerIndex> = HashSet::new();
         let deadline = Instant::now() + self.p.phase_timeout;
@@ -680,7 +695,11 @@ impl Peg {
                 Ok(Answer::Refused { reason }) => {
                     tracing::warn!(from = statement.from, %reason, "a signer refused the sweep")
                 }
-                Ok(other) => tracing::warn!(from = statement.from, ?other, "an answer of the wrong kind for a sweep"),
+                Ok(other) => tracing::warn!(
+                    from = statement.from,
+                    ?other,
+                    "an answer of the wrong kind for a sweep"
+                ),
                 Err(e) => tracing::warn!(from = statement.from, error = %e, "an unreadable answer"),
             }
         };

@@ -169,8 +169,12 @@ fn config_text(
     )?;
     t.push_str(custody);
     t.push_str(bitcoin);
+    // The deposit API and event observer belong with the chains: a config without them has
+    // none.
+    if !bitcoin.is_empty() {
+        writeln!(t, "[api]\nlisten = \"127.0.0.1:{api_port}\"")?;
+    }
     writeln!(t, "[storage]\nurl = {}", toml_str(storage_url))?;
-    writeln!(t, "[api]\nlisten = \"127.0.0.1:{api_port}\"")?;
     writeln!(t, "[peer]\nlisten = \"127.0.0.1:{port}\"")?;
     writeln!(t, "cert_path = {}", path_str(&dir.join("peer-cert.der"))?)?;
     writeln!(t, "max_message_bytes = {max_message_bytes}")?;
