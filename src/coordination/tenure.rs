@@ -436,6 +436,12 @@ impl Peg {
             .accepted_deposits(tip, self.set.keys(), threshold)
             .await
             .map_err(|e| format!("cannot read the accepted deposits: {e}"))?;
+        tracing::info!(
+            accepted = accepted.len(),
+            voters = self.votes_from.len() + 1,
+            threshold,
+            "deposits a threshold voted to accept"
+        );
         if accepted.is_empty() {
             return Ok(());
         }
